@@ -1,0 +1,1 @@
+"""The remote_sensing domain plugin."""

@@ -1,0 +1,184 @@
+"""The `adapt` command: convert, train, eval, score, export, preview, and the whole job.
+
+``adapt --domain D ...`` (no subcommand) runs the whole job; ``adapt <command> ...`` one stage.
+Domains add their own options to `convert` and `score` through the registry's hooks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from mini_internvl_adapt.registry import (
+    MissingDependencyError,
+    UnknownDomainError,
+    add_domain_arguments,
+    available_domains,
+    get_domain,
+)
+from mini_internvl_adapt.schema import DatasetError, atomic_write_json
+
+COMMANDS = ("convert", "train", "eval", "score", "export", "preview", "domains", "models")
+
+
+class CliError(Exception):
+    """An error the user can fix; printed without a traceback."""
+
+
+def _domain_from_argv(argv: Sequence[str]) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg == "--domain" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--domain="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def _parser_with_domain(prog: str, description: str, argv: Sequence[str], hook: str) -> argparse.ArgumentParser:
+    """A parser whose domain-specific options come from the domain named in argv (if any)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--domain", required=True, help=f"one of: {', '.join(available_domains())}")
+    name = _domain_from_argv(argv)
+    if name is not None:
+        try:
+            domain = get_domain(name)
+        except (UnknownDomainError, MissingDependencyError) as e:
+            raise CliError(str(e)) from None
+        group = parser.add_argument_group(f"options of the '{name}' domain")
+        add_domain_arguments(domain, group, hook)  # type: ignore[arg-type]
+    return parser
+
+
+def _options(args: argparse.Namespace, exclude: set[str]) -> dict[str, Any]:
+    return {k: v for k, v in vars(args).items() if k not in exclude and v is not None}
+
+
+def cmd_convert(argv: Sequence[str]) -> int:
+    parser = _parser_with_domain(
+        "adapt convert", "Convert raw domain data into the shared conversation format.", argv, "add_convert_arguments"
+    )
+    parser.add_argument("--source", required=True, type=Path, help="raw data: a file or folder")
+    parser.add_argument("--out", required=True, type=Path, help="the dataset folder to write")
+    args = parser.parse_args(argv)
+    domain = get_domain(args.domain)
+    report = domain.convert(args.source, args.out, **_options(args, {"domain", "source", "out"}))
+    summary = report.to_json()
+    summary.pop("skips", None)
+    print(json.dumps(summary, indent=2))
+    print(f"dataset written to {args.out} (skips with reasons in {args.out / 'report.json'})", file=sys.stderr)
+    return 0
+
+
+def read_predictions(path: Path) -> dict[str, str]:
+    """Read predictions: JSONL lines {"id", "answer"} or a JSON list [{"id", "answer", ...}]."""
+    text = path.read_text(encoding="utf-8")
+    stripped = text.lstrip()
+    rows: list[Any]
+    if stripped.startswith("["):
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DatasetError(path, f"bad JSON: {e.msg}", e.lineno) from None
+    else:
+        rows = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise DatasetError(path, f"bad JSON: {e.msg}", number) from None
+    predictions: dict[str, str] = {}
+    for i, row in enumerate(rows, start=1):
+        if not isinstance(row, dict) or "id" not in row or "answer" not in row:
+            raise DatasetError(path, "each prediction needs 'id' and 'answer'", i)
+        predictions[str(row["id"])] = str(row["answer"])
+    return predictions
+
+
+def print_metrics(metrics: dict[str, Any]) -> None:
+    """Print metrics as JSON on stdout (machine-readable, as the docs promise)."""
+    print(json.dumps(metrics, indent=2, ensure_ascii=False))
+
+
+def cmd_score(argv: Sequence[str]) -> int:
+    from mini_internvl_adapt.schema import read_samples
+
+    parser = _parser_with_domain(
+        "adapt score", "Score predictions against a converted test set (no model needed).", argv, "add_score_arguments"
+    )
+    parser.add_argument("--data", required=True, type=Path, help="DATASET/test.jsonl")
+    parser.add_argument("--predictions", required=True, type=Path, help="JSONL {id, answer} or a JSON list")
+    parser.add_argument("--out", type=Path, help="metrics JSON to write (default: next to the predictions)")
+    args = parser.parse_args(argv)
+    domain = get_domain(args.domain)
+    samples = read_samples(args.data, check_files=False)
+    predictions = read_predictions(args.predictions)
+    metrics = domain.score(samples, predictions, **_options(args, {"domain", "data", "predictions", "out"}))
+    out = args.out or args.predictions.with_name(args.predictions.stem + ".metrics.json")
+    atomic_write_json(out, metrics)
+    print_metrics(metrics)
+    print(f"metrics written to {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_domains(argv: Sequence[str]) -> int:
+    argparse.ArgumentParser(prog="adapt domains", description="List installed domains.").parse_args(argv)
+    for name in available_domains():
+        try:
+            domain = get_domain(name)
+            print(f"{name:16s} tasks: {', '.join(domain.tasks)}")
+        except MissingDependencyError as e:
+            print(f"{name:16s} unavailable: {e}")
+    return 0
+
+
+def cmd_models(argv: Sequence[str]) -> int:
+    from mini_internvl_adapt.models.variants import VARIANTS
+
+    argparse.ArgumentParser(prog="adapt models", description="List known model variants.").parse_args(argv)
+    print(f"{'name':24s} {'llm family':10s} {'template':16s} hub id")
+    for v in VARIANTS.values():
+        print(f"{v.name:24s} {v.llm_family:10s} {v.template:16s} {v.hub_id or '(built locally)'}")
+    return 0
+
+
+HANDLERS = {
+    "convert": cmd_convert,
+    "score": cmd_score,
+    "domains": cmd_domains,
+    "models": cmd_models,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `adapt` command."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(
+            "usage: adapt --domain D [--source RAW | --data DATASET | --demo] [...]   the whole job\n"
+            f"       adapt {{{','.join(COMMANDS)}}} ...\n\n"
+            "Adapt Mini-InternVL to a domain: convert -> train -> eval -> export.\n"
+            "Run 'adapt <command> --help' for a command's options."
+        )
+        return 0
+    command = argv[0]
+    handler = HANDLERS.get(command)
+    try:
+        if handler is None:
+            if command in COMMANDS:
+                raise CliError(f"'adapt {command}' is not available yet")
+            from mini_internvl_adapt.job import cmd_job  # the whole job, imported lazily: it pulls in torch
+
+            return cmd_job(argv)
+        return handler(argv[1:])
+    except (CliError, DatasetError, UnknownDomainError, MissingDependencyError, FileNotFoundError) as e:
+        print(f"adapt: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

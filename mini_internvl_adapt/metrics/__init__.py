@@ -1,0 +1,1 @@
+"""Domain-independent metrics: text (BLEU, ROUGE-L, CIDEr), answers, boxes."""

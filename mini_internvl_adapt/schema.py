@@ -1,0 +1,426 @@
+"""The shared conversation format: a superset of the official InternVL fine-tuning JSONL.
+
+A dataset is a folder holding ``<split>.jsonl`` files, an ``images/`` folder, ``meta.json`` in the
+official InternVL meta format and ``report.json`` (what the converter read, wrote and skipped).
+A plain official JSONL file or an official meta JSON reads as a dataset too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+IMAGE_PLACEHOLDER = "<image>"
+HUMAN, GPT, SYSTEM = "human", "gpt", "system"
+
+# Keys of a JSONL line that Sample models itself; every other key is kept verbatim in `extra`.
+_OWN_KEYS = {"id", "image", "conversations", "task", "domain", "meta", "width", "height", "width_list", "height_list"}
+
+
+class DatasetError(ValueError):
+    """A problem in a dataset file; the message names the file, the line and the problem."""
+
+    def __init__(self, path: str | Path, problem: str, line: int | None = None) -> None:
+        where = f"{path}:{line}" if line is not None else str(path)
+        super().__init__(f"{where}: {problem}")
+        self.path = str(path)
+        self.line = line
+        self.problem = problem
+
+
+@dataclass
+class Turn:
+    """One turn of a conversation: ``from`` is human, gpt or (first turn only) system."""
+
+    role: str
+    value: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"from": self.role, "value": self.value}
+
+
+@dataclass
+class Sample:
+    """One training or evaluation example in the shared format.
+
+    Attributes:
+        id: Unique id within the dataset (domains use ids their scorers and challenges expect).
+        conversations: Alternating human/gpt turns, optionally after one system turn.
+        images: Image paths relative to the dataset root, one per ``<image>`` placeholder.
+        task: Task name from the producing domain (e.g. "driving-qa"), or None.
+        domain: Name of the producing domain, or None for hand-made data.
+        meta: Whatever the domain's metrics need (tags, boxes' image sizes, geo-transforms ...).
+        widths: Image widths in pixels (optional; lets budget checks skip decoding images).
+        heights: Image heights in pixels.
+        extra: Unknown keys of the source line, written back unchanged.
+    """
+
+    id: str
+    conversations: list[Turn]
+    images: list[str] = field(default_factory=list)
+    task: str | None = None
+    domain: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    widths: list[int] | None = None
+    heights: list[int] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    image_as_list: bool = field(default=True, repr=False)
+
+    @property
+    def question(self) -> str:
+        """The first human turn's text."""
+        return next(t.value for t in self.conversations if t.role == HUMAN)
+
+    @property
+    def answer(self) -> str:
+        """The last gpt turn's text (the reference answer for scoring)."""
+        return next(t.value for t in reversed(self.conversations) if t.role == GPT)
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> Sample:
+        """Build a sample from one decoded JSONL line (official or extended); raises ValueError."""
+        if not isinstance(obj, Mapping):
+            raise ValueError(f"a line must be a JSON object, got {type(obj).__name__}")
+        if "conversations" not in obj:
+            raise ValueError("missing key 'conversations'")
+        raw_image = obj.get("image")
+        if raw_image is None:
+            images: list[str] = []
+        elif isinstance(raw_image, str):
+            images = [raw_image]
+        elif isinstance(raw_image, list) and all(isinstance(p, str) for p in raw_image):
+            images = list(raw_image)
+        else:
+            raise ValueError("'image' must be a path or a list of paths")
+        turns = []
+        for i, turn in enumerate(obj["conversations"]):
+            if not isinstance(turn, Mapping) or "from" not in turn or "value" not in turn:
+                raise ValueError(f"conversation turn {i} must be an object with 'from' and 'value'")
+            if not isinstance(turn["value"], str):
+                raise ValueError(f"conversation turn {i}: 'value' must be a string")
+            turns.append(Turn(str(turn["from"]), turn["value"]))
+        if "width_list" in obj:
+            widths, heights = obj.get("width_list"), obj.get("height_list")
+        elif "width" in obj:
+            widths, heights = [obj["width"]], [obj.get("height")]
+        else:
+            widths = heights = None
+        return cls(
+            id=str(obj.get("id", "")),
+            conversations=turns,
+            images=images,
+            task=obj.get("task"),
+            domain=obj.get("domain"),
+            meta=dict(obj.get("meta") or {}),
+            widths=widths,
+            heights=heights,
+            extra={k: v for k, v in obj.items() if k not in _OWN_KEYS},
+            image_as_list=isinstance(raw_image, list),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSONL object: official keys first, our extensions after, unknown keys kept."""
+        out: dict[str, Any] = {"id": self.id}
+        if self.images:
+            out["image"] = list(self.images) if (self.image_as_list or len(self.images) != 1) else self.images[0]
+        if self.widths is not None and self.heights is not None:
+            if len(self.images) == 1 and not self.image_as_list:
+                out["width"], out["height"] = self.widths[0], self.heights[0]
+            else:
+                out["width_list"], out["height_list"] = list(self.widths), list(self.heights)
+        out["conversations"] = [t.to_json() for t in self.conversations]
+        if self.task is not None:
+            out["task"] = self.task
+        if self.domain is not None:
+            out["domain"] = self.domain
+        if self.meta:
+            out["meta"] = self.meta
+        out.update(self.extra)
+        return out
+
+    def validate(self, root: Path | None = None, check_files: bool = True) -> None:
+        """Check placeholders, turn order and image paths; raises ValueError naming the problem."""
+        if not self.id:
+            raise ValueError("missing or empty 'id'")
+        turns = self.conversations
+        if turns and turns[0].role == SYSTEM:
+            turns = turns[1:]
+        if not turns:
+            raise ValueError("no human/gpt turns")
+        for i, turn in enumerate(turns):
+            expected = HUMAN if i % 2 == 0 else GPT
+            if turn.role != expected:
+                raise ValueError(
+                    f"turn order must alternate human/gpt: turn {i} is '{turn.role}', expected '{expected}'"
+                )
+        if turns[-1].role != GPT:
+            raise ValueError("the conversation must end with a gpt turn")
+        n_placeholders = sum(t.value.count(IMAGE_PLACEHOLDER) for t in self.conversations)
+        if n_placeholders != len(self.images):
+            raise ValueError(
+                f"{n_placeholders} <image> placeholder(s) but {len(self.images)} image(s)"
+            )
+        for path in self.images:
+            check_relative_path(path)
+            if check_files and root is not None and not (root / path).is_file():
+                raise ValueError(f"image file not found: {root / path}")
+
+
+def check_relative_path(path: str) -> None:
+    """Raise ValueError unless `path` is relative and stays inside the dataset root."""
+    if path.startswith(("/", "\\")) or os.path.isabs(path) or (len(path) > 1 and path[1] == ":"):
+        raise ValueError(f"image path must be relative to the dataset root, got absolute path '{path}'")
+    if ".." in PurePosixPath(path.replace("\\", "/")).parts:
+        raise ValueError(f"image path escapes the dataset root: '{path}'")
+
+
+def iter_samples(path: str | Path, root: str | Path | None = None, check_files: bool = True) -> Iterator[Sample]:
+    """Read and validate a JSONL file line by line.
+
+    Args:
+        path: The JSONL file.
+        root: Folder image paths are relative to (default: the file's folder).
+        check_files: Also check that every image file exists.
+
+    Raises:
+        DatasetError: On the first bad line, naming file, line number and problem.
+    """
+    path = Path(path)
+    root_dir = Path(root) if root is not None else path.parent
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DatasetError(path, f"bad JSON: {e.msg} (column {e.colno})", number) from None
+            try:
+                sample = Sample.from_json(obj)
+                sample.validate(root_dir, check_files=check_files)
+            except ValueError as e:
+                sid = obj.get("id") if isinstance(obj, dict) else None
+                prefix = f"sample '{sid}': " if sid else ""
+                raise DatasetError(path, f"{prefix}{e}", number) from None
+            yield sample
+
+
+def read_samples(path: str | Path, root: str | Path | None = None, check_files: bool = True) -> list[Sample]:
+    """Read a whole JSONL file (see `iter_samples`)."""
+    return list(iter_samples(path, root, check_files))
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write a file through a temp file and a rename, so readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    """Write JSON atomically, indented, UTF-8 kept readable."""
+    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def write_samples(path: str | Path, samples: Iterable[Sample]) -> int:
+    """Write samples as JSONL atomically; returns the number written."""
+    lines = [json.dumps(s.to_json(), ensure_ascii=False) for s in samples]
+    atomic_write_text(path, "".join(line + "\n" for line in lines))
+    return len(lines)
+
+
+@dataclass
+class Skip:
+    """One record a converter could not use, and why."""
+
+    source: str
+    reason: str
+    id: str | None = None
+
+
+@dataclass
+class ConversionReport:
+    """What a converter did: records read, samples written, records skipped (each with its reason).
+
+    `read` and `skipped` count source records (a frame, a DICOM file, a scene ...); a converter
+    keeps `read == converted + len(skipped)` where `converted` counts records that produced samples.
+    """
+
+    domain: str
+    source: str
+    read: int = 0
+    converted: int = 0
+    skipped: list[Skip] = field(default_factory=list)
+    samples: dict[str, int] = field(default_factory=dict)
+    images: int = 0
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def skip(self, source: str | Path, reason: str, id: str | None = None) -> None:
+        """Record a skipped record."""
+        self.skipped.append(Skip(str(source), reason, id))
+
+    @property
+    def written(self) -> int:
+        """Samples written over all splits."""
+        return sum(self.samples.values())
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "domain": self.domain,
+            "source": self.source,
+            "read": self.read,
+            "converted": self.converted,
+            "skipped": len(self.skipped),
+            "written": self.written,
+            "samples": dict(self.samples),
+            "images": self.images,
+            "skips": [{k: v for k, v in vars(s).items() if v is not None} for s in self.skipped],
+            **self.details,
+        }
+
+
+def write_dataset(
+    out: str | Path,
+    splits: Mapping[str, Iterable[Sample]],
+    report: ConversionReport,
+    *,
+    name: str | None = None,
+    max_dynamic_patch: int = 12,
+) -> Path:
+    """Write a dataset folder: one JSONL per split, meta.json (official format) and report.json.
+
+    Images are written by the converter under ``out/images/`` before this call.
+
+    Args:
+        out: The dataset folder.
+        splits: Split name -> samples.
+        report: The conversion report; its per-split counts are filled in here.
+        name: Dataset name used in meta.json keys (default: the folder name).
+        max_dynamic_patch: Written to meta.json for the official scripts.
+
+    Returns:
+        The dataset folder.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    name = name or out.name
+    meta: dict[str, Any] = {}
+    for split, samples in splits.items():
+        n = write_samples(out / f"{split}.jsonl", samples)
+        report.samples[split] = n
+        meta[f"{name}_{split}"] = {
+            "root": str(out.resolve()),
+            "annotation": str((out / f"{split}.jsonl").resolve()),
+            "data_augment": False,
+            "max_dynamic_patch": max_dynamic_patch,
+            "repeat_time": 1,
+            "length": n,
+            "split": split,
+        }
+    atomic_write_json(out / "meta.json", meta)
+    atomic_write_json(out / "report.json", report.to_json())
+    return out
+
+
+@dataclass
+class DatasetSource:
+    """One annotation file to train on, as an entry of the official meta format."""
+
+    name: str
+    annotation: Path
+    root: Path
+    repeat_time: float = 1.0
+    max_dynamic_patch: int | None = None
+    split: str | None = None
+
+    def read(self, check_files: bool = True) -> list[Sample]:
+        return read_samples(self.annotation, self.root, check_files)
+
+
+def _split_of(path: Path) -> str:
+    return path.stem
+
+
+def resolve_sources(path: str | Path, split: str | None = None) -> list[DatasetSource]:
+    """Find the annotation files behind a dataset folder, a JSONL file or an official meta JSON.
+
+    Args:
+        path: A converted dataset folder, a plain (official-format) JSONL file, or a meta JSON.
+        split: For a folder, the split to select ("train", "val", "test"); None selects all.
+
+    Returns:
+        The sources, each with its root, annotation and repeat_time.
+
+    Raises:
+        DatasetError: When the path is missing or is none of the accepted forms.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DatasetError(path, "no such file or folder")
+    if path.is_dir():
+        sources = []
+        for jsonl in sorted(path.glob("*.jsonl")):
+            if split is None or _split_of(jsonl) == split:
+                sources.append(DatasetSource(f"{path.name}_{jsonl.stem}", jsonl, path, split=jsonl.stem))
+        if not sources:
+            wanted = f"{split}.jsonl" if split else "*.jsonl"
+            raise DatasetError(path, f"no {wanted} in this dataset folder")
+        return sources
+    if path.suffix == ".jsonl":
+        return [DatasetSource(path.stem, path, path.parent, split=path.stem)]
+    if path.suffix == ".json":
+        return _read_meta(path, split)
+    raise DatasetError(path, "expected a dataset folder, a .jsonl file or an official meta .json file")
+
+
+def _read_meta(path: Path, split: str | None) -> list[DatasetSource]:
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DatasetError(path, f"bad JSON: {e.msg}", e.lineno) from None
+    if not isinstance(meta, dict) or not all(isinstance(v, dict) for v in meta.values()):
+        raise DatasetError(path, "an official meta JSON maps dataset names to {root, annotation, ...}")
+    sources = []
+    for name, entry in meta.items():
+        if "annotation" not in entry:
+            raise DatasetError(path, f"entry '{name}' has no 'annotation'")
+        if split is not None and entry.get("split", _split_of(Path(entry["annotation"]))) != split:
+            continue
+        annotation = _resolve_against(path.parent, entry["annotation"])
+        root = _resolve_against(path.parent, entry.get("root", "."))
+        # A dataset folder moved after conversion: its meta.json still names the old absolute paths.
+        if not annotation.exists() and (path.parent / Path(entry["annotation"]).name).exists():
+            annotation = path.parent / Path(entry["annotation"]).name
+            root = path.parent
+        sources.append(
+            DatasetSource(
+                name=name,
+                annotation=annotation,
+                root=root,
+                repeat_time=float(entry.get("repeat_time", 1)),
+                max_dynamic_patch=entry.get("max_dynamic_patch"),
+                split=entry.get("split"),
+            )
+        )
+    if not sources:
+        raise DatasetError(path, f"no entry for split '{split}'" if split else "no datasets listed")
+    return sources
+
+
+def _resolve_against(base: Path, value: str) -> Path:
+    p = Path(value)
+    return p if p.is_absolute() else base / p
