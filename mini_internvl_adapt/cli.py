@@ -146,11 +146,33 @@ def cmd_models(argv: Sequence[str]) -> int:
     return 0
 
 
+def cmd_preview(argv: Sequence[str]) -> int:
+    from mini_internvl_adapt.preview import make_preview
+    from mini_internvl_adapt.schema import read_samples
+
+    parser = argparse.ArgumentParser(
+        prog="adapt preview", description="A picture of converted samples with their boxes and object tags drawn."
+    )
+    parser.add_argument("--data", required=True, type=Path, help="DATASET/<split>.jsonl")
+    parser.add_argument("--out", required=True, type=Path, help="the PNG to write")
+    parser.add_argument("--n", type=int, default=8, help="number of samples (default 8)")
+    parser.add_argument("--columns", type=int, default=2, help="panels per row (default 2)")
+    parser.add_argument("--task", help="only samples of this task")
+    args = parser.parse_args(argv)
+    samples = read_samples(args.data)
+    if args.task:
+        samples = [s for s in samples if s.task == args.task]
+    make_preview(samples, args.data.parent, args.out, n=args.n, columns=args.columns)
+    print(f"preview of {min(args.n, len(samples))} samples written to {args.out}")
+    return 0
+
+
 HANDLERS = {
     "convert": cmd_convert,
     "score": cmd_score,
     "domains": cmd_domains,
     "models": cmd_models,
+    "preview": cmd_preview,
 }
 
 

@@ -1,0 +1,108 @@
+"""A picture of converted samples: the image(s) as the model sees them, the question, the answer, and
+every box (``<box>[[...]]</box>``) and driving object tag drawn where it points."""
+
+from __future__ import annotations
+
+import re
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont
+
+from mini_internvl_adapt.metrics.boxes import denormalize_box
+from mini_internvl_adapt.schema import Sample
+
+_REF_BOX = re.compile(r"(?:<ref>(?P<ref>[^<]*)</ref>)?\s*<box>\s*\[(?P<boxes>(?:\s*\[[^\[\]]*\]\s*,?)+)\]\s*</box>")
+_ONE = re.compile(r"\[\s*([-\d.]+)\s*,\s*([-\d.]+)\s*,\s*([-\d.]+)\s*,\s*([-\d.]+)\s*\]")
+# Grid layout tags carry 0-1000 coordinates in brackets; views layout tags carry camera pixels.
+_TAG_GRID = re.compile(r"<(c\d+),\s*(CAM_[A-Z_]+),\s*\[\s*([\d.]+)\s*,\s*([\d.]+)\s*\]>")
+_TAG_PIXELS = re.compile(r"<(c\d+),\s*(CAM_[A-Z_]+),\s*([\d.]+)\s*,\s*([\d.]+)\s*>")
+
+PANEL_WIDTH = 640
+TEXT_LINES = 9
+COLOURS = ("#ff3b30", "#34c759", "#007aff", "#ffcc00", "#af52de", "#ff9500", "#5ac8fa", "#ff2d55")
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 has no sized default font
+        return ImageFont.load_default()
+
+
+def _annotations(text: str) -> tuple[list[tuple[str, list[float]]], list[tuple[str, str, float, float, bool]]]:
+    boxes = []
+    for m in _REF_BOX.finditer(text):
+        for b in _ONE.finditer(m.group("boxes")):
+            boxes.append((m.group("ref") or "", [float(v) for v in b.groups()]))
+    tags = [(m[1], m[2], float(m[3]), float(m[4]), True) for m in _TAG_GRID.finditer(text)]
+    tags += [(m[1], m[2], float(m[3]), float(m[4]), False) for m in _TAG_PIXELS.finditer(text)]
+    return boxes, tags
+
+
+def render_sample(sample: Sample, root: Path, width: int = PANEL_WIDTH) -> Image.Image:
+    """One panel: the sample's images side by side, annotations drawn, question and answer below."""
+    images = [Image.open(root / rel).convert("RGB") for rel in sample.images]
+    text = " ".join(t.value for t in sample.conversations)
+    boxes, tags = _annotations(text)
+    cameras: Sequence[str] = sample.meta.get("cameras", []) if isinstance(sample.meta, dict) else []
+    drawn = []
+    for index, image in enumerate(images):
+        draw = ImageDraw.Draw(image)
+        line = max(2, image.width // 300)
+        if len(images) == 1:  # boxes and grid tags are on the 0-1000 scale of the single image
+            for k, (ref, box) in enumerate(boxes):
+                colour = COLOURS[k % len(COLOURS)]
+                x1, y1, x2, y2 = denormalize_box(box, image.width, image.height)
+                draw.rectangle([x1, y1, x2, y2], outline=colour, width=line)
+                draw.text((x1 + line, y1 + line), ref, fill=colour, font=_font(max(12, image.width // 60)))
+        for k, (ident, camera, x, y, on_grid) in enumerate(tags):
+            if on_grid and len(images) == 1:
+                px, py = x / 1000 * image.width, y / 1000 * image.height
+            elif not on_grid and index < len(cameras) and cameras[index] == camera:
+                px, py = x, y
+            else:
+                continue
+            colour = COLOURS[k % len(COLOURS)]
+            r = max(6, image.width // 150)
+            draw.ellipse([px - r, py - r, px + r, py + r], outline=colour, width=line)
+            draw.text((px + r + 2, py - r), ident, fill=colour, font=_font(max(12, image.width // 60)))
+        drawn.append(image)
+    strip_height = 0
+    if drawn:
+        scale = width / sum(im.width for im in drawn)
+        strip_height = max(1, round(max(im.height for im in drawn) * scale))
+    font = _font(13)
+    question = textwrap.wrap("Q: " + sample.question.replace("\n", " "), 95)[: TEXT_LINES // 2 + 1]
+    answer = textwrap.wrap("A: " + sample.answer.replace("\n", " "), 95)[: TEXT_LINES // 2]
+    lines = [f"{sample.id}  [{sample.task or '-'}]", *question, *answer]
+    panel = Image.new("RGB", (width, strip_height + 16 * len(lines) + 10), "white")
+    x = 0
+    for image in drawn:
+        w = max(1, round(image.width * width / sum(im.width for im in drawn)))
+        panel.paste(image.resize((w, strip_height), Image.Resampling.BILINEAR), (x, 0))
+        x += w
+    draw = ImageDraw.Draw(panel)
+    for i, line_text in enumerate(lines):
+        draw.text((6, strip_height + 4 + 16 * i), line_text, fill="black", font=font)
+    return panel
+
+
+def make_preview(samples: Sequence[Sample], root: Path, out: Path, n: int = 8, columns: int = 2) -> Path:
+    """Write a grid of `n` sample panels to `out` (PNG) and return the path."""
+    if not samples:
+        raise ValueError("no samples to preview")
+    panels = [render_sample(s, root) for s in samples[:n]]
+    columns = min(columns, len(panels))
+    rows = (len(panels) + columns - 1) // columns
+    row_heights = [max(p.height for p in panels[r * columns : (r + 1) * columns]) for r in range(rows)]
+    sheet = Image.new("RGB", (columns * PANEL_WIDTH + (columns - 1) * 8, sum(row_heights) + (rows - 1) * 8), "#dddddd")
+    y = 0
+    for r in range(rows):
+        for c, panel in enumerate(panels[r * columns : (r + 1) * columns]):
+            sheet.paste(panel, (c * (PANEL_WIDTH + 8), y))
+        y += row_heights[r] + 8
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(out)
+    return out

@@ -1,0 +1,268 @@
+"""The model transform: a shared-format Sample -> token ids, labels and pixel tiles.
+
+Each ``<image>`` becomes ``<img>`` + ``<IMG_CONTEXT>`` x (num_image_token x tiles) + ``</img>``, the
+variant's chat template wraps the conversation, and labels keep only the assistant replies (with the
+separator that ends them). This module knows the model family, never a domain.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from mini_internvl_adapt.models.templates import ChatTemplate, get_template
+from mini_internvl_adapt.schema import IMAGE_PLACEHOLDER, Sample, Turn
+from mini_internvl_adapt.tiling import num_tiles, tile_image, tiles_per_image
+
+IGNORE_INDEX = -100
+IMG_START, IMG_END, IMG_CONTEXT = "<img>", "</img>", "<IMG_CONTEXT>"
+
+
+@dataclass
+class ProcessingConfig:
+    """How samples become model inputs; saved with every run so inference matches training."""
+
+    template: str = "Hermes-2"
+    system_message: str | None = None
+    max_tiles: int = 6
+    min_tiles: int = 1
+    tile_size: int = 448
+    use_thumbnail: bool = True
+    num_image_token: int = 256
+    max_length: int = 4096
+
+
+@dataclass
+class ProcessedSample:
+    """Model inputs for one sample (unbatched)."""
+
+    id: str
+    input_ids: torch.Tensor
+    labels: torch.Tensor
+    pixel_values: torch.Tensor
+    num_tiles: list[int] = field(default_factory=list)
+
+
+class SampleTooLongError(ValueError):
+    """The sample does not fit max_length without cutting image tokens or losing every answer token."""
+
+
+class SampleProcessor:
+    """Turns samples into token ids, labels and tiles for one tokenizer and template.
+
+    Args:
+        tokenizer: A tokenizer holding the InternVL special tokens (``<img>``, ``</img>``, ``<IMG_CONTEXT>``).
+        config: Template, tile and length settings.
+    """
+
+    def __init__(self, tokenizer: Any, config: ProcessingConfig) -> None:
+        self.tokenizer = tokenizer
+        self.config = config
+        self.template: ChatTemplate = get_template(config.template)
+        ids = tokenizer.convert_tokens_to_ids([IMG_START, IMG_END, IMG_CONTEXT])
+        unk = getattr(tokenizer, "unk_token_id", None)
+        if any(i is None or (unk is not None and i == unk) for i in ids):
+            raise ValueError("the tokenizer lacks the InternVL image tokens <img>, </img>, <IMG_CONTEXT>")
+        self.img_start_id, self.img_end_id, self.img_context_id = ids
+        # Real InternLM2 / Phi-3 tokenizers prepend BOS to every text; mirror what the tokenizer itself does.
+        probe = tokenizer("a")["input_ids"]
+        bos = getattr(tokenizer, "bos_token_id", None)
+        self.bos_id: int | None = bos if bos is not None and probe and probe[0] == bos else None
+
+    # -- public API -------------------------------------------------------------------------------
+
+    def __call__(self, sample: Sample, root: Path) -> ProcessedSample:
+        """Training inputs for the whole conversation; raises SampleTooLongError (see class)."""
+        pixel_values, tiles = self._load_tiles(sample, root)
+        input_ids, labels = self._tokenize(sample.conversations, tiles)
+        input_ids, labels = self._truncate(sample.id, input_ids, labels)
+        return ProcessedSample(sample.id, torch.tensor(input_ids), torch.tensor(labels), pixel_values, tiles)
+
+    def generation_inputs(self, sample: Sample, root: Path) -> ProcessedSample:
+        """Inputs for generating the last answer: the prompt up to the last assistant role, no labels."""
+        turns = _prompt_turns(sample.conversations)
+        pixel_values, tiles = self._load_tiles(sample, root)
+        input_ids, _ = self._tokenize(turns, tiles)
+        empty = torch.full((len(input_ids),), IGNORE_INDEX, dtype=torch.long)
+        return ProcessedSample(sample.id, torch.tensor(input_ids), empty, pixel_values, tiles)
+
+    def count_tokens(self, sample: Sample, root: Path) -> int:
+        """Token count of the training sequence, from image sizes only (no pixel decoding)."""
+        tiles = [self._tiles_for(w, h, len(sample.images)) for w, h in _image_sizes(sample, root)]
+        ids, _ = self._tokenize(sample.conversations, tiles)
+        return len(ids)
+
+    def render(self, conversations: Sequence[Turn]) -> str:
+        """The prompt text before image expansion (what a chat template must reproduce)."""
+        return self.template.render(conversations, self.config.system_message)
+
+    # -- internals --------------------------------------------------------------------------------
+
+    def _tiles_for(self, width: int, height: int, n_images: int) -> int:
+        c = self.config
+        budget = tiles_per_image(n_images, c.max_tiles) if n_images > 1 else c.max_tiles
+        return num_tiles(width, height, min_tiles=c.min_tiles, max_tiles=budget, use_thumbnail=c.use_thumbnail)
+
+    def _load_tiles(self, sample: Sample, root: Path) -> tuple[torch.Tensor, list[int]]:
+        c = self.config
+        if not sample.images:
+            return torch.empty(0, 3, c.tile_size, c.tile_size), []
+        budget = tiles_per_image(len(sample.images), c.max_tiles) if len(sample.images) > 1 else c.max_tiles
+        tensors = []
+        for rel in sample.images:
+            path = root / rel
+            try:
+                with Image.open(path) as image:
+                    tensors.append(
+                        tile_image(
+                            image,
+                            min_tiles=c.min_tiles,
+                            max_tiles=budget,
+                            tile_size=c.tile_size,
+                            use_thumbnail=c.use_thumbnail,
+                        )
+                    )
+            except (OSError, ValueError) as e:
+                raise ValueError(f"sample '{sample.id}': cannot read image {path}: {e}") from e
+        return torch.cat(tensors), [t.shape[0] for t in tensors]
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+    def _tokenize(self, turns: Sequence[Turn], tiles: Sequence[int]) -> tuple[list[int], list[int]]:
+        n_placeholders = sum(t.value.count(IMAGE_PLACEHOLDER) for t in turns)
+        if n_placeholders > len(tiles):
+            raise ValueError(f"{n_placeholders} <image> placeholders but {len(tiles)} images")
+        input_ids: list[int] = [] if self.bos_id is None else [self.bos_id]
+        labels: list[int] = [IGNORE_INDEX] * len(input_ids)
+        image_index = 0
+        for text, trained in self.template.segments(turns, self.config.system_message):
+            pieces = text.split(IMAGE_PLACEHOLDER)
+            for k, piece in enumerate(pieces):
+                ids = self._encode(piece)
+                input_ids += ids
+                labels += ids if trained else [IGNORE_INDEX] * len(ids)
+                if k < len(pieces) - 1:
+                    n = self.config.num_image_token * tiles[image_index]
+                    image_index += 1
+                    image_ids = [self.img_start_id] + [self.img_context_id] * n + [self.img_end_id]
+                    input_ids += image_ids
+                    labels += [IGNORE_INDEX] * len(image_ids)
+        return input_ids, labels
+
+    def _truncate(self, sample_id: str, input_ids: list[int], labels: list[int]) -> tuple[list[int], list[int]]:
+        limit = self.config.max_length
+        if len(input_ids) <= limit:
+            return input_ids, labels
+        last_image_end = max((i for i, t in enumerate(input_ids) if t == self.img_end_id), default=-1)
+        if last_image_end >= limit:
+            raise SampleTooLongError(
+                f"sample '{sample_id}': {len(input_ids)} tokens > max_length {limit}, and truncation would cut "
+                "through its image tokens (lower max_tiles or raise max_length)"
+            )
+        input_ids, labels = input_ids[:limit], labels[:limit]
+        if all(label == IGNORE_INDEX for label in labels):
+            raise SampleTooLongError(
+                f"sample '{sample_id}': {len(input_ids)} tokens > max_length {limit}; no answer token is left "
+                "after truncation, so it would train with zero loss"
+            )
+        return input_ids, labels
+
+
+def _prompt_turns(conversations: Sequence[Turn]) -> list[Turn]:
+    """The turns before the last assistant reply (the prompt a model answers)."""
+    last_gpt = max(i for i, t in enumerate(conversations) if t.role == "gpt")
+    return list(conversations[:last_gpt])
+
+
+def _image_sizes(sample: Sample, root: Path) -> list[tuple[int, int]]:
+    if sample.widths and sample.heights and len(sample.widths) == len(sample.images):
+        return list(zip(sample.widths, sample.heights))
+    sizes = []
+    for rel in sample.images:
+        with Image.open(root / rel) as image:  # reads the header only
+            sizes.append(image.size)
+    return sizes
+
+
+def collate(batch: Sequence[ProcessedSample], pad_token_id: int, padding_side: str = "right") -> dict[str, Any]:
+    """Pad a list of processed samples into a batch.
+
+    Args:
+        batch: Processed samples.
+        pad_token_id: Id used for padding input_ids.
+        padding_side: "right" for training, "left" for batched generation.
+
+    Returns:
+        input_ids, attention_mask, labels (padded with -100), pixel_values (all tiles concatenated, or None
+        when the batch has no image), num_tiles and ids.
+    """
+    if padding_side not in ("left", "right"):
+        raise ValueError(f"padding_side must be 'left' or 'right', got '{padding_side}'")
+    length = max(len(s.input_ids) for s in batch)
+    input_ids = torch.full((len(batch), length), pad_token_id, dtype=torch.long)
+    labels = torch.full((len(batch), length), IGNORE_INDEX, dtype=torch.long)
+    attention_mask = torch.zeros((len(batch), length), dtype=torch.long)
+    for row, s in enumerate(batch):
+        n = len(s.input_ids)
+        span = slice(length - n, length) if padding_side == "left" else slice(0, n)
+        input_ids[row, span] = s.input_ids
+        labels[row, span] = s.labels
+        attention_mask[row, span] = 1
+    tiles = [s.pixel_values for s in batch if s.pixel_values.shape[0] > 0]
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "labels": labels,
+        "pixel_values": torch.cat(tiles) if tiles else None,
+        "num_tiles": [s.num_tiles for s in batch],
+        "ids": [s.id for s in batch],
+    }
+
+
+@dataclass
+class BudgetReport:
+    """Per-sample token counts against max_length, and the samples that cannot be trained as they are."""
+
+    max_length: int
+    counts: dict[str, int]
+    too_long: list[str]
+    reasons: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        values = sorted(self.counts.values())
+        return {
+            "max_length": self.max_length,
+            "samples": len(self.counts),
+            "max_tokens": values[-1] if values else 0,
+            "mean_tokens": sum(values) / len(values) if values else 0.0,
+            "too_long": [{"id": i, "reason": self.reasons.get(i, "")} for i in self.too_long],
+            "counts": self.counts,
+        }
+
+
+def check_token_budget(samples: Sequence[Sample], root: Path, processor: SampleProcessor) -> BudgetReport:
+    """Count every sample's tokens and list those truncation would break (image tokens cut, or no answer left).
+
+    Samples that merely lose part of a long answer to truncation still train and are not listed.
+    """
+    limit = processor.config.max_length
+    counts: dict[str, int] = {}
+    too_long: list[str] = []
+    reasons: dict[str, str] = {}
+    for sample in samples:
+        tiles = [processor._tiles_for(w, h, len(sample.images)) for w, h in _image_sizes(sample, root)]
+        ids, labels = processor._tokenize(sample.conversations, tiles)
+        counts[sample.id] = len(ids)
+        if len(ids) > limit:
+            try:
+                processor._truncate(sample.id, ids, labels)
+            except SampleTooLongError as e:
+                too_long.append(sample.id)
+                reasons[sample.id] = str(e)
+    return BudgetReport(limit, counts, too_long, reasons)

@@ -1,0 +1,144 @@
+"""The shared conversation format: validation errors name file, line and problem; round trips are exact."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from mini_internvl_adapt.schema import (
+    ConversionReport,
+    DatasetError,
+    Sample,
+    Turn,
+    read_samples,
+    resolve_sources,
+    write_dataset,
+    write_samples,
+)
+
+
+def _image(root: Path, rel: str) -> None:
+    (root / rel).parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (8, 6)).save(root / rel)
+
+
+def _write_lines(path: Path, objs: list) -> None:
+    path.write_text("".join((o if isinstance(o, str) else json.dumps(o, ensure_ascii=False)) + "\n" for o in objs))
+
+
+OFFICIAL_LINES = [
+    {
+        "id": 0,
+        "image": "images/a.jpg",
+        "width": 8,
+        "height": 6,
+        "conversations": [{"from": "human", "value": "<image>\nWhat is it?"}, {"from": "gpt", "value": "A cat."}],
+    },
+    {
+        "id": "multi",
+        "image": ["images/a.jpg", "images/b.jpg"],
+        "width_list": [8, 8],
+        "height_list": [6, 6],
+        "conversations": [
+            {"from": "human", "value": "Image-1: <image>\nImage-2: <image>\nSame?"},
+            {"from": "gpt", "value": "Yes."},
+            {"from": "human", "value": "Sure?"},
+            {"from": "gpt", "value": "Quite."},
+        ],
+        "source": "kept as is",
+    },
+    {"id": "text", "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]},
+]
+
+
+def test_official_jsonl_round_trips_unchanged(tmp_path: Path) -> None:
+    _image(tmp_path, "images/a.jpg")
+    _image(tmp_path, "images/b.jpg")
+    src = tmp_path / "train.jsonl"
+    _write_lines(src, OFFICIAL_LINES)
+    samples = read_samples(src)
+    assert [s.id for s in samples] == ["0", "multi", "text"]
+    assert samples[1].images == ["images/a.jpg", "images/b.jpg"]
+    assert samples[1].answer == "Quite."
+    out = tmp_path / "copy.jsonl"
+    write_samples(out, samples)
+    back = [json.loads(line) for line in out.read_text().splitlines()]
+    expected = [dict(o, id=str(o["id"])) for o in OFFICIAL_LINES]
+    assert back == expected
+
+
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [
+        ("{not json", "bad JSON"),
+        ({"id": "x", "image": "images/a.jpg", "conversations": [{"from": "human", "value": "no placeholder"},
+                                                               {"from": "gpt", "value": "a"}]},
+         "0 <image> placeholder(s) but 1 image(s)"),
+        ({"id": "x", "conversations": [{"from": "gpt", "value": "a"}, {"from": "human", "value": "b"}]},
+         "turn 0 is 'gpt', expected 'human'"),
+        ({"id": "x", "conversations": [{"from": "human", "value": "a"}, {"from": "human", "value": "b"}]},
+         "turn 1 is 'human', expected 'gpt'"),
+        ({"id": "x", "image": "/etc/a.jpg", "conversations": [{"from": "human", "value": "<image>"},
+                                                             {"from": "gpt", "value": "a"}]},
+         "absolute path"),
+        ({"id": "x", "image": "../a.jpg", "conversations": [{"from": "human", "value": "<image>"},
+                                                           {"from": "gpt", "value": "a"}]},
+         "escapes the dataset root"),
+        ({"id": "x", "image": "images/missing.jpg", "conversations": [{"from": "human", "value": "<image>"},
+                                                                     {"from": "gpt", "value": "a"}]},
+         "image file not found"),
+    ],
+)
+def test_bad_line_error_names_file_line_and_problem(tmp_path: Path, line: object, problem: str) -> None:
+    _image(tmp_path, "images/a.jpg")
+    path = tmp_path / "train.jsonl"
+    _write_lines(path, [OFFICIAL_LINES[0], line])
+    with pytest.raises(DatasetError) as info:
+        read_samples(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}:2: ")
+    assert problem in message
+    assert info.value.line == 2
+
+
+def test_write_dataset_writes_meta_and_report_and_reads_back(tmp_path: Path) -> None:
+    out = tmp_path / "ds"
+    _image(out, "images/a.jpg")
+    sample = Sample("s1", [Turn("human", "<image>\nQ"), Turn("gpt", "A")], ["images/a.jpg"], task="t", domain="d",
+                    meta={"k": [1, 2]}, widths=[8], heights=[6])
+    report = ConversionReport(domain="d", source="raw", read=2, converted=1)
+    report.skip("raw/b", "broken", id="s2")
+    write_dataset(out, {"train": [sample], "test": [sample]}, report)
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["ds_train"]["length"] == 1 and meta["ds_train"]["annotation"].endswith("train.jsonl")
+    assert meta["ds_train"]["repeat_time"] == 1 and "max_dynamic_patch" in meta["ds_train"]
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["read"] == rep["converted"] + rep["skipped"] == 2
+    assert rep["skips"] == [{"source": "raw/b", "reason": "broken", "id": "s2"}]
+    assert rep["samples"] == {"train": 1, "test": 1}
+    [back] = read_samples(out / "train.jsonl")
+    assert back == sample
+    assert not list(out.glob(".*.tmp"))  # atomic writes leave no temp files
+
+
+def test_sources_from_folder_jsonl_and_official_meta(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    _image(root, "images/a.jpg")
+    _write_lines(root / "train.jsonl", OFFICIAL_LINES[:1])
+    _write_lines(root / "test.jsonl", OFFICIAL_LINES[:1])
+    assert [s.split for s in resolve_sources(root)] == ["test", "train"]
+    assert [s.annotation.name for s in resolve_sources(root, "train")] == ["train.jsonl"]
+    [plain] = resolve_sources(root / "train.jsonl")
+    assert plain.root == root and len(plain.read()) == 1
+    meta = tmp_path / "meta.json"
+    meta.write_text(json.dumps({"mine": {"root": "data", "annotation": "data/train.jsonl", "repeat_time": 2,
+                                         "data_augment": False, "max_dynamic_patch": 6, "length": 1}}))
+    [src] = resolve_sources(meta)
+    assert src.repeat_time == 2.0 and src.max_dynamic_patch == 6 and src.read()[0].id == "0"
+    with pytest.raises(DatasetError, match="no such file"):
+        resolve_sources(tmp_path / "nope")
+    with pytest.raises(DatasetError, match="no val.jsonl"):
+        resolve_sources(root, "val")
