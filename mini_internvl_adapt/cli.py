@@ -38,7 +38,9 @@ def _domain_from_argv(argv: Sequence[str]) -> str | None:
     return None
 
 
-def _parser_with_domain(prog: str, description: str, argv: Sequence[str], hook: str) -> argparse.ArgumentParser:
+def _parser_with_domain(
+    prog: str, description: str, argv: Sequence[str], hook: str
+) -> argparse.ArgumentParser:
     """A parser whose domain-specific options come from the domain named in argv (if any)."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--domain", required=True, help=f"one of: {', '.join(available_domains())}")
@@ -59,7 +61,10 @@ def _options(args: argparse.Namespace, exclude: set[str]) -> dict[str, Any]:
 
 def cmd_convert(argv: Sequence[str]) -> int:
     parser = _parser_with_domain(
-        "adapt convert", "Convert raw domain data into the shared conversation format.", argv, "add_convert_arguments"
+        "adapt convert",
+        "Convert raw domain data into the shared conversation format.",
+        argv,
+        "add_convert_arguments",
     )
     parser.add_argument("--source", required=True, type=Path, help="raw data: a file or folder")
     parser.add_argument("--out", required=True, type=Path, help="the dataset folder to write")
@@ -69,7 +74,9 @@ def cmd_convert(argv: Sequence[str]) -> int:
     summary = report.to_json()
     summary.pop("skips", None)
     print(json.dumps(summary, indent=2))
-    print(f"dataset written to {args.out} (skips with reasons in {args.out / 'report.json'})", file=sys.stderr)
+    print(
+        f"dataset written to {args.out} (skips with reasons in {args.out / 'report.json'})", file=sys.stderr
+    )
     return 0
 
 
@@ -108,7 +115,10 @@ def cmd_score(argv: Sequence[str]) -> int:
     from mini_internvl_adapt.schema import read_samples
 
     parser = _parser_with_domain(
-        "adapt score", "Score predictions against a converted test set (no model needed).", argv, "add_score_arguments"
+        "adapt score",
+        "Score predictions against a converted test set (no model needed).",
+        argv,
+        "add_score_arguments",
     )
     parser.add_argument("--data", required=True, type=Path, help="DATASET/test.jsonl")
     parser.add_argument("--predictions", required=True, type=Path, help="JSONL {id, answer} or a JSON list")
@@ -151,7 +161,8 @@ def cmd_preview(argv: Sequence[str]) -> int:
     from mini_internvl_adapt.schema import read_samples
 
     parser = argparse.ArgumentParser(
-        prog="adapt preview", description="A picture of converted samples with their boxes and object tags drawn."
+        prog="adapt preview",
+        description="A picture of converted samples with their boxes and object tags drawn.",
     )
     parser.add_argument("--data", required=True, type=Path, help="DATASET/<split>.jsonl")
     parser.add_argument("--out", required=True, type=Path, help="the PNG to write")

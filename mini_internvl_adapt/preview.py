@@ -13,7 +13,9 @@ from PIL import Image, ImageDraw, ImageFont
 from mini_internvl_adapt.metrics.boxes import denormalize_box
 from mini_internvl_adapt.schema import Sample
 
-_REF_BOX = re.compile(r"(?:<ref>(?P<ref>[^<]*)</ref>)?\s*<box>\s*\[(?P<boxes>(?:\s*\[[^\[\]]*\]\s*,?)+)\]\s*</box>")
+_REF_BOX = re.compile(
+    r"(?:<ref>(?P<ref>[^<]*)</ref>)?\s*<box>\s*\[(?P<boxes>(?:\s*\[[^\[\]]*\]\s*,?)+)\]\s*</box>"
+)
 _ONE = re.compile(r"\[\s*([-\d.]+)\s*,\s*([-\d.]+)\s*,\s*([-\d.]+)\s*,\s*([-\d.]+)\s*\]")
 # Grid layout tags carry 0-1000 coordinates in brackets; views layout tags carry camera pixels.
 _TAG_GRID = re.compile(r"<(c\d+),\s*(CAM_[A-Z_]+),\s*\[\s*([\d.]+)\s*,\s*([\d.]+)\s*\]>")
@@ -31,7 +33,9 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default()
 
 
-def _annotations(text: str) -> tuple[list[tuple[str, list[float]]], list[tuple[str, str, float, float, bool]]]:
+def _annotations(
+    text: str,
+) -> tuple[list[tuple[str, list[float]]], list[tuple[str, str, float, float, bool]]]:
     boxes = []
     for m in _REF_BOX.finditer(text):
         for b in _ONE.finditer(m.group("boxes")):
@@ -97,7 +101,9 @@ def make_preview(samples: Sequence[Sample], root: Path, out: Path, n: int = 8, c
     columns = min(columns, len(panels))
     rows = (len(panels) + columns - 1) // columns
     row_heights = [max(p.height for p in panels[r * columns : (r + 1) * columns]) for r in range(rows)]
-    sheet = Image.new("RGB", (columns * PANEL_WIDTH + (columns - 1) * 8, sum(row_heights) + (rows - 1) * 8), "#dddddd")
+    sheet = Image.new(
+        "RGB", (columns * PANEL_WIDTH + (columns - 1) * 8, sum(row_heights) + (rows - 1) * 8), "#dddddd"
+    )
     y = 0
     for r in range(rows):
         for c, panel in enumerate(panels[r * columns : (r + 1) * columns]):

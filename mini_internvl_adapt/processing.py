@@ -106,7 +106,9 @@ class SampleProcessor:
     def _tiles_for(self, width: int, height: int, n_images: int) -> int:
         c = self.config
         budget = tiles_per_image(n_images, c.max_tiles) if n_images > 1 else c.max_tiles
-        return num_tiles(width, height, min_tiles=c.min_tiles, max_tiles=budget, use_thumbnail=c.use_thumbnail)
+        return num_tiles(
+            width, height, min_tiles=c.min_tiles, max_tiles=budget, use_thumbnail=c.use_thumbnail
+        )
 
     def _load_tiles(self, sample: Sample, root: Path) -> tuple[torch.Tensor, list[int]]:
         c = self.config
@@ -155,7 +157,9 @@ class SampleProcessor:
                     labels += [IGNORE_INDEX] * len(image_ids)
         return input_ids, labels
 
-    def _truncate(self, sample_id: str, input_ids: list[int], labels: list[int]) -> tuple[list[int], list[int]]:
+    def _truncate(
+        self, sample_id: str, input_ids: list[int], labels: list[int]
+    ) -> tuple[list[int], list[int]]:
         limit = self.config.max_length
         if len(input_ids) <= limit:
             return input_ids, labels
@@ -190,7 +194,9 @@ def _image_sizes(sample: Sample, root: Path) -> list[tuple[int, int]]:
     return sizes
 
 
-def collate(batch: Sequence[ProcessedSample], pad_token_id: int, padding_side: str = "right") -> dict[str, Any]:
+def collate(
+    batch: Sequence[ProcessedSample], pad_token_id: int, padding_side: str = "right"
+) -> dict[str, Any]:
     """Pad a list of processed samples into a batch.
 
     Args:

@@ -36,7 +36,9 @@ class Domain(Protocol):
         """Convert raw domain data under `source` into a shared-format dataset folder `out`."""
         ...
 
-    def score(self, samples: Iterable[Sample], predictions: Mapping[str, str], **options: Any) -> dict[str, Any]:
+    def score(
+        self, samples: Iterable[Sample], predictions: Mapping[str, str], **options: Any
+    ) -> dict[str, Any]:
         """Score predicted answers (sample id -> text) against the samples' references."""
         ...
 
@@ -45,9 +47,7 @@ class MissingDependencyError(ImportError):
     """A domain's heavy dependency is not installed; the message names the extra to install."""
 
     def __init__(self, domain: str, package: str, extra: str) -> None:
-        super().__init__(
-            f"the '{domain}' domain needs {package}: pip install 'mini-internvl-adapt[{extra}]'"
-        )
+        super().__init__(f"the '{domain}' domain needs {package}: pip install 'mini-internvl-adapt[{extra}]'")
 
 
 class UnknownDomainError(KeyError):

@@ -19,7 +19,18 @@ IMAGE_PLACEHOLDER = "<image>"
 HUMAN, GPT, SYSTEM = "human", "gpt", "system"
 
 # Keys of a JSONL line that Sample models itself; every other key is kept verbatim in `extra`.
-_OWN_KEYS = {"id", "image", "conversations", "task", "domain", "meta", "width", "height", "width_list", "height_list"}
+_OWN_KEYS = {
+    "id",
+    "image",
+    "conversations",
+    "task",
+    "domain",
+    "meta",
+    "width",
+    "height",
+    "width_list",
+    "height_list",
+}
 
 
 class DatasetError(ValueError):
@@ -127,7 +138,9 @@ class Sample:
         """The JSONL object: official keys first, our extensions after, unknown keys kept."""
         out: dict[str, Any] = {"id": self.id}
         if self.images:
-            out["image"] = list(self.images) if (self.image_as_list or len(self.images) != 1) else self.images[0]
+            out["image"] = (
+                list(self.images) if (self.image_as_list or len(self.images) != 1) else self.images[0]
+            )
         if self.widths is not None and self.heights is not None:
             if len(self.images) == 1 and not self.image_as_list:
                 out["width"], out["height"] = self.widths[0], self.heights[0]
@@ -162,9 +175,7 @@ class Sample:
             raise ValueError("the conversation must end with a gpt turn")
         n_placeholders = sum(t.value.count(IMAGE_PLACEHOLDER) for t in self.conversations)
         if n_placeholders != len(self.images):
-            raise ValueError(
-                f"{n_placeholders} <image> placeholder(s) but {len(self.images)} image(s)"
-            )
+            raise ValueError(f"{n_placeholders} <image> placeholder(s) but {len(self.images)} image(s)")
         for path in self.images:
             check_relative_path(path)
             if check_files and root is not None and not (root / path).is_file():
@@ -179,7 +190,9 @@ def check_relative_path(path: str) -> None:
         raise ValueError(f"image path escapes the dataset root: '{path}'")
 
 
-def iter_samples(path: str | Path, root: str | Path | None = None, check_files: bool = True) -> Iterator[Sample]:
+def iter_samples(
+    path: str | Path, root: str | Path | None = None, check_files: bool = True
+) -> Iterator[Sample]:
     """Read and validate a JSONL file line by line.
 
     Args:

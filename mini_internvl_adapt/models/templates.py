@@ -11,12 +11,8 @@ from dataclasses import dataclass
 
 from mini_internvl_adapt.schema import GPT, HUMAN, SYSTEM, Turn
 
-INTERNVL_SYSTEM_MESSAGE = (
-    "你是由上海人工智能实验室联合商汤科技开发的书生多模态大模型，英文名叫InternVL, 是一个有用无害的人工智能助手。"
-)
-INTERNVL2_5_SYSTEM_MESSAGE = (
-    "你是书生·万象，英文名是InternVL，是由上海人工智能实验室、清华大学及多家合作单位联合开发的多模态大语言模型。"
-)
+INTERNVL_SYSTEM_MESSAGE = "你是由上海人工智能实验室联合商汤科技开发的书生多模态大模型，英文名叫InternVL, 是一个有用无害的人工智能助手。"
+INTERNVL2_5_SYSTEM_MESSAGE = "你是书生·万象，英文名是InternVL，是由上海人工智能实验室、清华大学及多家合作单位联合开发的多模态大语言模型。"
 
 
 @dataclass(frozen=True)
@@ -51,7 +47,9 @@ class ChatTemplate:
         system = self.system_message if system_message is None else system_message
         if turns and turns[0].role == SYSTEM:
             system = turns.pop(0).value
-        segments: list[tuple[str, bool]] = [(self.system_template.format(system_message=system) + self.sep, False)]
+        segments: list[tuple[str, bool]] = [
+            (self.system_template.format(system_message=system) + self.sep, False)
+        ]
         for turn in turns:
             if turn.role == HUMAN:
                 segments.append((self.user_role + turn.value + self.sep + self.assistant_role, False))

@@ -31,7 +31,9 @@ def test_domain_is_registered_and_documented(name: str, folder: str, doc: str) -
     for hook in ("add_convert_arguments", "add_score_arguments"):
         parser = argparse.ArgumentParser()
         getattr(domain, hook)(parser)  # must add options without clashing with the CLI's own
-        clashing = {"--source", "--out", "--data", "--predictions", "--domain"} & set(parser._option_string_actions)
+        clashing = {"--source", "--out", "--data", "--predictions", "--domain"} & set(
+            parser._option_string_actions
+        )
         assert not clashing
 
 
@@ -57,6 +59,7 @@ def test_runtime_registration_and_unknown_domain_message(monkeypatch: pytest.Mon
     from mini_internvl_adapt import registry
 
     monkeypatch.setattr(registry, "_registered", {})
+
     class Toy:
         name = "toy"
         tasks = ("toy-qa",)

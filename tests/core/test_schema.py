@@ -26,7 +26,9 @@ def _image(root: Path, rel: str) -> None:
 
 
 def _write_lines(path: Path, objs: list) -> None:
-    path.write_text("".join((o if isinstance(o, str) else json.dumps(o, ensure_ascii=False)) + "\n" for o in objs))
+    path.write_text(
+        "".join((o if isinstance(o, str) else json.dumps(o, ensure_ascii=False)) + "\n" for o in objs)
+    )
 
 
 OFFICIAL_LINES = [
@@ -35,7 +37,10 @@ OFFICIAL_LINES = [
         "image": "images/a.jpg",
         "width": 8,
         "height": 6,
-        "conversations": [{"from": "human", "value": "<image>\nWhat is it?"}, {"from": "gpt", "value": "A cat."}],
+        "conversations": [
+            {"from": "human", "value": "<image>\nWhat is it?"},
+            {"from": "gpt", "value": "A cat."},
+        ],
     },
     {
         "id": "multi",
@@ -74,22 +79,49 @@ def test_official_jsonl_round_trips_unchanged(tmp_path: Path) -> None:
     ("line", "problem"),
     [
         ("{not json", "bad JSON"),
-        ({"id": "x", "image": "images/a.jpg", "conversations": [{"from": "human", "value": "no placeholder"},
-                                                               {"from": "gpt", "value": "a"}]},
-         "0 <image> placeholder(s) but 1 image(s)"),
-        ({"id": "x", "conversations": [{"from": "gpt", "value": "a"}, {"from": "human", "value": "b"}]},
-         "turn 0 is 'gpt', expected 'human'"),
-        ({"id": "x", "conversations": [{"from": "human", "value": "a"}, {"from": "human", "value": "b"}]},
-         "turn 1 is 'human', expected 'gpt'"),
-        ({"id": "x", "image": "/etc/a.jpg", "conversations": [{"from": "human", "value": "<image>"},
-                                                             {"from": "gpt", "value": "a"}]},
-         "absolute path"),
-        ({"id": "x", "image": "../a.jpg", "conversations": [{"from": "human", "value": "<image>"},
-                                                           {"from": "gpt", "value": "a"}]},
-         "escapes the dataset root"),
-        ({"id": "x", "image": "images/missing.jpg", "conversations": [{"from": "human", "value": "<image>"},
-                                                                     {"from": "gpt", "value": "a"}]},
-         "image file not found"),
+        (
+            {
+                "id": "x",
+                "image": "images/a.jpg",
+                "conversations": [
+                    {"from": "human", "value": "no placeholder"},
+                    {"from": "gpt", "value": "a"},
+                ],
+            },
+            "0 <image> placeholder(s) but 1 image(s)",
+        ),
+        (
+            {"id": "x", "conversations": [{"from": "gpt", "value": "a"}, {"from": "human", "value": "b"}]},
+            "turn 0 is 'gpt', expected 'human'",
+        ),
+        (
+            {"id": "x", "conversations": [{"from": "human", "value": "a"}, {"from": "human", "value": "b"}]},
+            "turn 1 is 'human', expected 'gpt'",
+        ),
+        (
+            {
+                "id": "x",
+                "image": "/etc/a.jpg",
+                "conversations": [{"from": "human", "value": "<image>"}, {"from": "gpt", "value": "a"}],
+            },
+            "absolute path",
+        ),
+        (
+            {
+                "id": "x",
+                "image": "../a.jpg",
+                "conversations": [{"from": "human", "value": "<image>"}, {"from": "gpt", "value": "a"}],
+            },
+            "escapes the dataset root",
+        ),
+        (
+            {
+                "id": "x",
+                "image": "images/missing.jpg",
+                "conversations": [{"from": "human", "value": "<image>"}, {"from": "gpt", "value": "a"}],
+            },
+            "image file not found",
+        ),
     ],
 )
 def test_bad_line_error_names_file_line_and_problem(tmp_path: Path, line: object, problem: str) -> None:
@@ -107,8 +139,16 @@ def test_bad_line_error_names_file_line_and_problem(tmp_path: Path, line: object
 def test_write_dataset_writes_meta_and_report_and_reads_back(tmp_path: Path) -> None:
     out = tmp_path / "ds"
     _image(out, "images/a.jpg")
-    sample = Sample("s1", [Turn("human", "<image>\nQ"), Turn("gpt", "A")], ["images/a.jpg"], task="t", domain="d",
-                    meta={"k": [1, 2]}, widths=[8], heights=[6])
+    sample = Sample(
+        "s1",
+        [Turn("human", "<image>\nQ"), Turn("gpt", "A")],
+        ["images/a.jpg"],
+        task="t",
+        domain="d",
+        meta={"k": [1, 2]},
+        widths=[8],
+        heights=[6],
+    )
     report = ConversionReport(domain="d", source="raw", read=2, converted=1)
     report.skip("raw/b", "broken", id="s2")
     write_dataset(out, {"train": [sample], "test": [sample]}, report)
@@ -134,8 +174,20 @@ def test_sources_from_folder_jsonl_and_official_meta(tmp_path: Path) -> None:
     [plain] = resolve_sources(root / "train.jsonl")
     assert plain.root == root and len(plain.read()) == 1
     meta = tmp_path / "meta.json"
-    meta.write_text(json.dumps({"mine": {"root": "data", "annotation": "data/train.jsonl", "repeat_time": 2,
-                                         "data_augment": False, "max_dynamic_patch": 6, "length": 1}}))
+    meta.write_text(
+        json.dumps(
+            {
+                "mine": {
+                    "root": "data",
+                    "annotation": "data/train.jsonl",
+                    "repeat_time": 2,
+                    "data_augment": False,
+                    "max_dynamic_patch": 6,
+                    "length": 1,
+                }
+            }
+        )
+    )
     [src] = resolve_sources(meta)
     assert src.repeat_time == 2.0 and src.max_dynamic_patch == 6 and src.read()[0].id == "0"
     with pytest.raises(DatasetError, match="no such file"):

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from mini_internvl_adapt.models.templates import INTERNVL2_5_SYSTEM_MESSAGE, INTERNVL_SYSTEM_MESSAGE, get_template
+from mini_internvl_adapt.models.templates import (
+    INTERNVL2_5_SYSTEM_MESSAGE,
+    INTERNVL_SYSTEM_MESSAGE,
+    get_template,
+)
 from mini_internvl_adapt.schema import Turn
 
 CONV = [Turn("human", "<image>\nQ1"), Turn("gpt", "A1"), Turn("human", "Q2"), Turn("gpt", "A2")]
@@ -44,8 +48,13 @@ def test_only_replies_and_their_separator_are_trained(name: str) -> None:
 def test_generation_prompt_ends_with_assistant_role_and_system_turn_overrides() -> None:
     template = get_template("Hermes-2")
     prompt = template.render([Turn("system", "Be brief."), Turn("human", "Q")])
-    assert prompt == "<|im_start|>system\nBe brief.<|im_end|><|im_start|>user\nQ<|im_end|><|im_start|>assistant\n"
-    assert template.render([Turn("human", "Q")], system_message="S").startswith("<|im_start|>system\nS<|im_end|>")
+    assert (
+        prompt
+        == "<|im_start|>system\nBe brief.<|im_end|><|im_start|>user\nQ<|im_end|><|im_start|>assistant\n"
+    )
+    assert template.render([Turn("human", "Q")], system_message="S").startswith(
+        "<|im_start|>system\nS<|im_end|>"
+    )
 
 
 def test_unknown_template_lists_known_ones() -> None:
