@@ -1,0 +1,392 @@
+"""DICOM -> the 8-bit RGB image the model sees: modality LUT, VOI window, colour, frames, series.
+
+pydicom is imported here only (this module is imported on use), so the plugin loads without it.
+Rendering keeps the source resolution: tiling happens at training time.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from mini_internvl_adapt.domains.medical import deid
+from mini_internvl_adapt.domains.medical.windows import (
+    Window,
+    parse_window,
+    percentile_unit,
+    to_uint8,
+    window_unit,
+)
+
+from mini_internvl_adapt.registry import MissingDependencyError
+
+try:
+    import pydicom
+    from pydicom import pixels as dpx
+    from pydicom.errors import InvalidDicomError
+except ImportError as e:  # pragma: no cover - exercised only without the extra
+    raise MissingDependencyError("medical", "pydicom", "medical") from e
+
+PLAIN_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+# Transfer syntax UID prefix -> the packages that decode it (what to tell a user whose decode failed).
+_DECODERS: dict[str, str] = {
+    "1.2.840.10008.1.2.4.50": "pillow or pylibjpeg-libjpeg",
+    "1.2.840.10008.1.2.4.51": "pylibjpeg-libjpeg (12-bit JPEG Extended; pillow cannot)",
+    "1.2.840.10008.1.2.4.57": "pylibjpeg-libjpeg or python-gdcm",
+    "1.2.840.10008.1.2.4.70": "pylibjpeg-libjpeg or python-gdcm",
+    "1.2.840.10008.1.2.4.80": "pylibjpeg-libjpeg or pyjpegls",
+    "1.2.840.10008.1.2.4.81": "pylibjpeg-libjpeg or pyjpegls",
+    "1.2.840.10008.1.2.4.90": "pylibjpeg-openjpeg or pillow",
+    "1.2.840.10008.1.2.4.91": "pylibjpeg-openjpeg or pillow",
+    "1.2.840.10008.1.2.4.201": "pylibjpeg-openjpeg",
+    "1.2.840.10008.1.2.4.202": "pylibjpeg-openjpeg",
+    "1.2.840.10008.1.2.4.203": "pylibjpeg-openjpeg",
+}
+
+
+class RenderError(Exception):
+    """A source image that cannot be rendered; the message is safe to write to report.json (no PHI)."""
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    """How DICOM pixels become an image (the ``--window``, ``--frames`` ... options)."""
+
+    window: str = "auto"
+    window_index: int = 0
+    frames: str = "middle"
+    series_slices: int = 3
+    allow_burned_in: bool = False
+    allow_demographics: bool = False
+
+    def __post_init__(self) -> None:
+        parse_window(self.window)  # fail early with the option's own message
+        if self.frames not in ("middle", "all") and not str(self.frames).isdigit():
+            raise ValueError(f"--frames must be middle, all or a frame number (0-based); got '{self.frames}'")
+        if self.series_slices < 1:
+            raise ValueError(f"--series-slices must be >= 1, got {self.series_slices}")
+        if self.window_index < 0:
+            raise ValueError(f"--window-index must be >= 0, got {self.window_index}")
+
+
+@dataclass
+class RenderedImage:
+    """One rendered picture: HxWx3 uint8 pixels and its file stem (a hash, never a name)."""
+
+    pixels: np.ndarray
+    stem: str
+
+
+@dataclass
+class Rendered:
+    """Everything a source image (file or series folder) gives a sample.
+
+    Attributes:
+        images: The pictures, in order (several for ``--frames all`` and series).
+        meta: De-identified description: allow-listed attributes, window, frames, UID digests.
+        group: A digest of the patient (or study / file) to keep one patient in one split.
+    """
+
+    images: list[RenderedImage]
+    meta: dict[str, Any] = field(default_factory=dict)
+    group: str = ""
+
+
+def render_source(path: Path, options: RenderOptions) -> Rendered:
+    """Render a DICOM file, a series folder or a plain image file.
+
+    Raises:
+        RenderError: Not DICOM, truncated, no decoder, burned-in text, bad frame ... (message names no PHI).
+    """
+    if path.is_dir():
+        return _render_series(path, options)
+    if not path.is_file():
+        raise RenderError("image file not found")
+    if path.suffix.lower() in PLAIN_IMAGE_SUFFIXES:
+        return _render_plain(path)
+    return _render_file(path, options)
+
+
+def _render_plain(path: Path) -> Rendered:
+    from PIL import Image, UnidentifiedImageError
+
+    data = path.read_bytes()
+    try:
+        from io import BytesIO
+
+        with Image.open(BytesIO(data)) as im:
+            # Re-encoding drops EXIF / text chunks, which can carry names.
+            pixels = np.asarray(im.convert("RGB"))
+    except (UnidentifiedImageError, OSError) as e:
+        raise RenderError(f"not a readable image ({type(e).__name__})") from None
+    stem = deid.digest(hashlib_bytes(data))
+    return Rendered([RenderedImage(pixels, stem)], {"frames": [0]}, group=stem)
+
+
+def hashlib_bytes(data: bytes) -> str:
+    """Content digest of a plain image (its stand-in for a SOPInstanceUID)."""
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_dataset(path: Path, header_only: bool = False) -> Any:
+    """Read a DICOM file; RenderError for a file that is not DICOM or cannot be parsed."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return pydicom.dcmread(path, stop_before_pixels=header_only)
+    except InvalidDicomError:
+        raise RenderError("not a DICOM file (no DICM preamble)") from None
+    except Exception as e:  # pydicom raises many types on corrupt input; its messages are not echoed
+        raise RenderError(f"cannot parse the DICOM file ({type(e).__name__})") from None
+
+
+def _render_file(path: Path, options: RenderOptions) -> Rendered:
+    ds = read_dataset(path)
+    _check_burned_in(ds, options)
+    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+        raise RenderError(f"no pixel data (Modality {_code(ds, 'Modality')})")
+    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if options.frames == "middle":
+        indices = [n_frames // 2]
+    elif options.frames == "all":
+        indices = list(range(n_frames))
+    else:
+        index = int(options.frames)
+        if index >= n_frames:
+            raise RenderError(f"frame {index} requested but the file has {n_frames} frame(s)")
+        indices = [index]
+    uid_digest = deid.digest(str(ds.get("SOPInstanceUID", "")) or hashlib_bytes(path.read_bytes()))
+    images, windows = [], []
+    for index in indices:
+        pixels, window = render_frame(ds, index if n_frames > 1 else None, options)
+        stem = uid_digest if len(indices) == 1 and n_frames == 1 else f"{uid_digest}_f{index}"
+        images.append(RenderedImage(pixels, stem))
+        windows.append(window)
+    meta = deid.allowed_attributes(ds, options.allow_demographics)
+    meta.update(
+        {
+            "sop_uid_sha256": uid_digest,
+            "frames": indices,
+            "number_of_frames": n_frames,
+            "window": windows[0].to_json() if len(set(windows)) == 1 else [w.to_json() for w in windows],
+        }
+    )
+    return Rendered(images, meta, group=_group(ds, uid_digest))
+
+
+def _group(ds: Any, fallback: str) -> str:
+    # Held in memory only (never written): the split keeps a patient's images together.
+    for keyword in ("PatientID", "StudyInstanceUID"):
+        value = str(ds.get(keyword, "") or "")
+        if value:
+            return deid.digest(f"{keyword}:{value}")
+    return fallback
+
+
+def _code(ds: Any, keyword: str) -> str:
+    value = deid.allowed_attributes(ds).get(deid.ALLOWED.get(keyword, ""), "")
+    return value or "unknown"
+
+
+def _check_burned_in(ds: Any, options: RenderOptions) -> None:
+    if str(ds.get("BurnedInAnnotation", "")).strip().upper() == "YES" and not options.allow_burned_in:
+        raise RenderError(
+            "BurnedInAnnotation is YES: the pixels may show identifying text (--allow-burned-in)"
+        )
+
+
+def decode_frame(ds: Any, index: int | None) -> np.ndarray:
+    """Decode one frame (or the only image) of a dataset.
+
+    Raises:
+        RenderError: Corrupt pixel data, or no installed decoder: names the transfer syntax and packages.
+    """
+    tsyntax = ds.file_meta.get("TransferSyntaxUID", None) if hasattr(ds, "file_meta") else None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if index is None:
+                return ds.pixel_array
+            return dpx.pixel_array(ds, index=index)
+    except (RuntimeError, NotImplementedError) as e:
+        name = getattr(tsyntax, "name", str(tsyntax))
+        packages = _DECODERS.get(str(tsyntax))
+        if packages and ("plugin" in str(e) or "support" in str(e) or "missing" in str(e)):
+            raise RenderError(
+                f"no decoder for transfer syntax '{name}' ({tsyntax}): pip install {packages}"
+            ) from None
+        raise RenderError(
+            f"cannot decode pixel data ({type(e).__name__}, transfer syntax '{name}')"
+        ) from None
+    except Exception as e:
+        raise RenderError(
+            f"pixel data is truncated or inconsistent with the header ({type(e).__name__})"
+        ) from None
+
+
+def _functional(ds: Any, index: int | None, sequence: str) -> Any:
+    """An item of a functional group macro for a frame (per-frame first, then shared), or None."""
+    groups = []
+    if index is not None and "PerFrameFunctionalGroupsSequence" in ds:
+        per_frame = ds.PerFrameFunctionalGroupsSequence
+        if index < len(per_frame):
+            groups.append(per_frame[index])
+    if "SharedFunctionalGroupsSequence" in ds and len(ds.SharedFunctionalGroupsSequence):
+        groups.append(ds.SharedFunctionalGroupsSequence[0])
+    for group in groups:
+        items = group.get(sequence)
+        if items:
+            return items[0]
+    return None
+
+
+def modality_values(ds: Any, raw: np.ndarray, index: int | None) -> np.ndarray:
+    """Stored values -> modality values: Modality LUT Sequence, else RescaleSlope/Intercept (per frame)."""
+    if "ModalityLUTSequence" in ds:
+        return dpx.apply_modality_lut(raw, ds).astype(np.float32)
+    source = _functional(ds, index, "PixelValueTransformationSequence") or ds
+    slope = float(source.get("RescaleSlope", 1) or 1)
+    intercept = float(source.get("RescaleIntercept", 0) or 0)
+    values = raw.astype(np.float32)
+    if slope != 1 or intercept != 0:
+        values = values * slope + intercept
+    return values
+
+
+def _window_values(item: Any, options: RenderOptions) -> tuple[float, float, str] | None:
+    if item is None or item.get("WindowCenter") is None or item.get("WindowWidth") is None:
+        return None
+    centers, widths = item["WindowCenter"], item["WindowWidth"]
+    centers = list(centers.value) if centers.VM > 1 else [centers.value]
+    widths = list(widths.value) if widths.VM > 1 else [widths.value]
+    i = options.window_index
+    if i >= min(len(centers), len(widths)):
+        raise RenderError(f"--window-index {i} but the file has {min(len(centers), len(widths))} window(s)")
+    function = str(item.get("VOILUTFunction", "LINEAR") or "LINEAR").upper()
+    return float(centers[i]), float(widths[i]), function
+
+
+def _apply_voi_lut_sequence(ds: Any, values: np.ndarray, options: RenderOptions) -> np.ndarray:
+    items = ds.VOILUTSequence
+    i = options.window_index
+    if i >= len(items):
+        raise RenderError(f"--window-index {i} but the file has {len(items)} VOI LUT(s)")
+    descriptor = items[i].LUTDescriptor
+    entries = int(descriptor[0]) or 65536
+    first = int(descriptor[1])
+    # The LUT's own output range (its smallest and largest entry) maps onto 0..1.
+    table = dpx.apply_voi(np.arange(first, first + entries, dtype=np.int64), ds, index=i).astype(np.float32)
+    low, high = float(table.min()), float(table.max())
+    mapped = dpx.apply_voi(np.rint(values).astype(np.int64), ds, index=i).astype(np.float32)
+    return (mapped - low) / (high - low if high > low else 1.0)
+
+
+def render_frame(ds: Any, index: int | None, options: RenderOptions) -> tuple[np.ndarray, Window]:
+    """Render one frame to HxWx3 uint8 and say which window was used.
+
+    Greyscale: modality values -> the user's window (preset / explicit), else the file's VOI LUT
+    Sequence or window (first, or ``window_index``), else the 0.5-99.5 percentiles; MONOCHROME1 is
+    inverted after windowing. Colour: RGB as decoded (YBR converted by pydicom), PALETTE COLOR through
+    its LUT, more than 8 bits scaled down.
+    """
+    raw = decode_frame(ds, index)
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    if photometric == "PALETTE COLOR":
+        rgb = dpx.apply_color_lut(raw, ds)
+        bits = int(ds.RedPaletteColorLookupTableDescriptor[2])
+        return _scale_colour(rgb, bits), Window("none")
+    if raw.ndim == 3 and raw.shape[-1] in (3, 4) and not photometric.startswith("MONOCHROME"):
+        return _scale_colour(raw[..., :3], int(ds.get("BitsStored", 8) or 8)), Window("none")
+    values = modality_values(ds, raw, index)
+    user = parse_window(options.window)
+    if user is not None:
+        label, center, width = user
+        unit, window = (
+            window_unit(values, center, width, "LINEAR_EXACT"),
+            Window(label, center, width, "LINEAR_EXACT"),
+        )
+    elif ds.get("VOILUTSequence"):
+        unit, window = (
+            _apply_voi_lut_sequence(ds, values, options),
+            Window("voi-lut", index=options.window_index),
+        )
+    else:
+        item = _functional(ds, index, "FrameVOILUTSequence")
+        found = _window_values(item, options) or _window_values(ds, options)
+        if found is not None:
+            center, width, function = found
+            try:
+                unit = window_unit(values, center, width, function)
+            except ValueError as e:
+                raise RenderError(str(e)) from None
+            window = Window("file", center, width, function, options.window_index)
+        else:
+            unit, low, high = percentile_unit(values)
+            window = Window("percentile", (low + high) / 2, high - low, "LINEAR_EXACT")
+    grey = to_uint8(unit)
+    if photometric == "MONOCHROME1":
+        grey = 255 - grey
+    return np.repeat(grey[..., None], 3, axis=-1), window
+
+
+def _scale_colour(arr: np.ndarray, bits: int) -> np.ndarray:
+    if arr.dtype == np.uint8:
+        return np.ascontiguousarray(arr)
+    top = float(2**bits - 1) if bits > 8 else float(max(int(arr.max()), 1))
+    return to_uint8(arr.astype(np.float32) / top)
+
+
+def _render_series(folder: Path, options: RenderOptions) -> Rendered:
+    headers = []
+    for path in sorted(p for p in folder.iterdir() if p.is_file()):
+        try:
+            ds = read_dataset(path, header_only=True)
+        except RenderError:
+            continue  # a stray non-DICOM file (notes, DICOMDIR ...) is not a slice
+        if ds.get("SeriesInstanceUID"):
+            headers.append((path, ds))
+    if not headers:
+        raise RenderError("series folder holds no DICOM slice")
+    series = {str(ds.SeriesInstanceUID) for _, ds in headers}
+    if len(series) > 1:
+        raise RenderError(
+            f"series folder holds {len(series)} series; point the manifest at one series per folder"
+        )
+    ordered = sorted(headers, key=lambda item: _slice_position(item[1]))
+    count = min(options.series_slices, len(ordered))
+    picks = sorted({int(round(v)) for v in np.linspace(0, len(ordered) - 1, count)})
+    images, windows, digests = [], [], []
+    for pick in picks:
+        ds = read_dataset(ordered[pick][0])
+        _check_burned_in(ds, options)
+        pixels, window = render_frame(ds, None, options)
+        digest = deid.digest(str(ds.get("SOPInstanceUID", "")) or str(pick))
+        images.append(RenderedImage(pixels, digest))
+        windows.append(window.to_json())
+        digests.append(digest)
+    meta = deid.allowed_attributes(ordered[picks[0]][1], options.allow_demographics)
+    meta.update(
+        {
+            "sop_uid_sha256": digests,
+            "series_slices": picks,
+            "series_length": len(ordered),
+            "window": windows[0] if all(w == windows[0] for w in windows) else windows,
+        }
+    )
+    return Rendered(images, meta, group=_group(ordered[0][1], digests[0]))
+
+
+def _slice_position(ds: Any) -> tuple[float, float]:
+    """Sort key: position along the slice normal (ImagePositionPatient . normal), else InstanceNumber."""
+    instance = float(ds.get("InstanceNumber", 0) or 0)
+    orientation, position = ds.get("ImageOrientationPatient"), ds.get("ImagePositionPatient")
+    if orientation is not None and position is not None and len(orientation) == 6 and len(position) == 3:
+        normal = np.cross(np.array(orientation[:3], float), np.array(orientation[3:], float))
+        return float(np.dot(normal, np.array(position, float))), instance
+    return instance, instance

@@ -1,0 +1,76 @@
+"""One source record (a manifest row, a VQA question ...) before its image is rendered."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mini_internvl_adapt.schema import DatasetError
+
+TASK_VQA = "medical-vqa"
+TASK_MCQ = "medical-mcq"
+TASK_CLASSIFICATION = "medical-classification"
+TASK_REPORT = "medical-report"
+TASKS = (TASK_VQA, TASK_MCQ, TASK_CLASSIFICATION, TASK_REPORT)
+
+_OPTION_PREFIX = re.compile(r"^\s*\(?([A-Za-z])\s*[\).:]\s*")
+
+
+@dataclass
+class Record:
+    """A question / label / report about one image, as read from a source.
+
+    Attributes:
+        ref: Where the record came from, for report.json ("manifest.csv:12").
+        image: The DICOM file, series folder or plain image it is about.
+        task: One of TASKS.
+        answer: The reference answer (label, free text, report, or the option letter).
+        question: The question text (VQA / multiple choice).
+        answer_type: "OPEN" or "CLOSED" (VQA).
+        choices: Option letter -> text (multiple choice).
+        labels: All candidate labels (classification).
+        split: The split the source assigns, or None.
+        meta: Source fields the metrics need (question_type, category, organ ...).
+    """
+
+    ref: str
+    image: Path
+    task: str
+    answer: str
+    question: str = ""
+    answer_type: str | None = None
+    choices: dict[str, str] = field(default_factory=dict)
+    labels: list[str] = field(default_factory=list)
+    split: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class SourceError(DatasetError):
+    """A source file that cannot be read at all (not a record to skip); the message names the file."""
+
+
+def clean(value: Any) -> str:
+    """A source cell as stripped text ("" for missing values)."""
+    if value is None:
+        return ""
+    if isinstance(value, float) and value != value:  # NaN from spreadsheets
+        return ""
+    return str(value).strip()
+
+
+def strip_option_prefix(text: str, letter: str) -> str:
+    """'A: CT' / '(A) CT' / 'A. CT' -> 'CT' when the prefix is the option's own letter."""
+    match = _OPTION_PREFIX.match(text)
+    if match and match.group(1).upper() == letter.upper():
+        return text[match.end() :].strip()
+    return text.strip()
+
+
+def normalise_split(name: str) -> str | None:
+    """Source split names -> train / val / test (None when empty)."""
+    name = name.strip().lower()
+    if not name:
+        return None
+    return {"validate": "val", "validation": "val", "valid": "val", "dev": "val"}.get(name, name)

@@ -1,0 +1,413 @@
+"""Medical conversion: de-identification, bad input, the four source formats, splits, the CLI end to end."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pydicom = pytest.importorskip("pydicom")
+from mini_internvl_adapt.domains.medical import MedicalDomain  # noqa: E402
+from PIL import Image  # noqa: E402
+from pydicom.data import get_testdata_file  # noqa: E402
+from test_medical_render import write_dicom  # noqa: E402
+
+from mini_internvl_adapt.cli import main  # noqa: E402
+from mini_internvl_adapt.schema import DatasetError, read_samples  # noqa: E402
+
+# Fake PHI inside pydicom's bundled files (reference list).
+REFERENCE_PHI = [
+    "CompressedSamples^CT1",
+    "1CT1",
+    "CompressedSamples^MR1",
+    "4MR1",
+    "Lastname^Firstname",
+    "id11111",
+]
+PHI_KEYWORDS = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "OtherPatientIDs",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+    "InstitutionName",
+    "InstitutionAddress",
+    "StationName",
+    "StudyDate",
+    "SeriesDate",
+    "AcquisitionDate",
+    "ContentDate",
+    "StudyID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SOPInstanceUID",
+    "OperatorsName",
+    "PerformingPhysicianName",
+    "DeviceSerialNumber",
+)
+BUNDLED = [
+    "CT_small.dcm",
+    "MR_small.dcm",
+    "MR_small_RLE.dcm",
+    "examples_overlay.dcm",
+    "examples_palette.dcm",
+    "examples_rgb_color.dcm",
+    "examples_ybr_color.dcm",
+    "examples_jpeg2k.dcm",
+    "JPEG2000.dcm",
+    "SC_rgb_rle_2frame.dcm",
+    "rtdose_1frame.dcm",
+    "liver_1frame.dcm",
+]
+BROKEN = {"MR_truncated.dcm": "truncated", "MR_small_jpeg_ls_lossless.dcm": "JPEG-LS"}
+
+
+def phi_strings(paths: list[Path]) -> set[str]:
+    """Identifying values of the files (and of the reference list), long enough to grep reliably."""
+    found = set(REFERENCE_PHI)
+    for path in paths:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        for keyword in PHI_KEYWORDS:
+            value = ds.get(keyword)
+            if value is None:
+                continue
+            values = value if isinstance(value, (list, pydicom.multival.MultiValue)) else [value]
+            for v in values:
+                text = str(v).strip()
+                found.update(part for part in [text, *text.split("^")] if len(part) >= 4)
+    return found
+
+
+def write_manifest(path: Path, rows: list[dict[str, str]]) -> Path:
+    fields = sorted({k for row in rows for k in row})
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def test_bundled_dicoms_leave_no_phi_anywhere(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    rows, copied = [], []
+    for i, name in enumerate([*BUNDLED, *BROKEN]):
+        target = src / "dicom" / f"file_{i:02d}.dcm"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(get_testdata_file(name, download=False), target)
+        copied.append(target)
+        rows.append({"image": f"dicom/{target.name}", "label": "abnormal" if i % 2 else "normal"})
+        rows.append({"image": f"dicom/{target.name}", "question": "Is this normal?", "answer": "yes"})
+    (src / "dicom" / "notes.dcm").write_text("this is not DICOM")
+    rows += [
+        {"image": "dicom/notes.dcm", "label": "normal"},
+        {"image": "dicom/missing.dcm", "label": "normal"},
+        {"image": "dicom/file_00.dcm", "label": ""},
+    ]
+    manifest = write_manifest(src / "manifest.csv", rows)
+    out = tmp_path / "out"
+    report = MedicalDomain().convert(manifest, out, allow_demographics=True, frames="all", workers=0)
+
+    # Counts add up; each broken record is skipped with its file and reason.
+    assert report.read == len(rows) == report.converted + len(report.skipped)
+    reasons = "\n".join(f"{s.source} {s.reason}" for s in report.skipped)
+    assert "empty label" in reasons and "missing.dcm: image file not found" in reasons
+    assert "notes.dcm: not a DICOM file" in reasons
+    assert "truncated" in reasons and "JPEG-LS" in reasons and "pip install" in reasons
+    assert report.converted == 2 * len(BUNDLED)
+
+    # No identifying value reaches any output file: text, images, names.
+    phi = phi_strings(copied)
+    assert "JFK IMAGING CENTER" in phi and "20040119" in phi  # the values really were read
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert any(p.suffix == ".png" for p in files)
+    for path in files:
+        data = path.read_bytes()
+        for value in phi:
+            assert value.encode() not in data, f"{value!r} leaked into {path.relative_to(out)}"
+            assert value.lower() not in path.name.lower()
+    for path in out.glob("images/*.png"):
+        assert len(path.stem.split("_")[0]) == 16 and all(c in "0123456789abcdef_f" for c in path.stem)
+        with Image.open(path) as im:
+            assert im.mode == "RGB" and not im.text  # no text chunks
+
+    # Prompts use allow-listed attributes only (demographics allowed here: sex and age band at most).
+    samples = read_samples(out / "train.jsonl") + read_samples(out / "test.jsonl")
+    for sample in samples:
+        assert set(sample.meta) <= {
+            "modality",
+            "body_part",
+            "view_position",
+            "photometric",
+            "sex",
+            "age_band",
+            "sop_uid_sha256",
+            "frames",
+            "number_of_frames",
+            "window",
+            "source_image",
+            "source",
+            "labels",
+            "answer_type",
+        }
+    ybr = [s for s in samples if s.meta.get("number_of_frames") == 30]
+    assert (
+        ybr and len(ybr[0].images) == 30 and ybr[0].question.startswith("Image-1: <image>\nImage-2: <image>")
+    )
+
+
+def test_burned_in_files_are_skipped_unless_allowed(tmp_path: Path) -> None:
+    write_dicom(tmp_path / "a.dcm", np.zeros((8, 8), np.uint16), BurnedInAnnotation="YES", PatientID="P1")
+    write_dicom(tmp_path / "b.dcm", np.ones((8, 8), np.uint16), PatientID="P2")
+    manifest = write_manifest(
+        tmp_path / "m.csv", [{"image": "a.dcm", "label": "x"}, {"image": "b.dcm", "label": "y"}]
+    )
+    report = MedicalDomain().convert(manifest, tmp_path / "out", workers=0)
+    assert report.converted == 1 and "BurnedInAnnotation is YES" in report.skipped[0].reason
+    report = MedicalDomain().convert(manifest, tmp_path / "out2", workers=0, allow_burned_in=True)
+    assert report.converted == 2 and not report.skipped
+
+
+def test_split_keeps_a_patient_together_and_is_seeded(tmp_path: Path) -> None:
+    rows = []
+    for patient in range(6):
+        for k in range(3):
+            name = f"p{patient}_{k}.dcm"
+            write_dicom(tmp_path / name, np.full((4, 4), k, np.uint16), PatientID=f"PAT{patient}")
+            rows.append({"image": name, "label": "a" if k else "b"})
+    manifest = write_manifest(tmp_path / "m.csv", rows)
+    MedicalDomain().convert(manifest, tmp_path / "o1", workers=0, test_fraction=0.34, seed=3)
+    MedicalDomain().convert(manifest, tmp_path / "o2", workers=2, test_fraction=0.34, seed=3)
+    test = read_samples(tmp_path / "o1" / "test.jsonl")
+    train = read_samples(tmp_path / "o1" / "train.jsonl")
+    patients = {s.meta["source_image"].split("_")[0] for s in test}
+    assert len(patients) == 2 and len(test) == 6 and len(train) == 12
+    assert not patients & {s.meta["source_image"].split("_")[0] for s in train}
+    # Seeded and independent of the worker count: same ids, same files.
+    assert (tmp_path / "o1" / "test.jsonl").read_text() == (tmp_path / "o2" / "test.jsonl").read_text()
+    assert sorted(p.name for p in (tmp_path / "o1/images").iterdir()) == sorted(
+        p.name for p in (tmp_path / "o2/images").iterdir()
+    )
+
+
+def _png(path: Path, value: int = 100) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((10, 12, 3), value, np.uint8)).save(path)
+
+
+def test_vqa_rad_json(tmp_path: Path) -> None:
+    images = tmp_path / "VQA_RAD Image Folder"
+    _png(images / "synpic1.jpg".replace(".jpg", ".png"))
+    items = [
+        {
+            "qid": 1,
+            "image_name": "synpic1.png",
+            "question": "Is there a fracture?",
+            "answer": "No",
+            "answer_type": "CLOSED",
+            "question_type": "PRES",
+            "image_organ": "HEAD",
+            "phrase_type": "freeform",
+        },
+        {
+            "qid": 2,
+            "image_name": "synpic1.png",
+            "question": "What organ?",
+            "answer": "brain",
+            "answer_type": "OPEN",
+            "question_type": "ORGAN",
+            "image_organ": "HEAD",
+            "phrase_type": "test_freeform",
+        },
+        {"qid": 3, "image_name": "synpic1.png", "question": "", "answer": "x", "answer_type": "OPEN"},
+    ]
+    source = tmp_path / "VQA_RAD Dataset Public.json"
+    source.write_text(json.dumps(items))
+    report = MedicalDomain().convert(source, tmp_path / "out", workers=0)
+    assert report.details["format"] == "vqa-rad" and report.read == 3 and report.converted == 2
+    train, test = read_samples(tmp_path / "out/train.jsonl"), read_samples(tmp_path / "out/test.jsonl")
+    assert [s.answer for s in train] == ["No"] and train[0].meta["answer_type"] == "CLOSED"
+    assert test[0].meta["image_organ"] == "HEAD" and test[0].widths == [12] and test[0].heights == [10]
+    assert test[0].question == "<image>\nWhat organ?\nAnswer the question using a single word or phrase."
+
+
+def test_slake_folder_english_only(tmp_path: Path) -> None:
+    _png(tmp_path / "imgs" / "xmlab1" / "source.png")
+    base = {"img_name": "xmlab1/source.png", "answer_type": "OPEN", "modality": "CT", "location": "Lung"}
+    for split in ("train", "validate", "test"):
+        items = [
+            {
+                **base,
+                "question": f"Which organ? ({split})",
+                "answer": "Lung",
+                "q_lang": "en",
+                "content_type": "Organ",
+            },
+            {**base, "question": "哪个器官?", "answer": "肺", "q_lang": "zh"},
+        ]
+        (tmp_path / f"{split}.json").write_text(json.dumps(items, ensure_ascii=False))
+    report = MedicalDomain().convert(tmp_path, tmp_path / "out", workers=0)
+    assert (
+        report.details["format"] == "slake"
+        and report.read == 3
+        and report.samples == {"train": 1, "test": 1, "val": 1}
+    )
+    val = read_samples(tmp_path / "out/val.jsonl")
+    assert val[0].meta["location"] == "Lung" and "(validate)" in val[0].question
+    report = MedicalDomain().convert(tmp_path, tmp_path / "out2", workers=0, language="all")
+    assert report.read == 6
+
+
+def test_pmc_vqa_csv(tmp_path: Path) -> None:
+    _png(tmp_path / "figures" / "PMC1_fig1.png")
+    rows = [
+        {
+            "Figure_path": "PMC1_fig1.png",
+            "Question": "What modality?",
+            "Answer": "MRI",
+            "Choice A": "A:CT",
+            "Choice B": "B:MRI",
+            "Choice C": "C:PET",
+            "Choice D": "D:US",
+            "Answer_label": "B",
+        },
+        {
+            "Figure_path": "PMC1_fig1.png",
+            "Question": "Where?",
+            "Answer": "nowhere",
+            "Choice A": "A:Lung",
+            "Choice B": "B:Liver",
+            "Choice C": "",
+            "Choice D": "",
+            "Answer_label": "",
+        },
+    ]
+    write_manifest(tmp_path / "test_clean.csv", rows)
+    report = MedicalDomain().convert(tmp_path / "test_clean.csv", tmp_path / "out", workers=0)
+    assert report.details["format"] == "pmc-vqa" and report.converted == 1 and len(report.skipped) == 1
+    sample = read_samples(tmp_path / "out/test.jsonl")[0]
+    assert sample.answer == "B" and sample.meta["choices"] == {"A": "CT", "B": "MRI", "C": "PET", "D": "US"}
+    assert "A. CT\nB. MRI\nC. PET\nD. US\nAnswer with the option's letter" in sample.question
+
+
+def test_manifest_tasks_and_prompts(tmp_path: Path) -> None:
+    write_dicom(
+        tmp_path / "x.dcm",
+        np.arange(64, dtype=np.uint16).reshape(8, 8),
+        Modality="CR",
+        BodyPartExamined="CHEST",
+        ViewPosition="PA",
+        PatientSex="F",
+        PatientAge="047Y",
+    )
+    rows = [
+        {"image": "x.dcm", "label": "pneumonia", "split": "train"},
+        {"image": "x.dcm", "label": "normal", "split": "train"},
+        {"image": "x.dcm", "question": "Is the heart enlarged?", "answer": "No", "split": "train"},
+        {"image": "x.dcm", "report": "Clear lungs.", "split": "test"},
+        {
+            "image": "x.dcm",
+            "question": "Which side?",
+            "choices": "left | right",
+            "answer": "right",
+            "split": "test",
+        },
+    ]
+    manifest = write_manifest(tmp_path / "m.csv", rows)
+    MedicalDomain().convert(manifest, tmp_path / "plain", workers=0)
+    train = read_samples(tmp_path / "plain/train.jsonl")
+    assert train[0].question == (
+        "<image>\nThis is an X-ray image of the chest (PA view).\n"
+        "What is the category of this image? Options: normal, pneumonia.\nAnswer with one of the options."
+    )
+    assert train[0].answer == "pneumonia" and train[0].task == "medical-classification"
+    assert train[2].meta["answer_type"] == "CLOSED"  # inferred from a yes/no answer
+    test = read_samples(tmp_path / "plain/test.jsonl")
+    assert (
+        test[0].task == "medical-report" and test[1].answer == "B" and test[1].meta["choices"]["B"] == "right"
+    )
+    assert "female" not in train[0].question
+    MedicalDomain().convert(manifest, tmp_path / "demo", workers=0, allow_demographics=True)
+    question = read_samples(tmp_path / "demo/train.jsonl")[0].question
+    assert "Patient: female, aged 40-49." in question
+
+
+def test_format_detection_errors(tmp_path: Path) -> None:
+    write_manifest(tmp_path / "m.csv", [{"image": "a.png", "label": "x"}])
+    (tmp_path / "q.json").write_text(json.dumps([{"image_name": "a.png", "question": "q", "answer": "a"}]))
+    with pytest.raises(
+        DatasetError, match="matches manifest, vqa-rad.*one of: manifest, vqa-rad, slake, pmc-vqa"
+    ):
+        MedicalDomain().convert(tmp_path, tmp_path / "out")
+    (tmp_path / "bad.csv").write_text("file,label\na.png,x\n")
+    with pytest.raises(DatasetError, match="bad.csv: a manifest needs an 'image' column"):
+        MedicalDomain().convert(tmp_path / "bad.csv", tmp_path / "out", format="manifest")
+
+
+def test_cli_convert_and_score_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    demo = MedicalDomain().demo_source()
+    out = tmp_path / "ds"
+    assert (
+        main(
+            [
+                "convert",
+                "--domain",
+                "medical",
+                "--source",
+                str(demo),
+                "--out",
+                str(out),
+                "--window",
+                "lung",
+                "--workers",
+                "0",
+            ]
+        )
+        == 0
+    )
+    report = json.loads((out / "report.json").read_text())
+    assert report["read"] == report["converted"] + report["skipped"] and report["samples"]["test"] > 0
+    test = read_samples(out / "test.jsonl")
+    assert all(s.meta["window"]["source"] == "preset:lung" for s in test if "window" in s.meta)
+    predictions = tmp_path / "pred.jsonl"
+    with open(predictions, "w") as f:
+        for s in test:
+            wrong = s.task == "medical-vqa" and s.meta["answer_type"] == "CLOSED"
+            f.write(json.dumps({"id": s.id, "answer": "normal" if wrong else s.answer}) + "\n")
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "score",
+                "--domain",
+                "medical",
+                "--data",
+                str(out / "test.jsonl"),
+                "--predictions",
+                str(predictions),
+                "--out",
+                str(tmp_path / "m.json"),
+            ]
+        )
+        == 0
+    )
+    printed = json.loads(capsys.readouterr().out)
+    written = json.loads((tmp_path / "m.json").read_text())
+    assert printed == written
+    assert (
+        written["closed"]["accuracy"] == 0.0
+        and written["closed"]["unparseable"] == written["closed"]["count"]
+    )
+    assert written["open"]["exact_match"] == 1.0 and written["classification"]["accuracy"] == 1.0
+    assert written["mcq"]["accuracy"] == 1.0 and written["report"]["bleu_1"] > 0.99
+    assert written["count"] == len(test) and written["missing_predictions"] == 0
+    with pytest.raises(SystemExit):
+        main(["convert", "--domain", "medical", "--source", str(demo), "--out", str(out), "--window", "x"])
+    assert "--window must be auto, one of lung" in capsys.readouterr().err
