@@ -149,7 +149,14 @@ def cmd_domains(argv: Sequence[str]) -> int:
 def cmd_models(argv: Sequence[str]) -> int:
     from mini_internvl_adapt.models.variants import VARIANTS
 
-    argparse.ArgumentParser(prog="adapt models", description="List known model variants.").parse_args(argv)
+    parser = argparse.ArgumentParser(prog="adapt models", description="List known model variants.")
+    parser.add_argument("--published", action="store_true", help="list the published domain-adapted checkpoints")
+    args = parser.parse_args(argv)
+    if args.published:
+        from mini_internvl_adapt.checkpoints import format_published_table
+
+        print(format_published_table())
+        return 0
     print(f"{'name':24s} {'llm family':10s} {'template':16s} hub id")
     for v in VARIANTS.values():
         print(f"{v.name:24s} {v.llm_family:10s} {v.template:16s} {v.hub_id or '(built locally)'}")
@@ -178,12 +185,33 @@ def cmd_preview(argv: Sequence[str]) -> int:
     return 0
 
 
+def cmd_train(argv: Sequence[str]) -> int:
+    from mini_internvl_adapt.training import train_main
+
+    return train_main(argv)
+
+
+def cmd_eval(argv: Sequence[str]) -> int:
+    from mini_internvl_adapt.evaluation import eval_main
+
+    return eval_main(argv)
+
+
+def cmd_export(argv: Sequence[str]) -> int:
+    from mini_internvl_adapt.checkpoints import export_main
+
+    return export_main(argv)
+
+
 HANDLERS = {
     "convert": cmd_convert,
     "score": cmd_score,
     "domains": cmd_domains,
     "models": cmd_models,
     "preview": cmd_preview,
+    "train": cmd_train,
+    "eval": cmd_eval,
+    "export": cmd_export,
 }
 
 

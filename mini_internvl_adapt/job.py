@@ -1,0 +1,174 @@
+"""`adapt --domain D ...`: the whole job, convert -> train -> eval -> export, in one run folder.
+
+The run folder ``OUT`` holds ``data/`` (the converted dataset, when raw data was given), the training run
+itself (``run_config.yaml``, ``checkpoints/``, ``final/`` ...), ``eval/`` (predictions and metrics on
+the test split) and ``export/`` (a transformers-native model with its model card).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from mini_internvl_adapt.registry import Domain, add_domain_arguments, available_domains, get_domain
+
+# What `--demo` trains: the tiny random model, a few steps, few tiles, so it finishes in well under
+# two minutes on two CPU cores. Any of these can still be overridden on the command line.
+DEMO_DEFAULTS = {
+    "model.name": "tiny",
+    "tuning.method": "lora",
+    "train.max_steps": 8,
+    "train.batch_size": 2,
+    "train.lr": 2e-3,
+    "train.warmup_ratio": 0.1,
+    "data.max_tiles": 2,
+    "data.max_length": 2048,
+    "train.checkpoint_every_n_steps": 4,
+    "train.log_every_n_steps": 1,
+}
+
+TINY_MODEL_WARNING = (
+    "NOTE: this demo trains a tiny RANDOM model for a few steps: its scores mean nothing. "
+    "They only show that every stage runs. Use --model mini-internvl-1b (or a local checkpoint) for real work."
+)
+
+
+def _stage(number: int, name: str) -> None:
+    print(f"\n== [{number}/4] {name} ==", file=sys.stderr, flush=True)
+
+
+def build_parser(argv: Sequence[str]) -> tuple[argparse.ArgumentParser, Domain | None]:
+    """The whole job's parser: the domain's convert options plus every `adapt train` option."""
+    from mini_internvl_adapt.cli import _domain_from_argv
+    from mini_internvl_adapt.training import add_train_arguments
+
+    # A domain option that shares a name with a train option (--seed) takes its place and feeds both.
+    parser = argparse.ArgumentParser(
+        conflict_handler="resolve",
+        prog="adapt",
+        description="The whole job: convert raw data (--source) or use a converted dataset (--data) or the "
+        "bundled demo (--demo), fine-tune, evaluate on the test split, export a transformers-native model.",
+    )
+    parser.add_argument("--domain", required=True, help=f"one of: {', '.join(available_domains())}")
+    parser.add_argument("--source", type=Path, help="raw domain data to convert first")
+    parser.add_argument("--demo", action="store_true", help="use the domain's bundled sample and the tiny model")
+    parser.add_argument("--eval-batch-size", type=int, default=8, help="samples per generate call (default 8)")
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="longest generated answer (default 64)")
+    parser.add_argument("--no-export", action="store_true", help="skip the export stage")
+    parser.add_argument(
+        "--export-dtype", default="fp32", choices=("bf16", "fp16", "fp32"), help="exported weight dtype (default fp32)"
+    )
+    add_train_arguments(parser)
+    domain = None
+    name = _domain_from_argv(argv)
+    if name is not None:
+        domain = get_domain(name)
+        add_domain_arguments(domain, parser.add_argument_group(f"conversion options of '{name}'"), "add_convert_arguments")
+    return parser, domain
+
+
+def _convert_options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str, Any]:
+    """The values of the options the domain's hook added."""
+    dests = {a.dest for g in parser._action_groups if (g.title or "").startswith("conversion") for a in g._group_actions}
+    return {k: v for k, v in vars(args).items() if k in dests and v is not None}
+
+
+def cmd_job(argv: Sequence[str]) -> int:
+    """Run the whole job; returns the process exit code."""
+    from mini_internvl_adapt.checkpoints import export
+    from mini_internvl_adapt.evaluation import evaluate, format_metrics_table
+    from mini_internvl_adapt.training import config_from_args, run_training
+
+    parser, domain = build_parser(argv)
+    args = parser.parse_args(argv)
+    assert domain is not None  # --domain is required, so build_parser found it
+    if sum(x is not None and x is not False for x in (args.source, args.data, args.demo or None)) != 1:
+        parser.error("give exactly one of --source RAW, --data DATASET or --demo")
+    out = Path(args.out or f"runs/{domain.name}{'-demo' if args.demo else ''}").resolve()
+    args.out = str(out)
+    started = time.perf_counter()
+
+    _stage(1, "convert")
+    if args.demo or args.source is not None:
+        source = domain.demo_source() if args.demo else args.source
+        options = domain.demo_convert_options() if args.demo else {}
+        options.update(_convert_options(args, parser))
+        dataset = out / "data"
+        report = domain.convert(Path(source), dataset, **options)
+        print(
+            f"converted {report.converted}/{report.read} records from {source} -> {report.samples} samples "
+            f"({len(report.skipped)} skipped, reasons in {dataset / 'report.json'})",
+            file=sys.stderr,
+        )
+    else:
+        dataset = Path(args.data)
+        print(f"using the converted dataset {dataset}", file=sys.stderr)
+    args.data = str(dataset)
+
+    _stage(2, "train")
+    if args.demo:  # demo defaults first, so the user's own overrides and flags still win
+        args.overrides = [f"{key}={value}" for key, value in DEMO_DEFAULTS.items()] + list(args.overrides)
+    config = config_from_args(args)
+    run = run_training(config, resume=args.resume is not None)
+
+    _stage(3, "evaluate on the test split")
+    test_file = dataset / "test.jsonl" if dataset.is_dir() else None
+    metrics: dict[str, Any] = {}
+    if test_file is None or not test_file.is_file():
+        print(f"no test split in {dataset}: evaluation skipped", file=sys.stderr)
+    else:
+        metrics = evaluate(
+            run,
+            test_file,
+            None,
+            domain,
+            run / "eval",
+            batch_size=args.eval_batch_size,
+            max_new_tokens=args.max_new_tokens,
+        )
+
+    export_dir = None
+    _stage(4, "export")
+    if args.no_export:
+        print("export skipped (--no-export)", file=sys.stderr)
+    else:
+        export_dir = export(run, run / "export", merge_lora=True, dtype=args.export_dtype, metrics=metrics,
+                            overwrite=True)
+
+    _summary(run, dataset, metrics, export_dir, time.perf_counter() - started, demo=args.demo,
+             table=format_metrics_table({k: v for k, v in metrics.items() if k not in ("processing", "model")}),
+             domain=domain.name)
+    return 0
+
+
+def _summary(run: Path, dataset: Path, metrics: dict[str, Any], export_dir: Path | None, seconds: float,
+             *, demo: bool, table: str, domain: str) -> None:
+    print("\n== done in %.0f s ==" % seconds, file=sys.stderr)
+    rows = [("dataset", dataset), ("run", run), ("training summary", run / "summary.json")]
+    if metrics:
+        rows += [("predictions", run / "eval" / "predictions.jsonl"), ("metrics", run / "eval" / "metrics.json")]
+    if export_dir is not None:
+        rows += [("exported model", export_dir), ("model card", export_dir / "README.md")]
+    for name, path in rows:
+        print(f"  {name:17s} {path}", file=sys.stderr)
+    if metrics:
+        print("\n" + table, file=sys.stderr)
+    if export_dir is not None:
+        print(
+            "\nreload it in plain transformers:\n"
+            "  from transformers import AutoModelForImageTextToText, AutoProcessor\n"
+            f"  model = AutoModelForImageTextToText.from_pretrained({str(export_dir)!r})\n"
+            f"  processor = AutoProcessor.from_pretrained({str(export_dir)!r})\n"
+            f"or evaluate it again: adapt eval --domain {domain} --data {dataset}/test.jsonl --model {export_dir} "
+            f"--out {run}/eval2",
+            file=sys.stderr,
+        )
+    if demo:
+        print("\n" + TINY_MODEL_WARNING, file=sys.stderr)
+    print(json.dumps({"run": str(run), "export": str(export_dir) if export_dir else None,
+                      "metrics": str(run / "eval" / "metrics.json") if metrics else None}), flush=True)
