@@ -1,0 +1,331 @@
+"""Load a Mini-InternVL checkpoint (either layout) as a transformers InternVLForConditionalGeneration.
+
+Never ``trust_remote_code``, safetensors only. The original remote-code layout is converted in memory
+(see conversion.py) and goes through ``from_pretrained(None, config=..., state_dict=...)``, so dtype,
+device_map and a quantization config (bitsandbytes 4/8-bit) work exactly as for the HF layout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import InternVLConfig, InternVLForConditionalGeneration, PreTrainedTokenizerBase
+
+from mini_internvl_adapt.models.conversion import (
+    convert_original_config,
+    convert_original_state_dict,
+    detect_layout,
+    llm_family,
+)
+from mini_internvl_adapt.models.tokenizer import load_tokenizer
+from mini_internvl_adapt.models.variants import VARIANTS, get_variant
+
+SIDECAR = "mini_internvl_adapt.json"
+IMG_CONTEXT_TOKEN = "<IMG_CONTEXT>"
+# What a hub download fetches: weights, configs and tokenizer files; never code or pickles.
+HUB_ALLOW_PATTERNS = (
+    "*.safetensors",
+    "*.json",
+    "tokenizer*",
+    "*.model",
+    "*.tiktoken",
+    "merges.txt",
+    "vocab.*",
+)
+
+# Template assumed for an HF-layout checkpoint without a sidecar, by transformers text model_type.
+_DEFAULT_TEMPLATES = {"qwen2": "internvl2_5", "llama": "internlm2-chat", "phi3": "phi3-chat"}
+_FAMILY_OF_MODEL_TYPE = {"qwen2": "qwen2", "llama": "llama", "phi3": "phi3"}
+
+
+class ModelUnavailableError(RuntimeError):
+    """A model name that cannot be turned into a local folder (offline, not found)."""
+
+
+@dataclass
+class ModelInfo:
+    """What a checkpoint says about itself; saved next to the weights as ``mini_internvl_adapt.json``.
+
+    Attributes:
+        llm_family: "qwen2", "internlm2", "phi3" or "llama" (the LLM it was built on).
+        template: Official chat template name.
+        layout: The layout it was loaded from: "hf" or "original".
+        image_size: Tile size in pixels.
+        num_image_token: Image tokens per tile (256 for 448 px, patch 14, pixel shuffle 0.5).
+        min_dynamic_patch: Minimum number of tiles.
+        max_dynamic_patch: Maximum number of tiles.
+        use_thumbnail: Whether a thumbnail tile follows multi-tile images.
+        source: Where it came from (name, path or a description).
+    """
+
+    llm_family: str
+    template: str
+    layout: str
+    image_size: int = 448
+    num_image_token: int = 256
+    min_dynamic_patch: int = 1
+    max_dynamic_patch: int = 12
+    use_thumbnail: bool = True
+    source: str = ""
+
+    def to_json(self) -> dict:
+        """A JSON-ready dict of every field."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict) -> ModelInfo:
+        """Build from a dict; unknown keys (written by newer versions) are ignored."""
+        known = {f.name for f in fields(cls)}
+        missing = {"llm_family", "template", "layout"} - set(d)
+        if missing:
+            raise ValueError(f"model info lacks {', '.join(sorted(missing))}: {d}")
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+@dataclass
+class LoadedModel:
+    """A loaded checkpoint: the HF-native model, its tokenizer, its facts and its folder."""
+
+    model: InternVLForConditionalGeneration
+    tokenizer: PreTrainedTokenizerBase
+    info: ModelInfo
+    path: Path
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _offline_error(hub_id: str, reason: str = "offline") -> ModelUnavailableError:
+    return ModelUnavailableError(
+        f"cannot download {hub_id} ({reason}); download it on a machine with network "
+        "and pass the local folder"
+    )
+
+
+def _download(hub_id: str) -> Path:
+    """A hub snapshot: from the local HF cache when there, else downloaded (weights/configs/tokenizer)."""
+    from huggingface_hub import snapshot_download
+
+    patterns = list(HUB_ALLOW_PATTERNS)
+    try:
+        return Path(snapshot_download(hub_id, allow_patterns=patterns, local_files_only=True))
+    except Exception:  # noqa: BLE001 - not cached (the hub raises several types); try the network below
+        pass
+    if _offline():
+        raise _offline_error(hub_id)
+    try:
+        return Path(snapshot_download(hub_id, allow_patterns=patterns))
+    except Exception as exc:  # noqa: BLE001 - connection errors come in many types
+        name = type(exc).__name__
+        if "Connect" in name or "Offline" in name or "Timeout" in name or "LocalEntryNotFound" in name:
+            raise _offline_error(hub_id, "offline: no network") from exc
+        raise ModelUnavailableError(f"cannot download {hub_id}: {exc}") from exc
+
+
+def resolve_model_path(name_or_path: str) -> Path:
+    """Turn a model name into a local checkpoint folder.
+
+    Args:
+        name_or_path: A local folder, a tiny name ("tiny", "tiny-phi3", ...), a variant name
+            ("mini-internvl-2b", ...) or a hub id ("OpenGVLab/InternVL2-1B").
+
+    Returns:
+        The folder: the path itself, the cached tiny model, or the hub snapshot.
+
+    Raises:
+        ModelUnavailableError: Offline (HF_HUB_OFFLINE or no network) for a hub id that is not cached.
+        FileNotFoundError: For a path-like name that does not exist.
+    """
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    variant = get_variant(str(name_or_path))
+    if variant is not None:
+        if variant.hub_id is None:
+            from mini_internvl_adapt.models.tiny import tiny_model_path
+
+            return tiny_model_path(variant.name)
+        return _download(variant.hub_id)
+    text = str(name_or_path)
+    looks_like_hub_id = text.count("/") == 1 and not text.startswith((".", "/", "~")) and "\\" not in text
+    if looks_like_hub_id:
+        return _download(text)
+    raise FileNotFoundError(
+        f"{name_or_path}: no such model folder, and not a known variant ({', '.join(VARIANTS)}) or hub id"
+    )
+
+
+def _info_from_original(config: dict, source: str) -> ModelInfo:
+    vision = config.get("vision_config") or {}
+    image_size = int(config.get("force_image_size") or vision.get("image_size", 448))
+    patch = int(vision.get("patch_size", 14))
+    ratio = float(config.get("downsample_ratio", 0.5))
+    return ModelInfo(
+        llm_family=llm_family(config),
+        template=str(config.get("template") or "Hermes-2"),
+        layout="original",
+        image_size=image_size,
+        num_image_token=int((image_size // patch) ** 2 * ratio**2),
+        min_dynamic_patch=int(config.get("min_dynamic_patch", 1)),
+        max_dynamic_patch=int(config.get("max_dynamic_patch", 12)),
+        use_thumbnail=bool(config.get("use_thumbnail", True)),
+        source=source,
+    )
+
+
+def _info_from_hf(path: Path, config: InternVLConfig, source: str) -> ModelInfo:
+    """Facts for an HF-layout folder without a sidecar: variant registry first, then the configs."""
+    variant = get_variant(source) or next(
+        (v for v in VARIANTS.values() if v.hub_id and v.hub_id == source), None
+    )
+    text_config: Any = config.text_config
+    vision_config: Any = config.vision_config
+    model_type = text_config.model_type
+    image_size = vision_config.image_size
+    image_size = int(image_size[0] if isinstance(image_size, (list, tuple)) else image_size)
+    info = ModelInfo(
+        llm_family=variant.llm_family if variant else _FAMILY_OF_MODEL_TYPE.get(model_type, model_type),
+        template=variant.template if variant else _DEFAULT_TEMPLATES.get(model_type, "internvl2_5"),
+        layout="hf",
+        image_size=image_size,
+        num_image_token=int(config.image_seq_length),
+        source=source,
+    )
+    processor_file = path / "preprocessor_config.json"
+    if processor_file.is_file():  # GotOcr2 image processor settings of HF-native checkpoints
+        processor = json.loads(processor_file.read_text(encoding="utf-8"))
+        info.min_dynamic_patch = int(processor.get("min_patches", info.min_dynamic_patch))
+        info.max_dynamic_patch = int(processor.get("max_patches", info.max_dynamic_patch))
+    return info
+
+
+def read_model_info(path: Path, source: str = "") -> ModelInfo:
+    """A checkpoint's ModelInfo: its sidecar, else its original config.json, else the variant registry.
+
+    Args:
+        path: The checkpoint folder.
+        source: The name the user gave (used to find a variant and recorded in the info).
+    """
+    path = Path(path)
+    sidecar = path / SIDECAR
+    if sidecar.is_file():
+        try:
+            return ModelInfo.from_json(json.loads(sidecar.read_text(encoding="utf-8")))
+        except (json.JSONDecodeError, TypeError, ValueError) as exc:
+            raise ValueError(f"{sidecar}: invalid model info ({exc})") from exc
+    config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    if detect_layout(path) == "original":
+        return _info_from_original(config, source or str(path))
+    return _info_from_hf(path, InternVLConfig.from_pretrained(str(path)), source or str(path))
+
+
+def load_original_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """All tensors of an original-layout folder: model.safetensors or the shards of its index.
+
+    Raises:
+        FileNotFoundError: When there are no safetensors weights (pickled .bin files are refused).
+    """
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map", {})
+        files = sorted(set(weight_map.values()))
+    elif (path / "model.safetensors").is_file():
+        files = ["model.safetensors"]
+    else:
+        has_bin = any(path.glob("*.bin"))
+        raise FileNotFoundError(
+            f"{path}: no safetensors weights (model.safetensors or model.safetensors.index.json)"
+            + (
+                "; only pickled .bin files, which are not loaded for safety - convert them to safetensors"
+                if has_bin
+                else ""
+            )
+        )
+    state: dict[str, torch.Tensor] = {}
+    for name in files:
+        shard = path / name
+        if not shard.is_file():
+            raise FileNotFoundError(f"{path}: shard {name} listed in model.safetensors.index.json is missing")
+        state.update(load_file(str(shard)))
+    return state
+
+
+def load_model(
+    name_or_path: str | Path,
+    *,
+    dtype: torch.dtype = torch.float32,
+    quantization_config: Any = None,
+    device_map: Any = None,
+) -> LoadedModel:
+    """Load a Mini-InternVL checkpoint of either layout as InternVLForConditionalGeneration.
+
+    Args:
+        name_or_path: A local folder, tiny name, variant name or hub id (see resolve_model_path).
+        dtype: Weight dtype of the loaded model.
+        quantization_config: Passed unchanged to ``from_pretrained`` (e.g. a BitsAndBytesConfig).
+        device_map: Passed unchanged to ``from_pretrained``.
+
+    Returns:
+        The model (eval mode, ``config.image_token_id`` = the tokenizer's ``<IMG_CONTEXT>`` id), its
+        tokenizer, its ModelInfo and its folder.
+
+    Raises:
+        ValueError: For an unknown layout, unknown weight names or a tokenizer without room in the model.
+        FileNotFoundError: For missing folders, configs or safetensors weights.
+    """
+    path = resolve_model_path(str(name_or_path))
+    layout = detect_layout(path)
+    tokenizer = load_tokenizer(path)
+    image_token_id = int(tokenizer.convert_tokens_to_ids(IMG_CONTEXT_TOKEN))  # type: ignore[arg-type]
+    common: dict[str, Any] = {
+        "dtype": dtype,
+        "quantization_config": quantization_config,
+        "device_map": device_map,
+    }
+    common = {k: v for k, v in common.items() if v is not None}
+    if layout == "hf":
+        config = InternVLConfig.from_pretrained(str(path))
+        config.image_token_id = image_token_id
+        loaded: Any = InternVLForConditionalGeneration.from_pretrained(
+            str(path),
+            config=config,
+            use_safetensors=True,
+            local_files_only=True,
+            output_loading_info=True,
+            **common,
+        )
+    else:
+        raw = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        try:
+            config = convert_original_config(raw, image_token_id)
+            state = convert_original_state_dict(load_original_state_dict(path), raw)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from exc
+        loaded = InternVLForConditionalGeneration.from_pretrained(
+            None, config=config, state_dict=state, output_loading_info=True, **common
+        )
+        del state
+    model, report = loaded
+    # Every weight must come from the checkpoint: a gap would silently stay random.
+    missing = sorted(report.get("missing_keys") or [])
+    if missing:
+        shown = ", ".join(missing[:8]) + (f" ... ({len(missing)} in all)" if len(missing) > 8 else "")
+        raise ValueError(f"{path}: weights missing from the checkpoint: {shown}")
+    vocab = int(model.config.text_config.vocab_size)  # type: ignore[union-attr]
+    if len(tokenizer) > vocab:
+        if quantization_config is not None:
+            raise ValueError(f"{path}: the tokenizer has {len(tokenizer)} tokens but the model only {vocab}")
+        model.resize_token_embeddings(len(tokenizer))  # InternVL tokens were added to a plain tokenizer
+    model.eval()
+    info = read_model_info(path, source=str(name_or_path))
+    info.layout = layout
+    return LoadedModel(model=model, tokenizer=tokenizer, info=info, path=path)
