@@ -42,7 +42,9 @@ def _parser_with_domain(
     prog: str, description: str, argv: Sequence[str], hook: str
 ) -> argparse.ArgumentParser:
     """A parser whose domain-specific options come from the domain named in argv (if any)."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser = argparse.ArgumentParser(
+        prog=prog, description=description, epilog="Give --domain D together with --help to see the domain's options."
+    )
     parser.add_argument("--domain", required=True, help=f"one of: {', '.join(available_domains())}")
     name = _domain_from_argv(argv)
     if name is not None:
