@@ -1,0 +1,162 @@
+"""Evaluation: batched greedy generation with left padding, files written, domain scoring, and the
+checkpoint's own template and tiles used whatever the library defaults say."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from mini_internvl_adapt import processing
+from mini_internvl_adapt.evaluation import eval_main, evaluate, format_metrics_table, load_eval_model
+from mini_internvl_adapt.models.templates import INTERNVL2_5_SYSTEM_MESSAGE
+from mini_internvl_adapt.models.tiny import tiny_model_path
+from mini_internvl_adapt.registry import register_domain
+from mini_internvl_adapt.schema import Sample, Turn, write_samples
+
+
+class ExactDomain:
+    """A minimal domain: exact-match accuracy."""
+
+    name = "exact-eval-test"
+    tasks = ("qa",)
+
+    def convert(self, source, out, **options):  # pragma: no cover - not used here
+        raise NotImplementedError
+
+    def score(self, samples, predictions, **options):
+        samples = list(samples)
+        hits = sum(predictions.get(s.id, "") == s.answer for s in samples)
+        return {"accuracy": hits / len(samples), "scored": len(samples)}
+
+
+@pytest.fixture()
+def dataset(tmp_path: Path) -> Path:
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    samples = []
+    for i, size in enumerate([(500, 300), (300, 600), (448, 448)]):
+        Image.effect_mandelbrot(size, (-2.0, -1.2, 1.0, 1.2), 20 + i).convert("RGB").save(
+            root / f"images/{i}.png"
+        )
+        question = (
+            "<image>\nWhat is shown?" if i != 1 else "<image>\nDescribe the object in a few words please."
+        )
+        samples.append(
+            Sample(
+                id=f"q{i}",
+                images=[f"images/{i}.png"],
+                conversations=[Turn("human", question), Turn("gpt", "x")],
+            )
+        )
+    samples.append(Sample(id="text-only", conversations=[Turn("human", "Say hi."), Turn("gpt", "hi")]))
+    write_samples(root / "test.jsonl", samples)
+    register_domain(ExactDomain.name, ExactDomain)
+    return root / "test.jsonl"
+
+
+def test_batched_eval_writes_predictions_and_metrics(dataset: Path, tmp_path: Path) -> None:
+    model = load_eval_model("tiny-qwen2", device="cpu")
+    one = evaluate(
+        model,
+        dataset,
+        None,
+        ExactDomain.name,
+        tmp_path / "b1",
+        batch_size=1,
+        max_new_tokens=6,
+        show_progress=False,
+    )
+    many = evaluate(
+        model,
+        dataset,
+        None,
+        ExactDomain.name,
+        tmp_path / "b3",
+        batch_size=3,
+        max_new_tokens=6,
+        show_progress=False,
+    )
+    rows = [json.loads(line) for line in (tmp_path / "b3" / "predictions.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["q0", "q1", "q2", "text-only"]
+    assert all(set(r) == {"id", "answer"} and isinstance(r["answer"], str) for r in rows)
+    # Left padding and the attention mask make batching invisible to greedy decoding.
+    assert (tmp_path / "b1" / "predictions.jsonl").read_text() == (
+        tmp_path / "b3" / "predictions.jsonl"
+    ).read_text()
+    metrics = json.loads((tmp_path / "b3" / "metrics.json").read_text())
+    assert metrics["scored"] == 4 and metrics["samples"] == 4 and 0.0 <= metrics["accuracy"] <= 1.0
+    assert metrics["accuracy"] == one["accuracy"] == many["accuracy"]
+    assert metrics["processing"]["template"] == "Hermes-2"
+    assert "accuracy" in format_metrics_table(metrics)
+
+
+def test_eval_uses_the_checkpoint_template_not_the_default(
+    tmp_path: Path, dataset: Path, monkeypatch
+) -> None:
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(tiny_model_path("tiny-qwen2"), ckpt)
+    sidecar = json.loads((ckpt / "mini_internvl_adapt.json").read_text())
+    sidecar.update(template="internvl2_5", max_dynamic_patch=1)
+    (ckpt / "mini_internvl_adapt.json").write_text(json.dumps(sidecar))
+
+    @dataclasses.dataclass
+    class OtherDefaults(processing.ProcessingConfig):
+        template: str = "phi3-chat"
+        max_tiles: int = 12
+
+    monkeypatch.setattr(processing, "ProcessingConfig", OtherDefaults)
+    assert processing.ProcessingConfig().template == "phi3-chat"
+
+    model = load_eval_model(str(ckpt), device="cpu")
+    assert model.processing.template == "internvl2_5" and model.processing.max_tiles == 1
+    seen: list[torch.Tensor] = []
+    generate = model.model.generate
+
+    def spy(**kwargs):
+        seen.append(kwargs["input_ids"])
+        return generate(**kwargs)
+
+    monkeypatch.setattr(model.model, "generate", spy)
+    evaluate(
+        model, dataset, None, None, tmp_path / "out", batch_size=4, max_new_tokens=2, show_progress=False
+    )
+    prompt = model.tokenizer.decode(seen[0][0], skip_special_tokens=False)
+    assert f"<|im_start|>system\n{INTERNVL2_5_SYSTEM_MESSAGE}<|im_end|>\n<|im_start|>user\n" in prompt
+    assert "<|user|>" not in prompt
+    # max_dynamic_patch 1 from the checkpoint: one tile of 256 tokens for the 500x300 image.
+    context = model.tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>")
+    assert int((seen[0][0] == context).sum()) == 256
+    assert not (tmp_path / "out" / "metrics.json").read_text().count("accuracy")
+
+
+def test_eval_command(dataset: Path, tmp_path: Path, capsys) -> None:
+    rc = eval_main(
+        [
+            "--domain",
+            ExactDomain.name,
+            "--data",
+            str(dataset),
+            "--model",
+            "tiny-phi3",
+            "--out",
+            str(tmp_path / "res"),
+            "--batch-size",
+            "2",
+            "--max-new-tokens",
+            "3",
+            "--limit",
+            "2",
+            "--device",
+            "cpu",
+        ]
+    )
+    assert rc == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["samples"] == 2 and printed["processing"]["template"] == "phi3-chat"
+    assert len((tmp_path / "res" / "predictions.jsonl").read_text().splitlines()) == 2
