@@ -114,7 +114,7 @@ class SampleProcessor:
         c = self.config
         if not sample.images:
             return torch.empty(0, 3, c.tile_size, c.tile_size), []
-        budget = tiles_per_image(len(sample.images), c.max_tiles) if len(sample.images) > 1 else c.max_tiles
+        budget = self._budget(len(sample.images))
         tensors = []
         for rel in sample.images:
             path = root / rel
@@ -123,7 +123,7 @@ class SampleProcessor:
                     tensors.append(
                         tile_image(
                             image,
-                            min_tiles=c.min_tiles,
+                            min_tiles=min(c.min_tiles, budget),
                             max_tiles=budget,
                             tile_size=c.tile_size,
                             use_thumbnail=c.use_thumbnail,
