@@ -105,10 +105,19 @@ class SampleProcessor:
 
     def _tiles_for(self, width: int, height: int, n_images: int) -> int:
         c = self.config
-        budget = tiles_per_image(n_images, c.max_tiles) if n_images > 1 else c.max_tiles
+        budget = self._budget(n_images)
         return num_tiles(
-            width, height, min_tiles=c.min_tiles, max_tiles=budget, use_thumbnail=c.use_thumbnail
+            width,
+            height,
+            min_tiles=min(c.min_tiles, budget),
+            max_tiles=budget,
+            use_thumbnail=c.use_thumbnail,
+            tile_size=c.tile_size,
         )
+
+    def _budget(self, n_images: int) -> int:
+        """Tiles per image: a multi-image sample shares max_tiles as the official code does."""
+        return tiles_per_image(n_images, self.config.max_tiles) if n_images > 1 else self.config.max_tiles
 
     def _load_tiles(self, sample: Sample, root: Path) -> tuple[torch.Tensor, list[int]]:
         c = self.config
