@@ -70,3 +70,71 @@ def box_iou(a: Box, b: Box, plus_one: bool = True) -> float:
     area_b = max(0.0, b[2] - b[0] + one) * max(0.0, b[3] - b[1] + one)
     union = area_a + area_b - inter
     return inter / union if union > 0 else 0.0
+
+
+def first_box(text: str) -> list[float] | None:
+    """The first box of the first ``[[x1, y1, x2, y2], ...]`` list in `text`, or None when there is none."""
+    boxes = parse_boxes(text)
+    return boxes[0] if boxes else None
+
+
+def grounding_iou(answer: str, gold_boxes: Sequence[Box], width: float, height: float) -> float | None:
+    """IoU of an answer's first box with the best-matching gold box, in pixels of the image.
+
+    Args:
+        answer: The model's text; its first ``[[x1, y1, x2, y2]]`` is read on the 0-1000 grid.
+        gold_boxes: Reference boxes in pixels of the image (DIOR-RSVG has one; a scene chip may have several).
+        width: Image width in pixels (0-1000 -> pixels).
+        height: Image height in pixels.
+
+    Returns:
+        The IoU (+1 pixel convention), or None when the answer holds no box (a miss).
+    """
+    box = first_box(answer)
+    if box is None:
+        return None
+    pixels = denormalize_box(box, width, height)
+    return max((box_iou(pixels, gold) for gold in gold_boxes), default=0.0)
+
+
+def grounding_metrics(
+    answers: Sequence[str],
+    gold_boxes: Sequence[Sequence[Box]],
+    sizes: Sequence[tuple[float, float]],
+    threshold: float = 0.5,
+) -> dict[str, float]:
+    """Acc@0.5 and mean IoU of grounding answers, as the DIOR-RSVG / RefCOCO evaluations compute them.
+
+    Each answer's first box (0-1000) is mapped to pixels of its image and compared with the gold boxes
+    (IoU with the +1 pixel convention); a hit needs IoU > `threshold` (strictly). An answer without a box
+    is a miss with IoU 0 and is counted in ``misses``; it is never dropped from the denominator.
+
+    Args:
+        answers: Predicted texts, one per item.
+        gold_boxes: Per item, the reference pixel boxes.
+        sizes: Per item, the (width, height) of its image in pixels.
+        threshold: IoU a hit must exceed.
+
+    Returns:
+        {"count", "acc@0.5" (named after the threshold), "mean_iou", "misses"}; 0.0 for no items.
+
+    Raises:
+        ValueError: When the three sequences differ in length.
+    """
+    if not len(answers) == len(gold_boxes) == len(sizes):
+        raise ValueError(f"{len(answers)} answers, {len(gold_boxes)} gold box lists and {len(sizes)} sizes")
+    ious: list[float] = []
+    misses = 0
+    for answer, golds, (width, height) in zip(answers, gold_boxes, sizes):
+        iou = grounding_iou(answer, golds, width, height)
+        if iou is None:
+            misses += 1
+            iou = 0.0
+        ious.append(iou)
+    n = len(ious)
+    return {
+        "count": n,
+        f"acc@{threshold:g}": sum(iou > threshold for iou in ious) / n if n else 0.0,
+        "mean_iou": sum(ious) / n if n else 0.0,
+        "misses": misses,
+    }

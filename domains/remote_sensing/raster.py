@@ -1,0 +1,279 @@
+"""Rasters to 8-bit RGB: band choice, one contrast stretch per scene, validity masks, window reads.
+
+Invalid pixels (nodata, internal masks, alpha, NaN, padding past the edge) render black and never
+enter the statistics. Everything here goes through rasterio; it is imported by the caller on use.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .common import require_rasterio
+
+STRETCHES = ("none", "percentile", "minmax")
+# Statistics come from a read decimated to at most this many pixels on the long side (262k pixels:
+# percentiles stable to well under one grey level, at a fraction of a full read's cost).
+STATS_SIDE = 512
+
+
+class BandError(ValueError):
+    """The raster's bands cannot be mapped to RGB without `--bands`; the message lists them."""
+
+
+class NoValidPixelsError(ValueError):
+    """The raster (or the selected bands) has no valid pixel at all."""
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    """How a raster becomes an 8-bit RGB image.
+
+    Attributes:
+        bands: 1-based band indexes (1 or 3 of them), or None for the default choice.
+        stretch: "none", "percentile" or "minmax"; None keeps uint8 as is and stretches other dtypes
+            by percentiles.
+        percentiles: Low and high percentiles of the percentile stretch.
+    """
+
+    bands: tuple[int, ...] | None = None
+    stretch: str | None = None
+    percentiles: tuple[float, float] = (2.0, 98.0)
+
+    def __post_init__(self) -> None:
+        if self.stretch is not None and self.stretch not in STRETCHES:
+            raise ValueError(f"unknown stretch '{self.stretch}'; use one of {', '.join(STRETCHES)}")
+        lo, hi = self.percentiles
+        if not 0.0 <= lo < hi <= 100.0:
+            raise ValueError(f"percentiles must satisfy 0 <= LO < HI <= 100, got {lo},{hi}")
+        if self.bands is not None and len(self.bands) not in (1, 3):
+            raise ValueError(f"--bands takes 1 or 3 band numbers, got {len(self.bands)}")
+
+
+def parse_bands(text: str | None) -> tuple[int, ...] | None:
+    """'4,3,2' -> (4, 3, 2); None stays None."""
+    if text is None:
+        return None
+    try:
+        bands = tuple(int(b) for b in str(text).split(",") if b.strip())
+    except ValueError:
+        raise ValueError(f"--bands must be comma-separated band numbers (1-based), got '{text}'") from None
+    if not bands or min(bands) < 1:
+        raise ValueError(f"--bands must be comma-separated band numbers (1-based), got '{text}'")
+    return bands
+
+
+def parse_percentiles(text: str | None) -> tuple[float, float]:
+    """'2,98' -> (2.0, 98.0); None gives the default (2, 98)."""
+    if text is None:
+        return (2.0, 98.0)
+    parts = str(text).split(",")
+    try:
+        lo, hi = (float(p) for p in parts)
+    except ValueError:
+        raise ValueError(f"--percentiles must be LO,HI (e.g. 2,98), got '{text}'") from None
+    return (lo, hi)
+
+
+def open_raster(path: str | Path) -> Any:
+    """Open a raster quietly: a plain TIFF's NotGeoreferencedWarning is expected here, not news."""
+    rasterio = require_rasterio()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        return rasterio.open(path)
+
+
+def _band_listing(ds: Any) -> str:
+    rows = []
+    for i in range(1, ds.count + 1):
+        desc = ds.descriptions[i - 1] or "no description"
+        rows.append(f"{i}={desc} ({ds.colorinterp[i - 1].name})")
+    return ", ".join(rows)
+
+
+def choose_bands(ds: Any, bands: tuple[int, ...] | None) -> list[int]:
+    """The 1-based bands to render: the requested ones, or the default for the band layout.
+
+    Default: bands labelled red/green/blue in that order; else 3 bands -> 1,2,3; 4 bands whose 4th is
+    alpha -> 1,2,3 (the alpha acts as the mask); 1 band -> grey.
+
+    Raises:
+        BandError: A requested band does not exist, or no default fits; the message lists the bands.
+    """
+    from rasterio.enums import ColorInterp
+
+    if bands is not None:
+        bad = [b for b in bands if b > ds.count]
+        if bad:
+            raise BandError(
+                f"{ds.name}: band(s) {bad} requested but the raster has {ds.count}: {_band_listing(ds)}"
+            )
+        return list(bands)
+    interp = list(ds.colorinterp)
+    has_alpha = interp[-1] == ColorInterp.alpha
+    colours = [ColorInterp.red, ColorInterp.green, ColorInterp.blue]
+    if ds.count <= 4 and all(c in interp for c in colours):
+        return [interp.index(c) + 1 for c in colours]
+    if ds.count == 3 or (ds.count == 4 and has_alpha):
+        return [1, 2, 3]
+    if ds.count == 1:
+        return [1]
+    raise BandError(
+        f"{ds.name}: {ds.count} bands and no default RGB mapping; choose with --bands (e.g. --bands 4,3,2). "
+        f"Bands: {_band_listing(ds)}"
+    )
+
+
+def _valid(data: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Valid where every selected band's mask is set and every value is finite."""
+    valid = np.all(masks > 0, axis=0)
+    if np.issubdtype(data.dtype, np.floating):
+        valid &= np.all(np.isfinite(data), axis=0)
+    return valid
+
+
+@dataclass
+class Stretch:
+    """A per-band linear map to 0-255, fixed once per scene so all its chips share one contrast."""
+
+    mode: str
+    lo: list[float] = field(default_factory=list)
+    hi: list[float] = field(default_factory=list)
+    _luts: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
+
+    def _lut(self, dtype: np.dtype) -> np.ndarray | None:
+        """Per-band lookup tables for 8/16-bit integers: one gather per pixel instead of float arithmetic."""
+        if dtype.kind not in "ui" or dtype.itemsize > 2:
+            return None
+        if dtype.name not in self._luts:
+            info = np.iinfo(dtype)
+            values = np.arange(info.min, info.max + 1, dtype=np.int32)[None, :]
+            self._luts[dtype.name] = self._scale(values.repeat(len(self.lo), axis=0)[:, :, None])[:, :, 0]
+        return self._luts[dtype.name]
+
+    def _scale(self, data: np.ndarray) -> np.ndarray:
+        lo = np.asarray(self.lo, dtype=np.float32)[:, None, None]
+        span = np.asarray(self.hi, dtype=np.float32)[:, None, None] - lo
+        values = data.astype(np.float32)
+        # A constant band (HI == LO) renders mid-grey, not black, so its valid footprint stays visible.
+        flat = np.where(values > lo, 1.0, np.where(values < lo, 0.0, 0.5))
+        scaled = np.where(span > 0, (values - lo) / np.where(span > 0, span, 1.0), flat)
+        return (np.clip(np.nan_to_num(scaled), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+    def apply(self, data: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        """(bands, H, W) values + (H, W) validity -> (H, W, 3) uint8, invalid pixels black."""
+        lut = None if self.mode == "none" else self._lut(data.dtype)
+        if lut is not None:
+            offset = -np.iinfo(data.dtype).min
+            out = np.stack(
+                [lut[b][data[b].astype(np.int32) + offset if offset else data[b]] for b in range(len(data))]
+            )
+        elif self.mode == "none":
+            out = np.clip(data, 0, 255).astype(np.uint8) if data.dtype != np.uint8 else data.copy()
+        else:
+            out = self._scale(data)
+        out[:, ~valid] = 0
+        if out.shape[0] == 1:
+            out = np.repeat(out, 3, axis=0)
+        return np.ascontiguousarray(out.transpose(1, 2, 0))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"mode": self.mode, "lo": self.lo, "hi": self.hi}
+
+
+def decimated_shape(height: int, width: int, max_side: int) -> tuple[int, int]:
+    """(h, w) scaled so the long side is at most `max_side` (unchanged when already small)."""
+    scale = min(1.0, max_side / max(height, width))
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def read_decimated(ds: Any, bands: list[int], max_side: int) -> tuple[np.ndarray, np.ndarray]:
+    """Values and validity of the whole raster, read decimated to `max_side` on the long side."""
+    h, w = decimated_shape(ds.height, ds.width, max_side)
+    data = ds.read(bands, out_shape=(len(bands), h, w))
+    masks = ds.read_masks(bands, out_shape=(len(bands), h, w))
+    return data, _valid(data, masks)
+
+
+def scene_stretch(ds: Any, bands: list[int], options: RenderOptions) -> Stretch:
+    """The scene's stretch, from its valid pixels (a decimated read when the scene is large).
+
+    Raises:
+        NoValidPixelsError: Every pixel of the selected bands is invalid.
+    """
+    dtype = np.dtype(ds.dtypes[bands[0] - 1])
+    mode = options.stretch or ("none" if dtype == np.uint8 else "percentile")
+    data, valid = read_decimated(ds, bands, STATS_SIDE)
+    if not valid.any():
+        raise NoValidPixelsError(f"{ds.name}: no valid pixel (every pixel is nodata or masked)")
+    if mode == "none":
+        return Stretch("none")
+    values = data[:, valid].astype(np.float64)  # (bands, n_valid)
+    if mode == "minmax":
+        lo, hi = values.min(axis=1), values.max(axis=1)
+    else:
+        lo, hi = np.percentile(values, options.percentiles, axis=1)
+    return Stretch(mode, [float(v) for v in lo], [float(v) for v in hi])
+
+
+def read_window(
+    ds: Any, bands: list[int], col_off: int, row_off: int, width: int, height: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read one window; the part past the raster's edge is zero-padded and marked invalid.
+
+    Only the window is read (never the whole scene). Returns (bands, height, width) values and an
+    (height, width) validity mask.
+    """
+    from rasterio.windows import Window
+
+    c0, r0 = max(col_off, 0), max(row_off, 0)
+    c1, r1 = min(col_off + width, ds.width), min(row_off + height, ds.height)
+    dtype = np.dtype(ds.dtypes[bands[0] - 1])
+    data = np.zeros((len(bands), height, width), dtype=dtype)
+    valid = np.zeros((height, width), dtype=bool)
+    if c1 > c0 and r1 > r0:
+        window = Window(c0, r0, c1 - c0, r1 - r0)
+        inside = ds.read(bands, window=window)
+        masks = ds.read_masks(bands, window=window)
+        ys, xs = slice(r0 - row_off, r1 - row_off), slice(c0 - col_off, c1 - col_off)
+        data[:, ys, xs] = inside
+        valid[ys, xs] = _valid(inside, masks)
+    return data, valid
+
+
+def crs_string(crs: Any) -> str | None:
+    """'EPSG:32618' when the CRS has an EPSG code, else its WKT; None for a raster without CRS."""
+    if crs is None:
+        return None
+    epsg = crs.to_epsg()
+    return f"EPSG:{epsg}" if epsg is not None else crs.to_wkt()
+
+
+def render_whole(
+    path: str | Path, options: RenderOptions, max_size: int
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """A whole raster as one RGB image (decimated when its long side exceeds `max_size`).
+
+    Returns:
+        The (H, W, 3) uint8 image and facts for the sample's meta (source size, crs, transform, stretch).
+    """
+    with open_raster(path) as ds:
+        bands = choose_bands(ds, options.bands)
+        stretch = scene_stretch(ds, bands, options)
+        data, valid = read_decimated(ds, bands, max_size)
+        rgb = stretch.apply(data, valid)
+        # The transform of the rendered image: the raster's, scaled by the decimation.
+        from rasterio.transform import Affine
+
+        transform = ds.transform @ Affine.scale(ds.width / rgb.shape[1], ds.height / rgb.shape[0])
+        info = {
+            "source_size": [ds.width, ds.height],
+            "crs": crs_string(ds.crs),
+            "transform": [float(v) for v in list(transform)[:6]],
+            "bands": bands,
+        }
+    return rgb, info

@@ -1,0 +1,239 @@
+"""The `scene` source: GeoTIFF scenes + GeoJSON labels -> chips with grounding (and counting) samples.
+
+Records of the report are scenes and label features: a scene converts when it yields samples; a
+feature converts when it lands (at least half of its box) in a written chip.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mini_internvl_adapt.metrics.boxes import grounding_answer, normalize_box
+from mini_internvl_adapt.schema import ConversionReport, Sample, Turn
+
+from .chips import ChipResult, chip_transform, chip_windows, write_chips
+from .common import DOMAIN, GROUNDING, SHORT_ANSWER, VQA, describe_error, grouped_test_set
+from .labels import (
+    LabelFile,
+    LabelFileError,
+    box_in_chip,
+    feature_pixel_box,
+    overlap_fraction,
+    read_label_file,
+)
+from .raster import RenderOptions, choose_bands, crs_string, open_raster, scene_stretch
+
+RASTER_SUFFIXES = (".tif", ".tiff")
+
+
+@dataclass
+class SceneOptions:
+    """Options of the scene source (see the CLI help in the domain's add_convert_arguments)."""
+
+    labels: Path | None = None
+    label_field: str = "label"
+    point_size: float = 16.0
+    chip_size: int = 448
+    stride: int | None = None
+    min_valid: float = 0.5
+    count_questions: bool = False
+    image_format: str = "png"
+    render: RenderOptions = field(default_factory=RenderOptions)
+    test_fraction: float = 0.2
+    seed: int = 0
+    workers: int = 4
+
+
+def find_rasters(source: Path) -> list[Path]:
+    """The scene itself, or every GeoTIFF under a folder (sorted)."""
+    if source.is_file():
+        return [source]
+    return sorted(p for p in source.rglob("*") if p.suffix.lower() in RASTER_SUFFIXES and p.is_file())
+
+
+def _scene_key(source: Path, raster: Path) -> str:
+    rel = raster.relative_to(source) if source.is_dir() else Path(raster.name)
+    return rel.with_suffix("").as_posix()
+
+
+class _LabelBook:
+    """Label files read once each, with the fate of each of their features."""
+
+    def __init__(self, report: ConversionReport, label_field: str) -> None:
+        self.report = report
+        self.label_field = label_field
+        self.files: dict[Path, LabelFile | None] = {}
+        self.placed: set[str] = set()
+        self.problems: dict[str, str] = {}
+
+    def get(self, path: Path) -> LabelFile | None:
+        if path not in self.files:
+            try:
+                book = read_label_file(path, self.label_field)
+            except LabelFileError as e:
+                self.report.read += 1
+                self.report.skip(path, str(e))
+                book = None
+            else:
+                self.report.read += len(book.features) + len(book.rejected)
+                for index, reason in book.rejected:
+                    self.report.skip(f"{path}#features[{index}]", reason)
+            self.files[path] = book
+        return self.files[path]
+
+    def finish(self) -> None:
+        for book in self.files.values():
+            for feat in book.features if book else []:
+                if feat.source in self.placed:
+                    self.report.converted += 1
+                else:
+                    reason = self.problems.get(
+                        feat.source, "has less than half of its box in every written chip of every scene"
+                    )
+                    self.report.skip(feat.source, f"feature '{feat.label}' {reason}")
+
+
+def _samples_for_chip(
+    scene: str,
+    chip: ChipResult,
+    boxes: list[tuple[str, list[float]]],
+    info: dict[str, Any],
+    opts: SceneOptions,
+) -> list[Sample]:
+    col, row, width, height = chip.window
+    by_class: dict[str, list[list[float]]] = defaultdict(list)
+    for label, box in boxes:
+        by_class[label].append(box)
+    meta_base = {
+        "scene": scene,
+        "window": [col, row, width, height],
+        "transform": chip_transform(info["transform"], chip.window),
+        "crs": info["crs"],
+        "valid_fraction": round(chip.valid_fraction, 4),
+    }
+    samples = []
+    for label in sorted(by_class):
+        pixel_boxes = sorted(by_class[label], key=lambda b: (b[1], b[0]))
+        answer = grounding_answer(label, [normalize_box(b, width, height) for b in pixel_boxes])
+        common = {"images": [chip.image], "domain": DOMAIN, "widths": [width], "heights": [height]}
+        samples.append(
+            Sample(
+                id=f"{scene}/{col}_{row}/{label}",
+                conversations=[Turn("human", f"<image>\nDetect <ref>{label}</ref>"), Turn("gpt", answer)],
+                task=GROUNDING,
+                meta={**meta_base, "label": label, "boxes": [[round(v, 2) for v in b] for b in pixel_boxes]},
+                **common,
+            )
+        )
+        if opts.count_questions:
+            samples.append(
+                Sample(
+                    id=f"{scene}/{col}_{row}/count/{label}",
+                    conversations=[
+                        Turn("human", f"<image>\nHow many {label} are there in the image?\n{SHORT_ANSWER}"),
+                        Turn("gpt", str(len(pixel_boxes))),
+                    ],
+                    task=VQA,
+                    meta={**meta_base, "label": label, "question_type": "object_count"},
+                    **common,
+                )
+            )
+    return samples
+
+
+def convert_scene(
+    source: Path, out: Path, opts: SceneOptions, report: ConversionReport
+) -> dict[str, list[Sample]]:
+    """Chip every scene under `source` and turn its labelled features into grounding samples.
+
+    Returns:
+        Split name -> samples (grouped split: by scene, or by chip row when there is a single scene).
+    """
+    rasters = find_rasters(source)
+    if not rasters:
+        raise FileNotFoundError(f"{source}: no GeoTIFF (.tif/.tiff) found")
+    stride = opts.stride or opts.chip_size
+    book = _LabelBook(report, opts.label_field)
+    chips = {"total": 0, "written": 0, "low_valid": 0, "unlabelled": 0}
+    stretches: dict[str, Any] = {}
+    grouped: list[tuple[str, Sample]] = []
+    for raster in rasters:
+        scene = _scene_key(source, raster)
+        report.read += 1
+        label_path = opts.labels or raster.with_suffix(".geojson")
+        if not label_path.is_file():
+            report.skip(raster, f"no label file: pass --labels or put {label_path.name} next to the scene")
+            continue
+        labels = book.get(label_path)
+        if labels is None:
+            report.skip(raster, f"its label file {label_path} is unusable (see its own entry)")
+            continue
+        try:
+            with open_raster(raster) as ds:
+                bands = choose_bands(ds, opts.render.bands)
+                stretch = scene_stretch(ds, bands, opts.render)
+                info = {"transform": ds.transform, "crs": crs_string(ds.crs)}
+                size = (ds.width, ds.height)
+                feature_boxes = []
+                for feat in labels.features:
+                    try:
+                        box = feature_pixel_box(feat, labels.crs, ds.crs, ds.transform, opts.point_size)
+                    except Exception as e:  # a geometry PROJ cannot place: that feature only
+                        book.problems[feat.source] = f"cannot be placed on {raster.name}: {describe_error(e)}"
+                        continue
+                    if overlap_fraction(box, [0, 0, ds.width, ds.height]) == 0:
+                        book.problems.setdefault(feat.source, f"lies outside the scene {raster.name}")
+                    feature_boxes.append((feat, box))
+        except Exception as e:  # corrupt file, no valid pixel, bands that need --bands
+            report.skip(raster, f"cannot use the scene: {describe_error(e)}")
+            continue
+        stretches[scene] = stretch.to_json()
+        # Only chips that will hold a feature are read and written.
+        plan = []
+        for window in chip_windows(size[0], size[1], opts.chip_size, stride):
+            chips["total"] += 1
+            inside = [(f, b) for f, b in ((f, box_in_chip(box, *window)) for f, box in feature_boxes) if b]
+            if inside:
+                plan.append((window, inside))
+            else:
+                chips["unlabelled"] += 1
+        names = [f"images/{scene.replace('/', '__')}_{w[0]}_{w[1]}.{opts.image_format}" for w, _ in plan]
+        results = write_chips(
+            raster, bands, stretch, [w for w, _ in plan], names, out, opts.min_valid, opts.workers
+        )
+        failure = next((r for r in results if isinstance(r, BaseException)), None)
+        if failure is not None:
+            for name in names:
+                (out / name).unlink(missing_ok=True)
+            window = plan[results.index(failure)][0]
+            report.skip(raster, f"read failed at window {list(window)}: {describe_error(failure)}")
+            continue
+        scene_samples = []
+        for result, (_, inside) in zip(results, plan):
+            assert isinstance(result, ChipResult)
+            if result.image is None:
+                chips["low_valid"] += 1
+                continue
+            chips["written"] += 1
+            report.images += 1
+            book.placed.update(f.source for f, _ in inside)
+            group = scene if len(rasters) > 1 else f"{scene}/row{result.window[1]}"
+            for sample in _samples_for_chip(scene, result, [(f.label, b) for f, b in inside], info, opts):
+                scene_samples.append((group, sample))
+        if scene_samples:
+            report.converted += 1
+            grouped.extend(scene_samples)
+        else:
+            report.skip(raster, "no chip with a labelled feature passed --min-valid")
+    book.finish()
+    report.details.update(
+        {"chips": chips, "stretch": stretches, "chip_size": opts.chip_size, "stride": stride}
+    )
+    test_groups = grouped_test_set((g for g, _ in grouped), opts.test_fraction, opts.seed)
+    splits: dict[str, list[Sample]] = {"train": [], "test": []}
+    for group, sample in grouped:
+        splits["test" if group in test_groups else "train"].append(sample)
+    return splits

@@ -1,0 +1,231 @@
+"""Driving scoring: the DriveLM challenge rules, the judge over HTTP, and the CLI end to end."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import pytest
+from mini_internvl_adapt.domains.driving import DrivingDomain
+from mini_internvl_adapt.domains.driving.judge import PROMPT, JudgeError, OpenAIJudge, judge_prompt
+from mini_internvl_adapt.domains.driving.scoring import in_graph, language_score, match_points, score_driving
+
+from mini_internvl_adapt.cli import main
+from mini_internvl_adapt.schema import Sample, Turn, read_samples
+
+KEYS = {"accuracy", "bleu_1", "bleu_2", "bleu_3", "bleu_4", "rouge_l", "cider", "language", "match_f1", "gpt",
+        "match", "final", "final_without_gpt", "counts"}  # fmt: skip
+
+
+def _sample(i: int, tag: int, question: str, answer: str, layout: str = "views", frame: str = "f") -> Sample:
+    return Sample(
+        id=f"s_{frame}_{i}",
+        conversations=[Turn("human", question), Turn("gpt", answer)],
+        task="driving-qa",
+        domain="driving",
+        meta={
+            "tag": [tag],
+            "question": question,
+            "answer": answer,
+            "layout": layout,
+            "scene": "s",
+            "frame": frame,
+            "index": i,
+        },  # fmt: skip
+    )
+
+
+def test_match_points_official_rule() -> None:
+    gt = "<c1,CAM_BACK,100.0,200.0> and <c2,CAM_FRONT,500.0,500.0>"
+    # First point 10 px away (L1 < 16: hit), second 20 px away (miss); odd trailing number dropped.
+    matched, f1 = match_points("<c1,CAM_BACK,105.0,205.0> <c2,CAM_FRONT,510.0,510.0> 7.5", gt)
+    assert matched == [(100.0, 200.0)]
+    assert f1 == pytest.approx(2 * 0.5 * 0.5 / (0.5 + 0.5), abs=1e-6)
+    assert match_points("nothing", gt) == ([], pytest.approx(0.0))
+    # Each ground-truth point is used once.
+    assert match_points("<c,CAM_BACK,100.0,200.0> <c,CAM_BACK,101.0,200.0>", "<c1,CAM_BACK,100.0,200.0>")[
+        0
+    ] == [(100.0, 200.0)]
+    assert in_graph("Is <c1,CAM_BACK,100.0,200.0> moving?", [(100.0, 200.0)])
+    assert not in_graph("Is <c2,CAM_FRONT,500.0,500.0> moving?", [(100.0, 200.0)])
+    assert in_graph("What are safe actions?", [])
+
+
+def test_graph_filter_accuracy_and_final_without_judge() -> None:
+    tag2_gt = "There is a car. The IDs are <c1,CAM_BACK,100.0,200.0> and <c2,CAM_FRONT,500.0,500.0>."
+    samples = [
+        _sample(0, 2, "What are the important objects?", tag2_gt),
+        _sample(1, 0, "Moving status of <c1,CAM_BACK,100.0,200.0>?", "Turn left."),
+        _sample(2, 0, "Moving status of <c2,CAM_FRONT,500.0,500.0>?", "Stopped."),  # not matched: filtered
+        _sample(3, 3, "What to notice?", "Notice <c1,CAM_BACK,100.0,200.0>."),
+        _sample(4, 1, "Safe actions?", "Keep going."),
+    ]
+    preds = {
+        "s_f_0": "There is a car. The IDs are <c1,CAM_BACK,101.0,201.0> and <c2,CAM_FRONT,900.0,900.0>.",
+        "s_f_1": "Turn left.",
+        "s_f_2": "Stopped.",
+        "s_f_3": "Notice <c1,CAM_BACK,100.0,200.0>.",
+        "s_f_4": "Keep going.",
+    }
+    out = score_driving(samples, preds)
+    assert set(out) == KEYS
+    assert out["counts"]["filtered_by_graph"] == 1 and out["counts"]["accuracy"] == 1
+    assert out["accuracy"] == 1.0
+    assert out["match_f1"] == pytest.approx(100.0, abs=1e-4)
+    assert out["gpt"] is None and out["match"] is None and out["final"] is None
+    assert out["counts"]["gpt_pending"] == 2  # one tag-1 and one tag-3 answer wait for a judge
+    expected = 0.2 * 1.0 + 0.2 * language_score(out) + 0.2 * 100.0 / 2 / 100
+    assert out["final_without_gpt"] == pytest.approx(expected)
+    # Accuracy is exact string equality: a trailing space is wrong.
+    assert score_driving(samples, {**preds, "s_f_1": "Turn left. "})["accuracy"] == 0.0
+
+
+def test_grid_answers_are_mapped_back_before_matching() -> None:
+    gt = "Notice <c1,CAM_BACK,1088.3,497.5>."
+    samples = [_sample(0, 3, "What to notice?", gt, layout="grid")]
+    out = score_driving(samples, {"s_f_0": "Notice <c1,CAM_BACK,[560,776]>."})
+    assert out["match_f1"] == pytest.approx(100.0, abs=1e-4)
+    # The same grid answer read as camera pixels would not match.
+    samples[0].meta["layout"] = "views"
+    assert score_driving(samples, {"s_f_0": "Notice <c1,CAM_BACK,[560,776]>."})["match_f1"] == pytest.approx(
+        0.0
+    )
+
+
+class _JudgeHandler(BaseHTTPRequestHandler):
+    requests: list[dict] = []
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).requests.append(
+            {"path": self.path, "body": body, "auth": self.headers.get("Authorization")}
+        )
+        content = "<think>hmm</think>73" if "Keep going" in body["messages"][1]["content"] else "no idea"
+        reply = {"choices": [{"message": {"role": "assistant", "content": content}}]}
+        data = json.dumps(reply).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture()
+def judge_url():
+    _JudgeHandler.requests = []
+    server = HTTPServer(("127.0.0.1", 0), _JudgeHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+    server.server_close()
+
+
+def test_judge_over_http_fills_gpt_match_and_final(judge_url: str) -> None:
+    samples = [
+        _sample(0, 3, "What to notice?", "Keep going. Notice <c1,CAM_BACK,100.0,200.0>."),
+        _sample(1, 1, "Safe actions?", "Keep going."),
+        _sample(2, 0, "Behavior?", "A"),
+        _sample(3, 2, "Objects?", "Keep going a car"),
+    ]
+    preds = {s.id: s.answer for s in samples}
+    out = DrivingDomain().score(samples, preds, judge=judge_url, judge_model="tiny-judge", judge_workers=2)
+    assert out["gpt"] == 73.0
+    assert out["match"] == pytest.approx((100.0 + 73.0) / 2, abs=1e-4)
+    expected = 0.4 * 0.73 + 0.2 * out["language"] + 0.2 * out["match"] / 100 + 0.2 * 1.0
+    assert out["final"] == pytest.approx(expected)
+    assert out["final"] == pytest.approx(out["final_without_gpt"] + 0.4 * 0.73 + 0.1 * 0.73)
+    sent = _JudgeHandler.requests[0]
+    assert sent["path"] == "/v1/chat/completions" and sent["body"]["model"] == "tiny-judge"
+    assert sent["body"]["temperature"] == 0.6
+    user = next(
+        r for r in _JudgeHandler.requests if r["body"]["messages"][1]["content"].endswith("Keep going.")
+    )
+    assert user["body"]["messages"][1]["content"] == judge_prompt("Keep going.", "Keep going.")
+    assert judge_prompt("a", "b") == PROMPT + "This is the correct answer: bThis is my answer: a"
+    # A reply without a number is an error, never a guessed score.
+    with pytest.raises(JudgeError, match="replied without a number: 'no idea'"):
+        OpenAIJudge(judge_url).rate("x", "y")
+
+
+def test_judge_unreachable_is_a_clear_error() -> None:
+    judge = OpenAIJudge("http://127.0.0.1:9/v1", retries=1, timeout=2)
+    with pytest.raises(JudgeError, match="not reachable"):
+        judge.rate("a", "b")
+
+
+def test_grounding_accuracy() -> None:
+    s = Sample(
+        id="g0",
+        conversations=[Turn("human", "<image>\nDetect <ref>car</ref>"), Turn("gpt", "x")],
+        images=["a.jpg"],
+        meta={"box": [100.0, 100.0, 300.0, 200.0]},
+        widths=[1000],
+        heights=[1000],
+    )
+    assert (
+        score_driving([s], {"g0": "<ref>car</ref><box>[[100, 100, 300, 200]]</box>"})["grounding_acc"] == 1.0
+    )
+    assert (
+        score_driving([s], {"g0": "<ref>car</ref><box>[[500, 500, 600, 600]]</box>"})["grounding_acc"] == 0.0
+    )
+
+
+_HAVE_COCO = importlib.util.find_spec("pycocoevalcap") is not None and shutil.which("java") is not None
+
+
+@pytest.mark.skipif(not _HAVE_COCO, reason="needs pycocoevalcap and Java")
+def test_language_metrics_agree_with_coco_on_real_sample(shared_data: Path, tmp_path: Path) -> None:
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.rouge.rouge import Rouge
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    qa = shared_data / "drivelm" / "QA" / "test_sample.json"
+    DrivingDomain().convert(qa, tmp_path / "d", layout="views", workers=2)
+    samples = read_samples(tmp_path / "d" / "test.jsonl")
+    tag2 = [s for s in samples if s.meta["tag"] == [2]]
+    assert len(tag2) == 9
+    # Predictions: each frame answered with the next frame's answer (realistic overlap, far from perfect).
+    preds = {s.id: tag2[(i + 1) % len(tag2)].answer for i, s in enumerate(tag2)}
+    ours = score_driving(samples, preds)
+    tok = PTBTokenizer()
+    gts = tok.tokenize({s.id: [{"caption": s.answer}] for s in tag2})
+    res = tok.tokenize({k: [{"caption": v}] for k, v in preds.items()})
+    bleu = Bleu(4).compute_score(gts, res, verbose=0)[0]
+    coco = {f"bleu_{n + 1}": bleu[n] for n in range(4)}
+    coco["rouge_l"] = Rouge().compute_score(gts, res)[0]
+    coco["cider"] = Cider().compute_score(gts, res)[0]
+    for key, value in coco.items():
+        assert ours[key] == pytest.approx(value, rel=5e-3), key
+
+
+def test_cli_convert_and_score_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    domain = DrivingDomain()
+    out = tmp_path / "ds"
+    rc = main(["convert", "--domain", "driving", "--source", str(domain.demo_source()), "--out", str(out),
+               "--test-fraction", "0.5", "--tasks", "qa,grounding", "--multiple-choice", "--workers", "2"])  # fmt: skip
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["read"] == 4 and summary["samples"]["test"] > 0 and summary["samples"]["train"] > 0
+    test = read_samples(out / "test.jsonl")
+    # Perfect predictions in the challenge output format (a JSON list with id, question, answer).
+    preds = [{"id": s.id, "question": s.question, "answer": s.answer} for s in test]
+    (tmp_path / "pred.json").write_text(json.dumps(preds))
+    rc = main(["score", "--domain", "driving", "--data", str(out / "test.jsonl"), "--predictions",
+               str(tmp_path / "pred.json"), "--out", str(tmp_path / "m.json")])  # fmt: skip
+    assert rc == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.loads((tmp_path / "m.json").read_text())
+    assert set(printed) >= KEYS
+    assert printed["accuracy"] == 1.0 and printed["grounding_acc"] == 1.0
+    assert printed["match_f1"] == pytest.approx(100.0, abs=1e-3)  # grid round trip stays within 16 px
+    assert printed["gpt"] is None and printed["final"] is None and printed["final_without_gpt"] > 0.4
+    assert printed["counts"]["missing_predictions"] == 0

@@ -1,0 +1,158 @@
+"""data.py: sources (folder / JSONL / meta with repeat_time), lazy samples, the length-grouped sampler."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from mini_internvl_adapt.data import (
+    DataError,
+    InternVLDataModule,
+    LengthGroupedSampler,
+    SampleDataset,
+    budget_check,
+    expand_sources,
+    split_sources,
+)
+from mini_internvl_adapt.models.loading import load_model
+from mini_internvl_adapt.processing import ProcessingConfig, SampleProcessor
+from mini_internvl_adapt.schema import DatasetError
+
+
+def write_dataset(root: Path, n_train: int = 6, n_val: int = 2, prefix: str = "s") -> Path:
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i in range(n_train + n_val):
+        w, h = (64, 48) if i % 2 else (40, 80)
+        Image.new("RGB", (w, h), (i * 30 % 255, 90, 20)).save(root / "images" / f"{prefix}{i}.png")
+        answer = "There is a car to the front." * (1 + i % 3)
+        lines.append(
+            {
+                "id": f"{prefix}{i}",
+                "image": f"images/{prefix}{i}.png",
+                "width": w,
+                "height": h,
+                "conversations": [
+                    {"from": "human", "value": "<image>\nWhat is in the image?"},
+                    {"from": "gpt", "value": answer},
+                ],
+            }
+        )
+    (root / "train.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines[:n_train]))
+    if n_val:
+        (root / "val.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines[n_train:]))
+    return root
+
+
+@pytest.fixture(scope="module")
+def processor() -> SampleProcessor:
+    loaded = load_model("tiny")
+    return SampleProcessor(loaded.tokenizer, ProcessingConfig(template=loaded.info.template, max_tiles=2))
+
+
+def test_folder_splits_into_train_and_val(tmp_path: Path) -> None:
+    write_dataset(tmp_path)
+    train, val = split_sources(tmp_path)
+    assert [s.annotation.name for s in train] == ["train.jsonl"]
+    assert [s.annotation.name for s in val] == ["val.jsonl"]
+    train, val = split_sources(tmp_path / "train.jsonl")
+    assert len(train) == 1 and val == []
+
+
+def test_meta_json_repeat_time_and_val_entries(tmp_path: Path) -> None:
+    a = write_dataset(tmp_path / "a", n_train=4, n_val=2, prefix="a")
+    b = write_dataset(tmp_path / "b", n_train=4, n_val=0, prefix="b")
+    meta = {
+        "a_train": {"root": str(a), "annotation": str(a / "train.jsonl"), "repeat_time": 2},
+        "b_train": {"root": str(b), "annotation": str(b / "train.jsonl"), "repeat_time": 0.5},
+        "a_val": {"root": str(a), "annotation": str(a / "val.jsonl"), "split": "val"},
+    }
+    path = tmp_path / "meta.json"
+    path.write_text(json.dumps(meta))
+    train, val = split_sources(path)
+    entries = expand_sources(train, seed=0)
+    ids = [e.sample.id for e in entries]
+    assert len(ids) == 4 * 2 + 2  # a repeated twice, half of b
+    assert sum(i.startswith("a") for i in ids) == 8 and sum(i.startswith("b") for i in ids) == 2
+    assert [e.sample.id for e in expand_sources(val, seed=0)] == ["a4", "a5"]
+
+
+def test_meta_without_training_entries_is_an_error(tmp_path: Path) -> None:
+    a = write_dataset(tmp_path / "a")
+    path = tmp_path / "meta.json"
+    path.write_text(json.dumps({"t": {"root": str(a), "annotation": str(a / "val.jsonl"), "split": "test"}}))
+    with pytest.raises(DatasetError, match="no training entry"):
+        split_sources(path)
+
+
+def test_dataset_processes_lazily_and_names_broken_samples(tmp_path: Path, processor: SampleProcessor) -> None:
+    write_dataset(tmp_path)
+    entries = expand_sources(split_sources(tmp_path)[0], seed=0)
+    dataset = SampleDataset(entries, processor)
+    item = dataset[0]
+    assert item.id == "s0" and item.pixel_values.shape[1:] == (3, 448, 448)
+    assert (item.labels != -100).any()
+    (tmp_path / "images" / "s3.png").unlink()
+    with pytest.raises(DataError) as info:
+        dataset[3]
+    message = str(info.value)
+    assert "'s3'" in message and "train.jsonl" in message and "s3.png" in message
+
+
+def test_budget_check_drops_samples_that_cannot_fit(tmp_path: Path, processor: SampleProcessor) -> None:
+    write_dataset(tmp_path)
+    entries = expand_sources(split_sources(tmp_path)[0], seed=0)
+    small = SampleProcessor(processor.tokenizer, ProcessingConfig(template="Hermes-2", max_tiles=2, max_length=300))
+    kept, report = budget_check(entries, small, progress=False)
+    assert len(report.counts) == 6
+    assert report.too_long and len(kept) + len(report.too_long) == 6
+    assert all(report.counts[e.sample.id] <= 300 or e.sample.id not in report.too_long for e in kept)
+    assert "max_length 300" in report.reasons[report.too_long[0]]
+
+
+def test_sampler_shards_ranks_and_groups_lengths() -> None:
+    lengths = [(i * 37) % 101 for i in range(40)]
+    ranks = [
+        list(LengthGroupedSampler(lengths, 2, num_replicas=2, rank=r, seed=3, group_by_length=True)) for r in (0, 1)
+    ]
+    assert len(ranks[0]) == len(ranks[1]) == 20
+    assert set(ranks[0]).isdisjoint(ranks[1]) and set(ranks[0]) | set(ranks[1]) == set(range(40))
+    # Global batch k = rank0's pair k + rank1's pair k: lengths never increase inside a mega-batch.
+    global_order = []
+    for k in range(10):
+        global_order += ranks[0][2 * k : 2 * k + 2] + ranks[1][2 * k : 2 * k + 2]
+    assert [lengths[i] for i in global_order] == sorted((lengths[i] for i in global_order), reverse=True)
+    sampler = LengthGroupedSampler(lengths, 2, seed=3, group_by_length=False)
+    first = list(sampler)
+    sampler.set_epoch(1)
+    assert list(sampler) != first and sorted(first) == list(range(40))
+
+
+def test_sampler_pads_uneven_sizes_and_resumes_mid_epoch() -> None:
+    sampler = LengthGroupedSampler([1] * 7, 2, num_replicas=2, rank=1, seed=0)
+    assert len(list(sampler)) == 4  # 7 samples padded to 8 so both ranks take 2 steps
+    full = LengthGroupedSampler(list(range(10)), 2, seed=9)
+    order = list(full)
+    resumed = LengthGroupedSampler(list(range(10)), 2, seed=9)
+    resumed.skip_batches(0, 3)
+    assert len(resumed) == 4
+    assert list(resumed) == order[6:]
+    assert list(resumed) == order  # the skip applies once
+
+
+def test_datamodule_position_survives_a_checkpoint(tmp_path: Path, processor: SampleProcessor) -> None:
+    write_dataset(tmp_path, n_train=6, n_val=0)
+    entries = expand_sources(split_sources(tmp_path)[0], seed=0)
+    dm = InternVLDataModule(entries, [], processor, {}, batch_size=2, seed=1)
+    batches = list(dm.train_dataloader())
+    assert [len(b["ids"]) for b in batches] == [2, 2, 2]
+    assert batches[0]["pixel_values"].shape[0] == sum(sum(t) for t in batches[0]["num_tiles"])
+    resumed = InternVLDataModule(entries, [], processor, {}, batch_size=2, seed=1)
+    resumed.load_state_dict({"epoch": 0, "batches": 2})
+    rest = list(resumed.train_dataloader())
+    assert [b["ids"] for b in rest] == [batches[2]["ids"]]
+    assert torch.equal(rest[0]["input_ids"], batches[2]["input_ids"])

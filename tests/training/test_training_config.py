@@ -1,0 +1,151 @@
+"""Configs: every shipped YAML loads, flags and dotted overrides win over the file, errors name the key."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from mini_internvl_adapt.training import add_train_arguments, config_from_args, load_config, save_config
+from mini_internvl_adapt.tuning import TuningConfig
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
+SIZES = {"1b": "mini-internvl-1b", "2b": "mini-internvl-2b", "4b": "mini-internvl-4b"}
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_train_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def test_every_domain_size_method_has_a_config() -> None:
+    names = {p.relative_to(REPO / "configs").as_posix() for p in CONFIGS}
+    for domain in ("driving", "medical", "remote_sensing"):
+        for size in SIZES:
+            for method in ("lora", "qlora", "full"):
+                assert f"{domain}/{size}_{method}.yaml" in names
+    assert {"tiny/lora.yaml", "tiny/qlora.yaml", "tiny/full.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.relative_to(REPO / "configs").as_posix())
+def test_shipped_config_loads_and_matches_its_name(path: Path) -> None:
+    config = load_config(path)
+    tuning = config.tuning.resolved()  # raises on inconsistent tuning options
+    stem = path.stem
+    method = stem.split("_")[-1] if path.parent.name != "tiny" else stem
+    assert tuning.method == method
+    if path.parent.name != "tiny":
+        assert config.model.name == SIZES[stem.split("_")[0]]
+        assert config.data.path and config.out.endswith(f"{path.parent.name}/{stem}")
+        if method in ("lora", "qlora"):
+            assert tuning.use_llm_lora == 16 and tuning.freeze_backbone and tuning.freeze_llm
+        else:
+            assert not tuning.freeze_backbone and not tuning.freeze_llm and config.train.lr == 1e-5
+    else:
+        assert config.model.name == "tiny" and config.train.accelerator == "cpu"
+
+
+def test_flags_and_dotted_overrides_win_over_the_file(tmp_path: Path) -> None:
+    args = _parse(
+        [
+            "--config",
+            str(REPO / "configs/driving/1b_lora.yaml"),
+            "--data",
+            "other.jsonl",
+            "--model",
+            "tiny-phi3",
+            "--method",
+            "full",
+            "--out",
+            str(tmp_path / "run"),
+            "--max-steps",
+            "7",
+            "--batch-size",
+            "3",
+            "--lr",
+            "0.001",
+            "--max-tiles",
+            "2",
+            "--seed",
+            "5",
+            "--devices",
+            "2",
+            "tuning.use_llm_lora=0",
+            "train.warmup_ratio=0.5",
+            "data.use_thumbnail=false",
+        ]
+    )
+    config = config_from_args(args)
+    assert config.data.path == "other.jsonl" and config.model.name == "tiny-phi3"
+    assert config.tuning.method == "full" and config.tuning.use_llm_lora == 0
+    assert config.out == str(tmp_path / "run")
+    assert (config.train.max_steps, config.train.batch_size, config.train.lr) == (7, 3, 0.001)
+    assert (config.data.max_tiles, config.train.seed, config.train.devices) == (2, 5, 2)
+    assert config.train.warmup_ratio == 0.5 and config.data.use_thumbnail is False
+    assert config.data.max_length == 4096  # untouched values come from the file
+
+
+def test_resume_reads_the_run_config(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    original = load_config(REPO / "configs/tiny/lora.yaml", {"data.path": "d", "train.max_steps": 9})
+    save_config(original, run / "run_config.yaml")
+    config = config_from_args(_parse(["--resume", str(run)]))
+    assert config.train.max_steps == 9 and config.data.path == "d" and config.out == str(run)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("train:\n  learning_rate: 1\n", "unknown key(s) in 'train': learning_rate"),
+        ("optimizer: {}\n", "unknown section(s) optimizer"),
+        ("train:\n  max_steps: ten\n", "'max_steps' must be an integer"),
+        ("train:\n  lr: [1]\n", "'lr' must be a number"),
+        ("data:\n  group_by_length: 3\n", "'group_by_length' must be true or false"),
+        ("train: [\n", "bad YAML"),
+    ],
+)
+def test_bad_config_names_file_and_key(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match="bad.yaml") as info:
+        load_config(path)
+    assert message in str(info.value)
+
+
+def test_missing_config_file() -> None:
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        load_config("nope.yaml")
+
+
+def test_saved_config_round_trips(tmp_path: Path) -> None:
+    config = load_config(REPO / "configs/medical/4b_qlora.yaml", {"tuning.unfreeze_lm_head": True})
+    config.tuning = config.tuning.resolved()
+    save_config(config, tmp_path / "c.yaml")
+    again = load_config(tmp_path / "c.yaml")
+    assert again == config
+    assert isinstance(again.tuning, TuningConfig)
+
+
+def test_help_documents_every_option(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        _parse(["--help"])
+    text = capsys.readouterr().out
+    for flag in (
+        "--config",
+        "--data",
+        "--model",
+        "--method",
+        "--out",
+        "--max-steps",
+        "--batch-size",
+        "--lr",
+        "--max-tiles",
+        "--seed",
+        "--resume",
+        "--strategy",
+        "section.key=value",
+    ):
+        assert flag in text

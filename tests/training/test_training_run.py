@@ -1,0 +1,215 @@
+"""`adapt train` end to end on the tiny model: the run folder, loading it back, and the fault behaviour."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from mini_internvl_adapt import task as task_mod
+from mini_internvl_adapt.models.loading import load_model
+from mini_internvl_adapt.processing import ProcessingConfig, SampleProcessor, collate
+from mini_internvl_adapt.schema import read_samples
+from mini_internvl_adapt.training import _atomic_checkpoint_io, load_run_model, train_main
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def make_dataset(root: Path, n_train: int = 8, n_val: int = 2) -> Path:
+    from PIL import Image
+
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n_train + n_val):
+        w, h = (96, 48) if i % 2 else (48, 48)
+        Image.new("RGB", (w, h), (i * 25 % 255, 120, 40)).save(root / "images" / f"{i}.png")
+        rows.append(
+            {
+                "id": f"d{i}",
+                "image": f"images/{i}.png",
+                "width": w,
+                "height": h,
+                "conversations": [
+                    {"from": "human", "value": "<image>\nWhat are the important objects?"},
+                    {"from": "gpt", "value": f"There is a car to the front. {i % 3}"},
+                ],
+            }
+        )
+    (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:n_train]))
+    if n_val:
+        (root / "val.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[n_train:]))
+    return root
+
+
+def _train(config: str, data: Path, out: Path, *extra: str) -> int:
+    argv = ["--config", str(REPO / "configs" / "tiny" / f"{config}.yaml"), "--data", str(data), "--out", str(out)]
+    return train_main([*argv, "train.progress_bar=false", *extra])
+
+
+def _batch(data: Path) -> dict:
+    loaded = load_model("tiny")
+    processor = SampleProcessor(loaded.tokenizer, ProcessingConfig(template=loaded.info.template, max_tiles=2))
+    samples = read_samples(data / "val.jsonl")
+    batch = collate([processor(s, data) for s in samples], pad_token_id=0)
+    return {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values")}
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("lora")
+    data = make_dataset(root / "data")
+    assert _train("lora", data, root / "run", "--max-steps", "12") == 0
+    return root / "run", data
+
+
+def test_lora_run_folder_describes_itself(lora_run: tuple[Path, Path]) -> None:
+    run, data = lora_run
+    for name in (
+        "run_config.yaml",
+        "mini_internvl_adapt.json",
+        "metrics.csv",
+        "checkpoints/last.ckpt",
+        "summary.json",
+        "token_budget.json",
+        "parameters.json",
+        "final/adapter_model.safetensors",
+        "final/adapter_config.json",
+        "final/base_model.json",
+        "final/tokenizer.json",
+        "final/mini_internvl_adapt.json",
+    ):
+        assert (run / name).is_file(), name
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 12 and summary["samples"] == 24  # batch size 2
+    assert summary["train_samples_per_second"] > 0 and summary["peak_memory"]["cpu_max_rss_bytes"] > 0
+    assert summary["last_loss"] < summary["first_loss"]
+    assert summary["val_loss"] is not None
+    config = yaml.safe_load((run / "run_config.yaml").read_text())
+    assert config["tuning"]["use_llm_lora"] == 8 and config["tuning"]["lora_alpha"] is None
+    assert config["data"]["template"] == "Hermes-2" and config["data"]["path"] == str(data)
+    info = json.loads((run / "final" / "mini_internvl_adapt.json").read_text())
+    assert info["template"] == "Hermes-2" and info["max_dynamic_patch"] == 2
+    with open(run / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    train_losses = [r for r in rows if r.get("train_loss")]
+    assert len(train_losses) == 12 and any(r.get("val_loss") for r in rows)
+    budget = json.loads((run / "token_budget.json").read_text())
+    assert budget["train"]["samples"] == 8 and budget["val"]["samples"] == 2
+    params = json.loads((run / "parameters.json").read_text())
+    assert params["lora"]["trainable"] == params["total"]["trainable"] > 0
+
+
+def test_lora_run_loads_back_for_inference(lora_run: tuple[Path, Path]) -> None:
+    run, data = lora_run
+    batch = _batch(data)
+    base = load_model("tiny").model
+    loaded = load_run_model(run)
+    merged = load_run_model(run, merge=True)
+    assert loaded.info.template == "Hermes-2" and loaded.tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>") > 0
+    with torch.no_grad():
+        base_logits = base(**batch).logits
+        tuned = loaded.model(**batch).logits
+        torch.testing.assert_close(merged.model(**batch).logits, tuned, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(base_logits, tuned, atol=1e-3)
+    # The checkpoint holds only what trains: small, and the same adapter as final/.
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert all("lora_" in k for k in ckpt["state_dict"])
+    adapter = load_file(run / "final" / "adapter_model.safetensors")
+    assert len(adapter) == len(ckpt["state_dict"])
+
+
+def test_full_run_saves_plain_transformers_weights(tmp_path: Path) -> None:
+    data = make_dataset(tmp_path / "data", n_val=0)
+    assert _train("full", data, tmp_path / "run", "--max-steps", "3", "tuning.freeze_backbone=true") == 0
+    final = tmp_path / "run" / "final"
+    assert (final / "config.json").is_file() and list(final.glob("*.safetensors"))
+    assert not (final / "adapter_config.json").exists()
+    tuned = load_model(final).model.state_dict()
+    base = load_model("tiny").model.state_dict()
+    vit = [k for k in base if "vision_tower" in k]
+    llm = [k for k in base if "language_model" in k and k.endswith("weight")]
+    assert all(torch.equal(tuned[k], base[k]) for k in vit)  # frozen
+    assert any(not torch.equal(tuned[k], base[k]) for k in llm)
+    assert load_run_model(tmp_path / "run").info.template == "Hermes-2"
+
+
+def test_qlora_run_trains_a_4bit_tiny_model(tmp_path: Path) -> None:
+    data = make_dataset(tmp_path / "data", n_val=0)
+    assert _train("qlora", data, tmp_path / "run", "--max-steps", "3") == 0
+    base = json.loads((tmp_path / "run" / "final" / "base_model.json").read_text())
+    assert base["method"] == "qlora" and base["quantized_4bit"] is True
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["steps"] == 3 and summary["last_loss"] == summary["last_loss"]  # not NaN
+
+
+def test_nan_loss_stops_with_step_and_sample_ids(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = make_dataset(tmp_path / "data", n_val=0)
+    original = task_mod.InternVLTask.forward
+
+    def poisoned(self, batch):  # the loss of any batch holding d5 becomes NaN
+        out = original(self, batch)
+        if "d5" in batch["ids"]:
+            out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(task_mod.InternVLTask, "forward", poisoned)
+    assert _train("lora", data, tmp_path / "run", "--max-steps", "8", "train.batch_size=1") == 1
+    err = capsys.readouterr().err
+    assert "loss is nan at step" in err and "d5" in err
+    assert not (tmp_path / "run" / "final").exists()
+
+
+def test_missing_image_mid_training_names_sample_and_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = make_dataset(tmp_path / "data", n_val=0)
+    (data / "images" / "6.png").unlink()  # width/height are in the JSONL, so only training meets it
+    assert _train("lora", data, tmp_path / "run", "--max-steps", "8", "train.batch_size=1") == 2
+    err = capsys.readouterr().err
+    assert "sample 'd6'" in err and str(data / "train.jsonl") in err and "6.png" in err
+
+
+def test_bad_line_is_named_before_training(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = make_dataset(tmp_path / "data", n_val=0)
+    with open(data / "train.jsonl", "a") as f:
+        f.write('{"id": "broken", "conversations": [}\n')
+    assert _train("lora", data, tmp_path / "run") == 2
+    err = capsys.readouterr().err
+    assert f"{data / 'train.jsonl'}:9" in err and "bad JSON" in err
+
+
+def test_existing_run_needs_resume_and_resume_needs_a_checkpoint(
+    tmp_path: Path, lora_run: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    run, data = lora_run
+    assert _train("lora", data, run) == 2
+    assert "--resume" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "run_config.yaml").write_text((run / "run_config.yaml").read_text())
+    assert train_main(["--resume", str(tmp_path / "empty")]) == 2
+    assert "no checkpoint saved yet" in capsys.readouterr().err
+
+
+def test_checkpoint_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    io = _atomic_checkpoint_io()
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    io.save_checkpoint({"step": 1, "w": torch.ones(3)}, path)
+
+    def dies_halfway(obj, f, *args, **kwargs):
+        f.write(b"PK\x03\x04 half a checkpoint")
+        raise KeyboardInterrupt  # a kill arriving mid-write
+
+    monkeypatch.setattr(torch, "save", dies_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"step": 2, "w": torch.zeros(3)}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=False)["step"] == 1
+    assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]

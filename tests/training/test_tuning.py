@@ -1,0 +1,228 @@
+"""tuning.py: freeze flags, LoRA targets per LLM family, QLoRA in 4-bit on the CPU, full fine-tuning."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from transformers import AutoConfig, InternVLConfig, InternVLForConditionalGeneration
+
+from mini_internvl_adapt import tuning
+from mini_internvl_adapt.tuning import TuningConfig, apply_tuning, parameter_groups, parameter_summary
+
+FAMILIES = ("qwen2", "llama", "phi3")  # llama = InternLM2 after conversion to the HF-native layout
+
+
+def build_tiny(family: str, seed: int = 0) -> InternVLForConditionalGeneration:
+    """A tiny random InternVL with the real architecture of one LLM family."""
+    torch.manual_seed(seed)
+    text = AutoConfig.for_model(
+        family,
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        tie_word_embeddings=False,
+    )
+    vision = dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        image_size=[448, 448],
+        patch_size=[14, 14],
+    )
+    config = InternVLConfig(vision_config=vision, text_config=text, image_token_id=5, image_seq_length=256)
+    config.tie_word_embeddings = False
+    return InternVLForConditionalGeneration(config).eval()
+
+
+@pytest.fixture(scope="module")
+def saved_tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tiny")
+    out = {}
+    for family in FAMILIES:
+        build_tiny(family).save_pretrained(root / family)
+        out[family] = root / family
+    return out
+
+
+def _batch(seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(6, 120, (2, 12), generator=g)
+    # One image tile: 256 image tokens then text.
+    image = torch.full((1, 256), 5)
+    input_ids = torch.cat([torch.cat([image, ids[:1]], 1), torch.cat([torch.randint(6, 120, (1, 256), generator=g), ids[1:]], 1)])
+    return {
+        "input_ids": input_ids,
+        "labels": input_ids.clone(),
+        "pixel_values": torch.randn(1, 3, 448, 448, generator=g),
+    }
+
+
+def _trainable(model: nn.Module) -> set[str]:
+    return {n for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_lora_targets_the_family_projections(family: str) -> None:
+    model = build_tiny(family)
+    regex = tuning.lora_target_regex(model, llm=True, vision=False)
+    matched = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules() if re.fullmatch(regex, n)}
+    expected = {
+        "qwen2": {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"},
+        "llama": {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"},
+        "phi3": {"qkv_proj", "o_proj", "gate_up_proj", "down_proj"},
+    }[family]
+    assert matched == expected
+    # Never the ViT's q/k/v_proj when only the LLM is targeted.
+    assert not any("vision_tower" in n for n, _ in model.named_modules() if re.fullmatch(regex, n))
+    vit = tuning.lora_target_regex(model, llm=False, vision=True)
+    vit_leaves = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules() if re.fullmatch(vit, n)}
+    assert vit_leaves == {"q_proj", "k_proj", "v_proj", "projection_layer", "fc1", "fc2"}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_lora_defaults_train_only_adapters_with_alpha_2r(family: str) -> None:
+    model = apply_tuning(build_tiny(family), TuningConfig(method="lora", use_llm_lora=8))
+    trainable = _trainable(model)
+    assert trainable and all("lora_" in n and "language_model" in n for n in trainable)
+    lora_cfg = model.peft_config["default"]
+    assert lora_cfg.r == 8 and lora_cfg.lora_alpha == 16 and lora_cfg.lora_dropout == 0.05
+    summary = parameter_summary(model)
+    assert summary["vision_tower"]["trainable"] == 0 and summary["language_model"]["trainable"] == 0
+    assert summary["lora"]["trainable"] == summary["total"]["trainable"] > 0
+
+
+def test_lora_with_trainable_projector_lm_head_and_vit_lora() -> None:
+    cfg = TuningConfig(method="lora", use_llm_lora=4, use_backbone_lora=2, freeze_mlp=False, unfreeze_lm_head=True)
+    model = apply_tuning(build_tiny("qwen2"), cfg)
+    trainable = _trainable(model)
+    assert any("vision_tower" in n and "lora_A" in n for n in trainable)
+    assert any("multi_modal_projector" in n for n in trainable)
+    assert any("lm_head" in n for n in trainable)
+    ranks = {n: p.shape[0] for n, p in model.named_parameters() if "lora_A" in n}
+    assert {r for n, r in ranks.items() if "vision_tower" in n} == {2}
+    assert {r for n, r in ranks.items() if "language_model" in n} == {4}
+
+
+def test_full_freeze_flags_and_last_vit_layers() -> None:
+    model = apply_tuning(build_tiny("qwen2"), TuningConfig(method="full", unfreeze_vit_layers=1))
+    trainable = _trainable(model)
+    vit = {n for n in trainable if "vision_tower" in n}
+    assert vit and all(".encoder.layer.2." in n for n in vit)  # only the last of 3 layers
+    assert any("multi_modal_projector" in n for n in trainable)
+    assert any("language_model" in n for n in trainable)
+    frozen_llm = apply_tuning(build_tiny("qwen2"), TuningConfig(method="full", freeze_llm=True, unfreeze_lm_head=True))
+    names = _trainable(frozen_llm)
+    assert "lm_head.weight" in names and not any("language_model" in n for n in names)
+
+
+def test_full_learning_rates_per_component() -> None:
+    cfg = TuningConfig(method="full", freeze_backbone=False, lr_vit=1e-6, lr_mlp=1e-4)
+    model = apply_tuning(build_tiny("phi3"), cfg)
+    groups = parameter_groups(model, cfg, lr=1e-5, weight_decay=0.01)
+    by_name = {g["name"]: g for g in groups}
+    assert by_name["vision_tower"]["lr"] == 1e-6
+    assert by_name["multi_modal_projector"]["lr"] == 1e-4
+    assert by_name["language_model"]["lr"] == 1e-5
+    assert by_name["language_model_no_decay"]["weight_decay"] == 0.0
+    assert by_name["language_model"]["weight_decay"] == 0.01
+    n_grouped = sum(p.numel() for g in groups for p in g["params"])
+    assert n_grouped == sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_qlora_4bit_llm_trains_on_cpu(family: str, saved_tiny: dict[str, Path]) -> None:
+    import bitsandbytes as bnb
+
+    torch.manual_seed(0)
+    base = InternVLForConditionalGeneration.from_pretrained(
+        saved_tiny[family], quantization_config=tuning.quantization_config(torch.float32)
+    )
+    assert tuning.is_quantized(base)
+    model = apply_tuning(base, TuningConfig(method="qlora", use_llm_lora=4))
+    quantized = [n for n, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert quantized and all("language_model" in n for n in quantized)
+    for part in ("vision_tower", "multi_modal_projector", "lm_head"):
+        assert not any(part in n for n in quantized), part
+    # The 4-bit total counts logical weights, so it matches the full-precision model's parameter count.
+    full_total = sum(p.numel() for p in build_tiny(family).parameters())
+    summary = parameter_summary(model)
+    assert summary["total"]["total"] - summary["lora"]["total"] == full_total
+
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    model.train()
+    losses = []
+    for _ in range(3):
+        loss = model(**_batch()).loss
+        assert torch.isfinite(loss)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    changed = [n for n, p in model.named_parameters() if p.requires_grad and not torch.equal(p, before[n])]
+    assert any("lora_B" in n for n in changed)
+    assert losses[-1] < losses[0]
+
+
+def test_qlora_refuses_an_unquantized_model() -> None:
+    with pytest.raises(ValueError, match="4-bit"):
+        apply_tuning(build_tiny("qwen2"), TuningConfig(method="qlora"))
+
+
+@pytest.mark.parametrize(
+    ("cfg", "message"),
+    [
+        (TuningConfig(method="sgd"), "lora, qlora, full"),
+        (TuningConfig(method="full", use_llm_lora=8), "takes no LoRA"),
+        (TuningConfig(method="lora", use_llm_lora=0), "use_llm_lora > 0"),
+        (TuningConfig(method="full", unfreeze_vit_layers=-1), ">= 0"),
+    ],
+)
+def test_bad_options_are_named(cfg: TuningConfig, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        cfg.resolved()
+
+
+def test_unknown_option_in_config_file_is_named() -> None:
+    with pytest.raises(ValueError, match="lora_rank"):
+        TuningConfig.from_json({"method": "lora", "lora_rank": 8})
+
+
+def test_adapter_saves_in_peft_format_and_reloads(tmp_path: Path, saved_tiny: dict[str, Path]) -> None:
+    base = InternVLForConditionalGeneration.from_pretrained(saved_tiny["phi3"])
+    model = apply_tuning(base, TuningConfig(method="lora", use_llm_lora=4, freeze_mlp=False))
+    with torch.no_grad():  # make the adapter and projector non-trivial
+        for name, param in model.named_parameters():
+            if param.requires_grad:
+                param.add_(0.05 * torch.randn_like(param))
+    model.eval()
+    batch = _batch(1)
+    with torch.no_grad():
+        expected = model(**batch).logits
+    files = tuning.save_trained(model, tmp_path / "final")
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= set(files)
+    fresh = InternVLForConditionalGeneration.from_pretrained(saved_tiny["phi3"]).eval()
+    with torch.no_grad():
+        assert not torch.allclose(fresh(**batch).logits, expected, atol=1e-4)
+    reloaded = tuning.load_adapter(fresh, tmp_path / "final", merge=True)
+    assert not tuning.is_peft_model(reloaded)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**batch).logits, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_summary_table_lists_every_component() -> None:
+    model = apply_tuning(build_tiny("qwen2"), TuningConfig(method="lora"))
+    table = tuning.format_summary(parameter_summary(model))
+    for part in ("vision_tower", "multi_modal_projector", "language_model", "lora", "total"):
+        assert part in table
