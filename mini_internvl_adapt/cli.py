@@ -43,7 +43,9 @@ def _parser_with_domain(
 ) -> argparse.ArgumentParser:
     """A parser whose domain-specific options come from the domain named in argv (if any)."""
     parser = argparse.ArgumentParser(
-        prog=prog, description=description, epilog="Give --domain D together with --help to see the domain's options."
+        prog=prog,
+        description=description,
+        epilog="Give --domain D together with --help to see the domain's options.",
     )
     parser.add_argument("--domain", required=True, help=f"one of: {', '.join(available_domains())}")
     name = _domain_from_argv(argv)
@@ -53,7 +55,7 @@ def _parser_with_domain(
         except (UnknownDomainError, MissingDependencyError) as e:
             raise CliError(str(e)) from None
         group = parser.add_argument_group(f"options of the '{name}' domain")
-        add_domain_arguments(domain, group, hook)  # type: ignore[arg-type]
+        add_domain_arguments(domain, group, hook)
     return parser
 
 
@@ -152,7 +154,9 @@ def cmd_models(argv: Sequence[str]) -> int:
     from mini_internvl_adapt.models.variants import VARIANTS
 
     parser = argparse.ArgumentParser(prog="adapt models", description="List known model variants.")
-    parser.add_argument("--published", action="store_true", help="list the published domain-adapted checkpoints")
+    parser.add_argument(
+        "--published", action="store_true", help="list the published domain-adapted checkpoints"
+    )
     args = parser.parse_args(argv)
     if args.published:
         from mini_internvl_adapt.checkpoints import format_published_table

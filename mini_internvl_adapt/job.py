@@ -56,25 +56,41 @@ def build_parser(argv: Sequence[str]) -> tuple[argparse.ArgumentParser, Domain |
     )
     parser.add_argument("--domain", required=True, help=f"one of: {', '.join(available_domains())}")
     parser.add_argument("--source", type=Path, help="raw domain data to convert first")
-    parser.add_argument("--demo", action="store_true", help="use the domain's bundled sample and the tiny model")
-    parser.add_argument("--eval-batch-size", type=int, default=8, help="samples per generate call (default 8)")
-    parser.add_argument("--max-new-tokens", type=int, default=64, help="longest generated answer (default 64)")
+    parser.add_argument(
+        "--demo", action="store_true", help="use the domain's bundled sample and the tiny model"
+    )
+    parser.add_argument(
+        "--eval-batch-size", type=int, default=8, help="samples per generate call (default 8)"
+    )
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=64, help="longest generated answer (default 64)"
+    )
     parser.add_argument("--no-export", action="store_true", help="skip the export stage")
     parser.add_argument(
-        "--export-dtype", default="fp32", choices=("bf16", "fp16", "fp32"), help="exported weight dtype (default fp32)"
+        "--export-dtype",
+        default="fp32",
+        choices=("bf16", "fp16", "fp32"),
+        help="exported weight dtype (default fp32)",
     )
     add_train_arguments(parser)
     domain = None
     name = _domain_from_argv(argv)
     if name is not None:
         domain = get_domain(name)
-        add_domain_arguments(domain, parser.add_argument_group(f"conversion options of '{name}'"), "add_convert_arguments")
+        add_domain_arguments(
+            domain, parser.add_argument_group(f"conversion options of '{name}'"), "add_convert_arguments"
+        )
     return parser, domain
 
 
 def _convert_options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str, Any]:
     """The values of the options the domain's hook added."""
-    dests = {a.dest for g in parser._action_groups if (g.title or "").startswith("conversion") for a in g._group_actions}
+    dests = {
+        a.dest
+        for g in parser._action_groups
+        if (g.title or "").startswith("conversion")
+        for a in g._group_actions
+    }
     return {k: v for k, v in vars(args).items() if k in dests and v is not None}
 
 
@@ -95,8 +111,10 @@ def cmd_job(argv: Sequence[str]) -> int:
 
     _stage(1, "convert")
     if args.demo or args.source is not None:
-        source = domain.demo_source() if args.demo else args.source
-        options = domain.demo_convert_options() if args.demo else {}
+        if args.demo and not hasattr(domain, "demo_source"):
+            parser.error(f"the '{domain.name}' domain ships no demo sample; use --source or --data")
+        source = domain.demo_source() if args.demo else args.source  # type: ignore[attr-defined]
+        options = dict(getattr(domain, "demo_convert_options", dict)()) if args.demo else {}
         options.update(_convert_options(args, parser))
         dataset = out / "data"
         report = domain.convert(Path(source), dataset, **options)
@@ -137,21 +155,41 @@ def cmd_job(argv: Sequence[str]) -> int:
     if args.no_export:
         print("export skipped (--no-export)", file=sys.stderr)
     else:
-        export_dir = export(run, run / "export", merge_lora=True, dtype=args.export_dtype, metrics=metrics,
-                            overwrite=True)
+        export_dir = export(
+            run, run / "export", merge_lora=True, dtype=args.export_dtype, metrics=metrics, overwrite=True
+        )
 
-    _summary(run, dataset, metrics, export_dir, time.perf_counter() - started, demo=args.demo,
-             table=format_metrics_table({k: v for k, v in metrics.items() if k not in ("processing", "model")}),
-             domain=domain.name)
+    _summary(
+        run,
+        dataset,
+        metrics,
+        export_dir,
+        time.perf_counter() - started,
+        demo=args.demo,
+        table=format_metrics_table({k: v for k, v in metrics.items() if k not in ("processing", "model")}),
+        domain=domain.name,
+    )
     return 0
 
 
-def _summary(run: Path, dataset: Path, metrics: dict[str, Any], export_dir: Path | None, seconds: float,
-             *, demo: bool, table: str, domain: str) -> None:
-    print("\n== done in %.0f s ==" % seconds, file=sys.stderr)
+def _summary(
+    run: Path,
+    dataset: Path,
+    metrics: dict[str, Any],
+    export_dir: Path | None,
+    seconds: float,
+    *,
+    demo: bool,
+    table: str,
+    domain: str,
+) -> None:
+    print(f"\n== done in {seconds:.0f} s ==", file=sys.stderr)
     rows = [("dataset", dataset), ("run", run), ("training summary", run / "summary.json")]
     if metrics:
-        rows += [("predictions", run / "eval" / "predictions.jsonl"), ("metrics", run / "eval" / "metrics.json")]
+        rows += [
+            ("predictions", run / "eval" / "predictions.jsonl"),
+            ("metrics", run / "eval" / "metrics.json"),
+        ]
     if export_dir is not None:
         rows += [("exported model", export_dir), ("model card", export_dir / "README.md")]
     for name, path in rows:
@@ -170,5 +208,13 @@ def _summary(run: Path, dataset: Path, metrics: dict[str, Any], export_dir: Path
         )
     if demo:
         print("\n" + TINY_MODEL_WARNING, file=sys.stderr)
-    print(json.dumps({"run": str(run), "export": str(export_dir) if export_dir else None,
-                      "metrics": str(run / "eval" / "metrics.json") if metrics else None}), flush=True)
+    print(
+        json.dumps(
+            {
+                "run": str(run),
+                "export": str(export_dir) if export_dir else None,
+                "metrics": str(run / "eval" / "metrics.json") if metrics else None,
+            }
+        ),
+        flush=True,
+    )

@@ -93,7 +93,7 @@ def get_domain(name: str) -> Domain:
     return domain
 
 
-def add_domain_arguments(domain: Domain, parser: argparse.ArgumentParser, hook: str) -> None:
+def add_domain_arguments(domain: Domain, parser: argparse._ActionsContainer, hook: str) -> None:
     """Let a domain add its own options to a subcommand's parser, when it has the hook."""
     add = getattr(domain, hook, None)
     if add is not None:
