@@ -1,0 +1,70 @@
+"""`adapt preview`: boxes and object tags are drawn where they point."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from mini_internvl_adapt.cli import main
+from mini_internvl_adapt.preview import PANEL_WIDTH, render_sample
+from mini_internvl_adapt.schema import ConversionReport, Sample, Turn, write_dataset
+
+RED = np.array([0xFF, 0x3B, 0x30])
+
+
+def _red_mask(image: Image.Image) -> np.ndarray:
+    pixels = np.asarray(image.convert("RGB")).astype(int)
+    return np.abs(pixels - RED).sum(axis=-1) < 60
+
+
+def _dataset(tmp_path: Path) -> Path:
+    out = tmp_path / "ds"
+    (out / "images").mkdir(parents=True)
+    Image.new("RGB", (640, 320), "white").save(out / "images/a.png")
+    samples = [
+        Sample(
+            "box",
+            [
+                Turn("human", "<image>\nDetect <ref>car</ref>"),
+                Turn("gpt", "<ref>car</ref><box>[[250, 250, 750, 750]]</box>"),
+            ],
+            ["images/a.png"],
+            task="g",
+        ),
+        Sample(
+            "tag",
+            [Turn("human", "<image>\nWhat is <c1,CAM_FRONT,[100,200]>?"), Turn("gpt", "A car.")],
+            ["images/a.png"],
+            task="qa",
+        ),
+    ]
+    write_dataset(out, {"train": samples}, ConversionReport(domain="t", source="x"))
+    return out
+
+
+def test_box_is_drawn_on_its_region(tmp_path: Path) -> None:
+    ds = _dataset(tmp_path)
+    from mini_internvl_adapt.schema import read_samples
+
+    box, tag = read_samples(ds / "train.jsonl")
+    panel = render_sample(box, ds)
+    assert panel.width == PANEL_WIDTH
+    strip = np.asarray(panel)[:320]
+    red = _red_mask(Image.fromarray(strip))
+    ys, xs = np.nonzero(red)
+    # The 0-1000 box [250, 250, 750, 750] covers x 160..480, y 80..240 of the 640x320 image (panel scale 1).
+    assert xs.min() >= 155 and xs.max() <= 485 and ys.min() >= 75 and ys.max() <= 245
+    assert red[80:240, 158:163].any() and not red[150, 300]  # the outline, not a filled box
+    tagged = np.asarray(render_sample(tag, ds))[:320]
+    ys, xs = np.nonzero(_red_mask(Image.fromarray(tagged)))
+    assert abs(np.median(xs) - 64) < 20 and abs(np.median(ys) - 64) < 20  # tag at (100, 200)/1000 of 640x320
+
+
+def test_cli_preview_writes_a_grid(tmp_path: Path) -> None:
+    ds = _dataset(tmp_path)
+    out = tmp_path / "preview.png"
+    assert main(["preview", "--data", str(ds / "train.jsonl"), "--out", str(out), "--columns", "2"]) == 0
+    with Image.open(out) as image:
+        assert image.width == 2 * PANEL_WIDTH + 8
