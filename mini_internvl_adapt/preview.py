@@ -69,9 +69,9 @@ def render_sample(sample: Sample, root: Path, width: int = PANEL_WIDTH) -> Image
             else:
                 continue
             colour = COLOURS[k % len(COLOURS)]
-            r = max(6, image.width // 150)
+            r = max(6, image.width // 90)
             draw.ellipse([px - r, py - r, px + r, py + r], outline=colour, width=line)
-            draw.text((px + r + 2, py - r), ident, fill=colour, font=_font(max(12, image.width // 60)))
+            draw.text((px + r + 2, py - r), ident, fill=colour, font=_font(max(12, image.width // 45)))
         drawn.append(image)
     strip_height = 0
     if drawn:

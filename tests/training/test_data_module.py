@@ -89,7 +89,9 @@ def test_meta_without_training_entries_is_an_error(tmp_path: Path) -> None:
         split_sources(path)
 
 
-def test_dataset_processes_lazily_and_names_broken_samples(tmp_path: Path, processor: SampleProcessor) -> None:
+def test_dataset_processes_lazily_and_names_broken_samples(
+    tmp_path: Path, processor: SampleProcessor
+) -> None:
     write_dataset(tmp_path)
     entries = expand_sources(split_sources(tmp_path)[0], seed=0)
     dataset = SampleDataset(entries, processor)
@@ -106,7 +108,9 @@ def test_dataset_processes_lazily_and_names_broken_samples(tmp_path: Path, proce
 def test_budget_check_drops_samples_that_cannot_fit(tmp_path: Path, processor: SampleProcessor) -> None:
     write_dataset(tmp_path)
     entries = expand_sources(split_sources(tmp_path)[0], seed=0)
-    small = SampleProcessor(processor.tokenizer, ProcessingConfig(template="Hermes-2", max_tiles=2, max_length=300))
+    small = SampleProcessor(
+        processor.tokenizer, ProcessingConfig(template="Hermes-2", max_tiles=2, max_length=300)
+    )
     kept, report = budget_check(entries, small, progress=False)
     assert len(report.counts) == 6
     assert report.too_long and len(kept) + len(report.too_long) == 6
@@ -117,7 +121,8 @@ def test_budget_check_drops_samples_that_cannot_fit(tmp_path: Path, processor: S
 def test_sampler_shards_ranks_and_groups_lengths() -> None:
     lengths = [(i * 37) % 101 for i in range(40)]
     ranks = [
-        list(LengthGroupedSampler(lengths, 2, num_replicas=2, rank=r, seed=3, group_by_length=True)) for r in (0, 1)
+        list(LengthGroupedSampler(lengths, 2, num_replicas=2, rank=r, seed=3, group_by_length=True))
+        for r in (0, 1)
     ]
     assert len(ranks[0]) == len(ranks[1]) == 20
     assert set(ranks[0]).isdisjoint(ranks[1]) and set(ranks[0]) | set(ranks[1]) == set(range(40))

@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -38,7 +37,6 @@ def _dataset(root: Path, n: int = 16) -> Path:
     return root
 
 
-@pytest.mark.slow
 def test_ddp_two_cpu_processes_shard_data_and_stay_in_sync(tmp_path: Path) -> None:
     data = _dataset(tmp_path / "data")
     run = tmp_path / "run"

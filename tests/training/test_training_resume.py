@@ -77,7 +77,9 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path: Pa
     try:
         while not checkpoint.exists():
             if proc.poll() is not None:
-                pytest.fail(f"training ended before its first checkpoint: {proc.stderr.read().decode()[-2000:]}")
+                pytest.fail(
+                    f"training ended before its first checkpoint: {proc.stderr.read().decode()[-2000:]}"
+                )
             if time.monotonic() > deadline:
                 pytest.fail("no checkpoint within 120 s")
             time.sleep(0.01)
@@ -106,8 +108,12 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path: Pa
         torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4)
     # The resumed run trained on (and logged) the same losses after the resume point.
     with open(killed / "metrics.csv", newline="") as f:
-        resumed_losses = {int(r["step"]): float(r["train_loss"]) for r in csv.DictReader(f) if r.get("train_loss")}
+        resumed_losses = {
+            int(r["step"]): float(r["train_loss"]) for r in csv.DictReader(f) if r.get("train_loss")
+        }
     with open(uninterrupted / "metrics.csv", newline="") as f:
-        straight_losses = {int(r["step"]): float(r["train_loss"]) for r in csv.DictReader(f) if r.get("train_loss")}
+        straight_losses = {
+            int(r["step"]): float(r["train_loss"]) for r in csv.DictReader(f) if r.get("train_loss")
+        }
     late = [s for s in straight_losses if s > saved_at]
     assert late and all(abs(resumed_losses[s] - straight_losses[s]) < 1e-4 for s in late)

@@ -47,13 +47,22 @@ def make_dataset(root: Path, n_train: int = 8, n_val: int = 2) -> Path:
 
 
 def _train(config: str, data: Path, out: Path, *extra: str) -> int:
-    argv = ["--config", str(REPO / "configs" / "tiny" / f"{config}.yaml"), "--data", str(data), "--out", str(out)]
+    argv = [
+        "--config",
+        str(REPO / "configs" / "tiny" / f"{config}.yaml"),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+    ]
     return train_main([*argv, "train.progress_bar=false", *extra])
 
 
 def _batch(data: Path) -> dict:
     loaded = load_model("tiny")
-    processor = SampleProcessor(loaded.tokenizer, ProcessingConfig(template=loaded.info.template, max_tiles=2))
+    processor = SampleProcessor(
+        loaded.tokenizer, ProcessingConfig(template=loaded.info.template, max_tiles=2)
+    )
     samples = read_samples(data / "val.jsonl")
     batch = collate([processor(s, data) for s in samples], pad_token_id=0)
     return {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values")}

@@ -60,7 +60,12 @@ def _batch(seed: int = 0) -> dict[str, torch.Tensor]:
     ids = torch.randint(6, 120, (2, 12), generator=g)
     # One image tile: 256 image tokens then text.
     image = torch.full((1, 256), 5)
-    input_ids = torch.cat([torch.cat([image, ids[:1]], 1), torch.cat([torch.randint(6, 120, (1, 256), generator=g), ids[1:]], 1)])
+    input_ids = torch.cat(
+        [
+            torch.cat([image, ids[:1]], 1),
+            torch.cat([torch.randint(6, 120, (1, 256), generator=g), ids[1:]], 1),
+        ]
+    )
     return {
         "input_ids": input_ids,
         "labels": input_ids.clone(),
@@ -103,7 +108,9 @@ def test_lora_defaults_train_only_adapters_with_alpha_2r(family: str) -> None:
 
 
 def test_lora_with_trainable_projector_lm_head_and_vit_lora() -> None:
-    cfg = TuningConfig(method="lora", use_llm_lora=4, use_backbone_lora=2, freeze_mlp=False, unfreeze_lm_head=True)
+    cfg = TuningConfig(
+        method="lora", use_llm_lora=4, use_backbone_lora=2, freeze_mlp=False, unfreeze_lm_head=True
+    )
     model = apply_tuning(build_tiny("qwen2"), cfg)
     trainable = _trainable(model)
     assert any("vision_tower" in n and "lora_A" in n for n in trainable)
@@ -121,7 +128,9 @@ def test_full_freeze_flags_and_last_vit_layers() -> None:
     assert vit and all(".encoder.layer.2." in n for n in vit)  # only the last of 3 layers
     assert any("multi_modal_projector" in n for n in trainable)
     assert any("language_model" in n for n in trainable)
-    frozen_llm = apply_tuning(build_tiny("qwen2"), TuningConfig(method="full", freeze_llm=True, unfreeze_lm_head=True))
+    frozen_llm = apply_tuning(
+        build_tiny("qwen2"), TuningConfig(method="full", freeze_llm=True, unfreeze_lm_head=True)
+    )
     names = _trainable(frozen_llm)
     assert "lm_head.weight" in names and not any("language_model" in n for n in names)
 
@@ -203,7 +212,7 @@ def test_adapter_saves_in_peft_format_and_reloads(tmp_path: Path, saved_tiny: di
     base = InternVLForConditionalGeneration.from_pretrained(saved_tiny["phi3"])
     model = apply_tuning(base, TuningConfig(method="lora", use_llm_lora=4, freeze_mlp=False))
     with torch.no_grad():  # make the adapter and projector non-trivial
-        for name, param in model.named_parameters():
+        for param in model.parameters():
             if param.requires_grad:
                 param.add_(0.05 * torch.randn_like(param))
     model.eval()
