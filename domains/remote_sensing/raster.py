@@ -6,6 +6,7 @@ enter the statistics. Everything here goes through rasterio; it is imported by t
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,9 +17,18 @@ import numpy as np
 from .common import require_rasterio
 
 STRETCHES = ("none", "percentile", "minmax")
-# Statistics come from a read decimated to at most this many pixels on the long side (262k pixels:
-# percentiles stable to well under one grey level, at a fraction of a full read's cost).
+# Statistics come from about STATS_SIDE**2 pixels (262k: percentiles stable to well under one grey level).
+# Where they come from depends on what is cheap (see stats_sample): a scene of at most STATS_FULL_PIXELS is
+# read whole; a larger one with overviews is read decimated (GDAL serves that from an overview); a larger
+# one without overviews gives a seeded, spread-out sample of its own blocks, because a decimated read
+# there decodes every block of the scene and costs more than reading all its chips.
 STATS_SIDE = 512
+STATS_FULL_PIXELS = 1024 * 1024
+# At least this many blocks are sampled, so a scene with large blocks is still seen in many places.
+STATS_MIN_BLOCKS = 32
+STATS_SEED = 0
+
+Window4 = tuple[int, int, int, int]
 
 
 class BandError(ValueError):
@@ -136,6 +146,47 @@ def _valid(data: np.ndarray, masks: np.ndarray) -> np.ndarray:
     return valid
 
 
+def _integer_nodata(ds: Any, bands: list[int]) -> list[int | None] | None:
+    """Per band, the nodata value (None: every pixel valid) when validity needs no mask read, else None.
+
+    That holds for integer bands whose GDAL mask is "all valid" or "nodata" with a value the dtype can
+    hold: then `values != nodata` is exactly GDAL's mask, and comparing the values already read costs far
+    less than GDAL reading the band a second time to build its mask. Alpha, internal masks and float
+    bands (NaN, GDAL's tolerant float comparison) go through read_masks.
+    """
+    from rasterio.enums import MaskFlags
+
+    out: list[int | None] = []
+    for b in bands:
+        dtype = np.dtype(ds.dtypes[b - 1])
+        flags = ds.mask_flag_enums[b - 1]
+        if dtype.kind not in "ui":
+            return None
+        if flags == [MaskFlags.all_valid]:
+            out.append(None)
+            continue
+        nodata = ds.nodatavals[b - 1]
+        info = np.iinfo(dtype)
+        if flags != [MaskFlags.nodata] or nodata is None or not float(nodata).is_integer():
+            return None
+        if not info.min <= nodata <= info.max:
+            return None
+        out.append(int(nodata))
+    return out
+
+
+def _read_valid(ds: Any, bands: list[int], data: np.ndarray, **read_kw: Any) -> np.ndarray:
+    """Validity of values just read with `read_kw` (window or out_shape), from nodata or GDAL's masks."""
+    nodata = _integer_nodata(ds, bands)
+    if nodata is None:
+        return _valid(data, ds.read_masks(bands, **read_kw))
+    valid = np.ones(data.shape[1:], dtype=bool)
+    for band, value in zip(data, nodata):
+        if value is not None:
+            valid &= band != value
+    return valid
+
+
 @dataclass
 class Stretch:
     """A per-band linear map to 0-255, fixed once per scene so all its chips share one contrast."""
@@ -164,19 +215,29 @@ class Stretch:
         scaled = np.where(span > 0, (values - lo) / np.where(span > 0, span, 1.0), flat)
         return (np.clip(np.nan_to_num(scaled), 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
-    def apply(self, data: np.ndarray, valid: np.ndarray) -> np.ndarray:
-        """(bands, H, W) values + (H, W) validity -> (H, W, 3) uint8, invalid pixels black."""
+    def planes(self, data: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        """(bands, H, W) values + (H, W) validity -> (bands, H, W) uint8 planes, invalid pixels 0.
+
+        Planar on purpose: interleaving to (H, W, 3) in numpy costs more than the stretch itself, while
+        PIL's Image.merge interleaves planes almost for free (see chips.write_chips).
+        """
         lut = None if self.mode == "none" else self._lut(data.dtype)
         if lut is not None:
             offset = -np.iinfo(data.dtype).min
-            out = np.stack(
-                [lut[b][data[b].astype(np.int32) + offset if offset else data[b]] for b in range(len(data))]
-            )
+            out = np.empty(data.shape, dtype=np.uint8)
+            for b in range(len(data)):
+                index = data[b].astype(np.int32) + offset if offset else data[b]
+                np.take(lut[b], index, out=out[b], mode="clip")  # a plain gather; 2x lut[b][index]
         elif self.mode == "none":
             out = np.clip(data, 0, 255).astype(np.uint8) if data.dtype != np.uint8 else data.copy()
         else:
             out = self._scale(data)
-        out[:, ~valid] = 0
+        out *= valid  # invalid -> 0 (black); a multiply beats boolean-mask assignment
+        return out
+
+    def apply(self, data: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        """(bands, H, W) values + (H, W) validity -> (H, W, 3) uint8, invalid pixels black."""
+        out = self.planes(data, valid)
         if out.shape[0] == 1:
             out = np.repeat(out, 3, axis=0)
         return np.ascontiguousarray(out.transpose(1, 2, 0))
@@ -192,31 +253,118 @@ def decimated_shape(height: int, width: int, max_side: int) -> tuple[int, int]:
 
 
 def read_decimated(ds: Any, bands: list[int], max_side: int) -> tuple[np.ndarray, np.ndarray]:
-    """Values and validity of the whole raster, read decimated to `max_side` on the long side."""
+    """Values and validity of the whole raster, read decimated to `max_side` on the long side.
+
+    GDAL serves the read from the nearest overview when the raster has overviews; without them it
+    decodes every block of the raster, however small `max_side` is.
+    """
     h, w = decimated_shape(ds.height, ds.width, max_side)
     data = ds.read(bands, out_shape=(len(bands), h, w))
-    masks = ds.read_masks(bands, out_shape=(len(bands), h, w))
-    return data, _valid(data, masks)
+    return data, _read_valid(ds, bands, data, out_shape=(len(bands), h, w))
+
+
+def sample_windows(width: int, height: int, block: tuple[int, int], seed: int = STATS_SEED) -> list[Window4]:
+    """Windows (col_off, row_off, width, height) for the statistics: about STATS_SIDE**2 pixels in all,
+    each inside one block, spread over the whole scene; [] when the scene has too few blocks for that.
+
+    n = max(STATS_MIN_BLOCKS, blocks needed for the pixel budget) windows share the budget. The block
+    grid is cut, in row-major order, into n runs of consecutive blocks and one block is drawn from each
+    run with a seeded generator (the same blocks every time); the window is the block's share of the
+    budget (whole rows of a strip, a square of a tile) at a seeded place inside the block. Reading part
+    of a block decodes no more than that block, so the sample costs about n / blocks of a full read.
+    """
+    bh, bw = block
+    rows, cols = -(-height // bh), -(-width // bw)
+    budget = STATS_SIDE * STATS_SIDE
+    n = max(STATS_MIN_BLOCKS, -(-budget // (bh * bw)))
+    if rows * cols < 2 * n:
+        return []
+    share = budget // n
+    win_h = min(bh, math.isqrt(share))
+    win_w = min(bw, share // win_h)
+    edges = np.linspace(0, rows * cols, n + 1).round().astype(int)
+    rng = np.random.default_rng(seed)
+    windows = []
+    for start, stop in zip(edges[:-1], edges[1:]):
+        row, col = divmod(int(rng.integers(start, stop)), cols)
+        # Anywhere inside the block (clipped to the scene), not always its corner: no column or row
+        # of the scene is out of reach of the sample.
+        block_h, block_w = min(bh, height - row * bh), min(bw, width - col * bw)
+        h, w = min(win_h, block_h), min(win_w, block_w)
+        r0 = row * bh + int(rng.integers(0, block_h - h + 1))
+        c0 = col * bw + int(rng.integers(0, block_w - w + 1))
+        windows.append((c0, r0, w, h))
+    return windows
+
+
+def stats_sample(ds: Any, bands: list[int]) -> tuple[np.ndarray, np.ndarray, str]:
+    """The pixels the scene's statistics come from, as (bands, n) values + (n,) validity + how read.
+
+    - at most STATS_FULL_PIXELS pixels: the whole scene ("full"), exact and cheap;
+    - larger, with overviews: a read decimated to STATS_SIDE ("overview"), served by GDAL from an overview;
+    - larger, without overviews: the windows of sample_windows ("blocks"). Should those hold no valid
+      pixel (a scene that is mostly nodata), or the scene have too few blocks to sample (a few huge
+      blocks, which any read decodes whole anyway), a decimated read decides ("decimated").
+    Never more than about STATS_SIDE**2 pixels are held, whatever the scene's size.
+    """
+    from rasterio.windows import Window
+
+    def flat(data: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return data.reshape(len(bands), -1), valid.reshape(-1)
+
+    if ds.width * ds.height <= STATS_FULL_PIXELS:
+        return (*flat(*read_decimated(ds, bands, max(ds.width, ds.height))), "full")
+    if ds.overviews(bands[0]):
+        return (*flat(*read_decimated(ds, bands, STATS_SIDE)), "overview")
+    windows = sample_windows(ds.width, ds.height, ds.block_shapes[bands[0] - 1])
+    parts, valids = [], []
+    for window in windows:
+        data = ds.read(bands, window=Window(*window))
+        data, valid = flat(data, _read_valid(ds, bands, data, window=Window(*window)))
+        parts.append(data)
+        valids.append(valid)
+    if windows and any(v.any() for v in valids):
+        return np.concatenate(parts, axis=1), np.concatenate(valids), "blocks"
+    return (*flat(*read_decimated(ds, bands, STATS_SIDE)), "decimated")
+
+
+def percentiles(values: np.ndarray, qs: tuple[float, ...]) -> np.ndarray:
+    """np.percentile(values, qs) (linear method, exactly), through a histogram for 8/16-bit integers.
+
+    A histogram of 65536 bins is one pass over the values, where sorting-based percentiles partition
+    them once per band; both give the same numbers.
+    """
+    if values.dtype.kind not in "ui" or values.dtype.itemsize > 2 or values.size == 0:
+        return np.percentile(values.astype(np.float64), qs)
+    offset = -int(np.iinfo(values.dtype).min)
+    counts = np.bincount(values.astype(np.int64) + offset if offset else values)
+    cum = np.cumsum(counts)
+    pos = np.asarray(qs, dtype=np.float64) / 100.0 * (values.size - 1)
+    lo_rank, hi_rank = np.floor(pos), np.ceil(pos)
+    # The k-th smallest value (0-based) is the first bin whose running count exceeds k.
+    lo_val = np.searchsorted(cum, lo_rank, side="right") - offset
+    hi_val = np.searchsorted(cum, hi_rank, side="right") - offset
+    return lo_val + (pos - lo_rank) * (hi_val - lo_val)
 
 
 def scene_stretch(ds: Any, bands: list[int], options: RenderOptions) -> Stretch:
-    """The scene's stretch, from its valid pixels (a decimated read when the scene is large).
+    """The scene's stretch, from its valid pixels (a sample of them when the scene is large; stats_sample).
 
     Raises:
         NoValidPixelsError: Every pixel of the selected bands is invalid.
     """
     dtype = np.dtype(ds.dtypes[bands[0] - 1])
     mode = options.stretch or ("none" if dtype == np.uint8 else "percentile")
-    data, valid = read_decimated(ds, bands, STATS_SIDE)
+    data, valid, _ = stats_sample(ds, bands)
     if not valid.any():
         raise NoValidPixelsError(f"{ds.name}: no valid pixel (every pixel is nodata or masked)")
     if mode == "none":
         return Stretch("none")
-    values = data[:, valid].astype(np.float64)  # (bands, n_valid)
+    values = data[:, valid]  # (bands, n_valid)
     if mode == "minmax":
         lo, hi = values.min(axis=1), values.max(axis=1)
     else:
-        lo, hi = np.percentile(values, options.percentiles, axis=1)
+        lo, hi = np.stack([percentiles(band, options.percentiles) for band in values], axis=1)
     return Stretch(mode, [float(v) for v in lo], [float(v) for v in hi])
 
 
@@ -232,16 +380,19 @@ def read_window(
 
     c0, r0 = max(col_off, 0), max(row_off, 0)
     c1, r1 = min(col_off + width, ds.width), min(row_off + height, ds.height)
+    if (c1 - c0, r1 - r0) == (width, height):  # wholly inside: no padding, no copy
+        window = Window(c0, r0, width, height)
+        data = ds.read(bands, window=window)
+        return data, _read_valid(ds, bands, data, window=window)
     dtype = np.dtype(ds.dtypes[bands[0] - 1])
     data = np.zeros((len(bands), height, width), dtype=dtype)
     valid = np.zeros((height, width), dtype=bool)
     if c1 > c0 and r1 > r0:
         window = Window(c0, r0, c1 - c0, r1 - r0)
-        inside = ds.read(bands, window=window)
-        masks = ds.read_masks(bands, window=window)
         ys, xs = slice(r0 - row_off, r1 - row_off), slice(c0 - col_off, c1 - col_off)
+        inside = ds.read(bands, window=window)
         data[:, ys, xs] = inside
-        valid[ys, xs] = _valid(inside, masks)
+        valid[ys, xs] = _read_valid(ds, bands, inside, window=window)
     return data, valid
 
 

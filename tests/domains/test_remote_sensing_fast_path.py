@@ -1,0 +1,171 @@
+"""Remote sensing speed paths: sampled statistics, validity without mask reads, the PNG writer, chip pipeline."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+rasterio = pytest.importorskip("rasterio")
+
+from mini_internvl_adapt.domains.remote_sensing import raster as R  # noqa: E402
+from mini_internvl_adapt.domains.remote_sensing.chips import chip_windows, write_chips  # noqa: E402
+from mini_internvl_adapt.domains.remote_sensing.png import encode_png  # noqa: E402
+from PIL import Image  # noqa: E402
+from rasterio.transform import from_origin  # noqa: E402
+
+
+def write_tiled(path: Path, data: np.ndarray, overviews: bool = False, **profile: object) -> Path:
+    count, height, width = data.shape
+    base = {
+        "driver": "GTiff",
+        "height": height,
+        "width": width,
+        "count": count,
+        "dtype": str(data.dtype),
+        "crs": "EPSG:32633",
+        "transform": from_origin(500000, 5600000, 10, 10),
+        "tiled": True,
+        "blockxsize": 256,
+        "blockysize": 256,
+    }
+    base.update(profile)
+    with rasterio.open(path, "w", **base) as dst:
+        dst.write(data)
+        if overviews:
+            dst.build_overviews([2, 4, 8])
+    return path
+
+
+def gradient_scene(size: int = 2048, seed: int = 0) -> np.ndarray:
+    """One uint16 band: a left-to-right ramp (so where the sample looks matters) plus noise."""
+    rng = np.random.default_rng(seed)
+    ramp = np.linspace(1000, 5000, size)[None, :].repeat(size, 0)
+    return (ramp + rng.normal(0, 200, (size, size))).clip(1, 65535).astype(np.uint16)[None]
+
+
+def test_png_writer_is_lossless_for_rgb_and_grey() -> None:
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    rgb[10:20] = rgb[9]  # repeated rows: the Up filter gives zeros there
+    grey = rng.integers(0, 256, (5, 7), dtype=np.uint8)
+    for pixels, mode in ((rgb, "RGB"), (grey, "L")):
+        with Image.open(io.BytesIO(encode_png(pixels))) as im:
+            assert im.mode == mode and im.size == (pixels.shape[1], pixels.shape[0])
+            assert (np.asarray(im) == pixels).all()
+    with pytest.raises(ValueError, match="8-bit: got dtype uint16"):
+        encode_png(rgb.astype(np.uint16))
+    with pytest.raises(ValueError, match=r"got shape \(4, 4, 4\)"):
+        encode_png(np.zeros((4, 4, 4), dtype=np.uint8))
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "int16"])
+def test_histogram_percentiles_equal_numpy(dtype: str) -> None:
+    info = np.iinfo(dtype)
+    rng = np.random.default_rng(1)
+    for n in (1, 2, 7, 10_001):
+        values = rng.integers(info.min, info.max, n, endpoint=True).astype(dtype)
+        qs = (0.0, 2.0, 37.5, 98.0, 100.0)
+        assert R.percentiles(values, qs) == pytest.approx(np.percentile(values.astype(float), qs))
+    floats = rng.normal(size=1000).astype(np.float32)
+    assert R.percentiles(floats, (2, 98)) == pytest.approx(np.percentile(floats.astype(float), (2, 98)))
+
+
+def test_validity_from_nodata_equals_gdal_masks(tmp_path: Path, shared_data: Path) -> None:
+    rng = np.random.default_rng(2)
+    data = rng.integers(0, 4, (3, 40, 50)).astype(np.uint16)  # plenty of zeros, band by band
+    paths = [
+        write_tiled(tmp_path / "nodata.tif", data, nodata=0, tiled=False),
+        write_tiled(tmp_path / "plain.tif", data, tiled=False),  # no nodata: every pixel valid
+        shared_data / "geotiff" / "RGB.byte.tif",  # nodata 0
+        shared_data / "geotiff" / "RGBA.uint16.tif",  # alpha: goes through GDAL's masks
+        shared_data / "geotiff" / "float_raster_with_nodata.tif",  # float: GDAL's masks
+    ]
+    for path in paths:
+        with R.open_raster(path) as ds:
+            bands = list(range(1, min(ds.count, 3) + 1))
+            window = (1, 2, min(ds.width - 1, 30), min(ds.height - 2, 20))
+            _, valid = R.read_window(ds, bands, *window)
+            masks = ds.read_masks(bands, window=rasterio.windows.Window(*window))
+            values = ds.read(bands, window=rasterio.windows.Window(*window))
+            expected = np.all(masks > 0, axis=0)
+            if values.dtype.kind == "f":
+                expected &= np.all(np.isfinite(values), axis=0)
+            assert (valid == expected).all(), path.name
+    with R.open_raster(paths[0]) as ds:
+        assert R._integer_nodata(ds, [1, 2, 3]) == [0, 0, 0]  # the fast path is taken
+        _, valid = R.read_window(ds, [1, 2, 3], 0, 0, 50, 40)
+        assert (valid == np.all(data != 0, axis=0)).all()
+
+
+def test_sample_windows_are_seeded_spread_and_within_budget() -> None:
+    windows = R.sample_windows(3584, 3584, (256, 256))
+    assert windows == R.sample_windows(3584, 3584, (256, 256))  # deterministic
+    assert windows != R.sample_windows(3584, 3584, (256, 256), seed=1)
+    assert len(windows) == R.STATS_MIN_BLOCKS
+    assert sum(w * h for _, _, w, h in windows) <= R.STATS_SIDE**2
+    assert all(c // 256 == (c + w - 1) // 256 and r // 256 == (r + h - 1) // 256 for c, r, w, h in windows)
+    rows = sorted(r for _, r, _, _ in windows)
+    assert rows[0] < 3584 / 8 and rows[-1] >= 3584 * 7 / 8 - 256  # from the top to the bottom of the scene
+    strips = R.sample_windows(3584, 3584, (1, 3584))  # a strip-organised scene: whole rows
+    assert all(w == R.STATS_SIDE**2 // len(strips) and h == 1 for _, _, w, h in strips)
+    assert R.sample_windows(2000, 2000, (2000, 2000)) == []  # one huge block: nothing to sample
+
+
+def test_large_scene_stats_come_from_a_sample_close_to_the_exact_ones(tmp_path: Path) -> None:
+    data = gradient_scene()
+    exact = np.percentile(data.astype(float), (2, 98))
+    with R.open_raster(write_tiled(tmp_path / "big.tif", data)) as ds:
+        values, valid, how = R.stats_sample(ds, [1])
+        stretch = R.scene_stretch(ds, [1], R.RenderOptions())
+    assert how == "blocks" and values.shape[1] <= R.STATS_SIDE**2 and valid.all()
+    span = exact[1] - exact[0]
+    assert abs(stretch.lo[0] - exact[0]) < 0.05 * span and abs(stretch.hi[0] - exact[1]) < 0.05 * span
+    with R.open_raster(write_tiled(tmp_path / "ovr.tif", data, overviews=True)) as ds:
+        assert ds.overviews(1) == [2, 4, 8]
+        assert R.stats_sample(ds, [1])[2] == "overview"
+    with R.open_raster(write_tiled(tmp_path / "small.tif", data[:, :512, :512])) as ds:
+        assert R.stats_sample(ds, [1])[2] == "full"
+
+
+def test_valid_patch_missed_by_the_sample_falls_back_to_a_decimated_read(tmp_path: Path) -> None:
+    data = np.zeros((1, 2048, 2048), dtype=np.uint16)
+    data[0, 100:200, 100:200] = 700  # between the sampled windows (each at the top-left of its block)
+    path = write_tiled(tmp_path / "patch.tif", data, nodata=0)
+    windows = R.sample_windows(2048, 2048, (256, 256))
+    assert not any(data[0, r : r + h, c : c + w].any() for c, r, w, h in windows)
+    with R.open_raster(path) as ds:
+        _, valid, how = R.stats_sample(ds, [1])
+        stretch = R.scene_stretch(ds, [1], R.RenderOptions(stretch="minmax"))
+    assert how == "decimated" and valid.any()  # not a false "no valid pixel"
+    assert stretch.lo == [700.0] and stretch.hi == [700.0]
+    empty = write_tiled(tmp_path / "empty.tif", np.zeros((1, 2048, 2048), dtype=np.uint16), nodata=0)
+    with R.open_raster(empty) as ds, pytest.raises(R.NoValidPixelsError, match="empty.tif: no valid pixel"):
+        R.scene_stretch(ds, [1], R.RenderOptions())
+
+
+def test_write_chips_pipeline_writes_lossless_chips_in_order(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    data = rng.integers(100, 3000, (3, 300, 260)).astype(np.uint16)
+    data[:, :, :150] = 0  # chips in the left part are mostly nodata
+    path = write_tiled(tmp_path / "s.tif", data, nodata=0)
+    windows = chip_windows(260, 300, 128, 128)
+    names = [f"images/c{c}_{r}.png" for c, r, _, _ in windows]
+    with R.open_raster(path) as ds:
+        stretch = R.scene_stretch(ds, [1, 2, 3], R.RenderOptions())
+        expected = [stretch.apply(*R.read_window(ds, [1, 2, 3], *w)) for w in windows]
+    results = write_chips(path, [1, 2, 3], stretch, windows, names, tmp_path / "ds", 0.5, workers=3)
+    assert [r.window for r in results] == windows  # one result per window, in order
+    written = 0
+    for result, name, rgb in zip(results, names, expected):
+        if result.window[:2] not in ((128, 0), (128, 128)):  # nodata (column 0) or mostly padding
+            assert result.valid_fraction < 0.5 and result.image is None
+            assert not (tmp_path / "ds" / name).exists()
+            continue
+        written += 1
+        assert result.image == name
+        with Image.open(tmp_path / "ds" / name) as im:
+            assert im.size == (128, 128) and (np.asarray(im) == rgb).all()  # PNG is lossless
+    assert written == 2 and results[0].valid_fraction == 0.0
