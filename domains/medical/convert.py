@@ -105,7 +105,8 @@ def read_records(
 def render_job(path: str, images_dir: str, options: Any) -> RenderResult:
     """Render one image reference and write its PNG(s); runs in a worker process."""
     from mini_internvl_adapt.domains.medical.dicom_render import RenderError, render_source
-    from PIL import Image
+
+    from mini_internvl_adapt.png import write_png
 
     try:
         rendered = render_source(Path(path), options)
@@ -116,9 +117,7 @@ def render_job(path: str, images_dir: str, options: Any) -> RenderResult:
         name = f"images/{image.stem}.png"
         target = Path(images_dir) / f"{image.stem}.png"
         if not target.exists():
-            tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-            Image.fromarray(image.pixels, "RGB").save(tmp, format="PNG", compress_level=1)
-            os.replace(tmp, target)
+            write_png(target, image.pixels)
         names.append(name)
         sizes.append((int(image.pixels.shape[1]), int(image.pixels.shape[0])))
     return RenderResult(path, tuple(names), tuple(sizes), rendered.meta, rendered.group)

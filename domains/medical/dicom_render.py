@@ -7,6 +7,7 @@ Rendering keeps the source resolution: tiling happens at training time.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,7 +76,10 @@ class RenderOptions:
 
 @dataclass
 class RenderedImage:
-    """One rendered picture: HxWx3 uint8 pixels and its file stem (a hash, never a name)."""
+    """One rendered picture: HxWx3 uint8 pixels and its file stem (a hash, never a name).
+
+    Greyscale pixels are a read-only view of one plane broadcast to three channels.
+    """
 
     pixels: np.ndarray
     stem: str
@@ -292,8 +296,9 @@ def render_frame(ds: Any, index: int | None, options: RenderOptions) -> tuple[np
 
     Greyscale: modality values -> the user's window (preset / explicit), else the file's VOI LUT
     Sequence or window (first, or ``window_index``), else the 0.5-99.5 percentiles; MONOCHROME1 is
-    inverted after windowing. Colour: RGB as decoded (YBR converted by pydicom), PALETTE COLOR through
-    its LUT, more than 8 bits scaled down.
+    inverted after windowing. The result is then a read-only HxWx3 view of one grey plane (the PNG
+    writer spreads it to three channels only when encoding). Colour: RGB as decoded (YBR converted
+    by pydicom), PALETTE COLOR through its LUT, more than 8 bits scaled down.
     """
     raw = decode_frame(ds, index)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
@@ -303,7 +308,47 @@ def render_frame(ds: Any, index: int | None, options: RenderOptions) -> tuple[np
         return _scale_colour(rgb, bits), Window("none")
     if raw.ndim == 3 and raw.shape[-1] in (3, 4) and not photometric.startswith("MONOCHROME"):
         return _scale_colour(raw[..., :3], int(ds.get("BitsStored", 8) or 8)), Window("none")
+    grey, window = _render_grey(ds, raw, index, options, photometric == "MONOCHROME1")
+    return np.broadcast_to(grey[..., None], (*grey.shape, 3)), window
+
+
+def _render_grey(
+    ds: Any, raw: np.ndarray, index: int | None, options: RenderOptions, invert: bool
+) -> tuple[np.ndarray, Window]:
+    """Stored values -> uint8 grey levels, through a lookup table for 8- and 16-bit integers.
+
+    Every step from a stored value to its grey level depends on that value alone (the percentiles
+    excepted, which are taken from the image), so for integer pixels the steps run once per possible
+    value between the image's minimum and maximum and the image is then a table lookup: the same
+    float32 arithmetic per value, hence the same pixels, at a fraction of the work per pixel.
+    """
+    if raw.dtype.kind in "iu" and raw.dtype.itemsize <= 2 and raw.size:
+        raw = raw.astype(raw.dtype.newbyteorder("="), copy=False)
+        low, high = int(raw.min()), int(raw.max())
+        if high - low < raw.size:  # a table no larger than the image
+            domain = np.arange(low, high + 1).astype(raw.dtype)
+            # Offset from the minimum as an unsigned index: wraps correctly for signed values too.
+            unsigned = np.dtype(f"u{raw.dtype.itemsize}")
+            key = raw.view(unsigned) - np.array(low).astype(raw.dtype).view(unsigned)
+            table_values = modality_values(ds, domain, index)
+            table, window = _window_grey(ds, table_values, index, options, invert, lambda: table_values[key])
+            return np.take(table, key), window
     values = modality_values(ds, raw, index)
+    return _window_grey(ds, values, index, options, invert, lambda: values)
+
+
+def _window_grey(
+    ds: Any,
+    values: np.ndarray,
+    index: int | None,
+    options: RenderOptions,
+    invert: bool,
+    image_values: Callable[[], np.ndarray],
+) -> tuple[np.ndarray, Window]:
+    """Modality values (an image, or a table over stored values) -> uint8 grey levels and the window.
+
+    `image_values` gives the image's own modality values, needed only for the percentile fallback.
+    """
     user = parse_window(options.window)
     if user is not None:
         label, center, width = user
@@ -327,12 +372,12 @@ def render_frame(ds: Any, index: int | None, options: RenderOptions) -> tuple[np
                 raise RenderError(str(e)) from None
             window = Window("file", center, width, function, options.window_index)
         else:
-            unit, low, high = percentile_unit(values)
+            unit, low, high = percentile_unit(values, image_values())
             window = Window("percentile", (low + high) / 2, high - low, "LINEAR_EXACT")
     grey = to_uint8(unit)
-    if photometric == "MONOCHROME1":
+    if invert:  # MONOCHROME1: the minimum is white
         grey = 255 - grey
-    return np.repeat(grey[..., None], 3, axis=-1), window
+    return grey, window
 
 
 def _scale_colour(arr: np.ndarray, bits: int) -> np.ndarray:

@@ -114,13 +114,20 @@ def window_unit(values: np.ndarray, center: float, width: float, function: str =
     raise ValueError(f"unsupported VOI LUT function '{function}' (expected LINEAR, LINEAR_EXACT or SIGMOID)")
 
 
-def percentile_unit(values: np.ndarray) -> tuple[np.ndarray, float, float]:
-    """Map the 0.5th..99.5th percentiles of `values` to [0, 1], clipped.
+def percentile_unit(
+    values: np.ndarray, reference: np.ndarray | None = None
+) -> tuple[np.ndarray, float, float]:
+    """Map the 0.5th..99.5th percentiles of `reference` (default: `values`) to [0, 1], clipped.
+
+    Args:
+        values: The values to map.
+        reference: The values the percentiles are taken from: the image's own values, when `values`
+            is a lookup table over every possible stored value rather than the image.
 
     Returns:
         (mapped values, low, high): the percentiles used, recorded as the window.
     """
-    low, high = (float(v) for v in np.percentile(values, PERCENTILES))
+    low, high = (float(v) for v in np.percentile(values if reference is None else reference, PERCENTILES))
     span = high - low if high > low else 1.0
     return np.clip((values.astype(np.float32) - low) / span, 0.0, 1.0), low, high
 

@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from .png import write_png
+from mini_internvl_adapt.png import write_png
+
 from .raster import Stretch, open_raster, read_window
 
 # PNG chips go through png.write_png (one filter, zlib level 1), not Pillow: Pillow's per-row adaptive

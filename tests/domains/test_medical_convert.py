@@ -82,7 +82,13 @@ def phi_strings(paths: list[Path]) -> set[str]:
             values = value if isinstance(value, (list, pydicom.multival.MultiValue)) else [value]
             for v in values:
                 text = str(v).strip()
-                found.update(part for part in [text, *text.split("^")] if len(part) >= 4)
+                # A placeholder such as OperatorsName "----" identifies no one, and its bytes turn up in
+                # compressed pixel data by chance: only values with a letter or digit are looked for.
+                found.update(
+                    part
+                    for part in [text, *text.split("^")]
+                    if len(part) >= 4 and any(c.isalnum() for c in part)
+                )
     return found
 
 

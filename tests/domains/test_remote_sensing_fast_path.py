@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,6 @@ rasterio = pytest.importorskip("rasterio")
 
 from mini_internvl_adapt.domains.remote_sensing import raster as R  # noqa: E402
 from mini_internvl_adapt.domains.remote_sensing.chips import chip_windows, write_chips  # noqa: E402
-from mini_internvl_adapt.domains.remote_sensing.png import encode_png  # noqa: E402
 from PIL import Image  # noqa: E402
 from rasterio.transform import from_origin  # noqa: E402
 
@@ -44,21 +42,6 @@ def gradient_scene(size: int = 2048, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     ramp = np.linspace(1000, 5000, size)[None, :].repeat(size, 0)
     return (ramp + rng.normal(0, 200, (size, size))).clip(1, 65535).astype(np.uint16)[None]
-
-
-def test_png_writer_is_lossless_for_rgb_and_grey() -> None:
-    rng = np.random.default_rng(0)
-    rgb = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
-    rgb[10:20] = rgb[9]  # repeated rows: the Up filter gives zeros there
-    grey = rng.integers(0, 256, (5, 7), dtype=np.uint8)
-    for pixels, mode in ((rgb, "RGB"), (grey, "L")):
-        with Image.open(io.BytesIO(encode_png(pixels))) as im:
-            assert im.mode == mode and im.size == (pixels.shape[1], pixels.shape[0])
-            assert (np.asarray(im) == pixels).all()
-    with pytest.raises(ValueError, match="8-bit: got dtype uint16"):
-        encode_png(rgb.astype(np.uint16))
-    with pytest.raises(ValueError, match=r"got shape \(4, 4, 4\)"):
-        encode_png(np.zeros((4, 4, 4), dtype=np.uint8))
 
 
 @pytest.mark.parametrize("dtype", ["uint8", "uint16", "int16"])

@@ -1,0 +1,104 @@
+"""A fast, lossless PNG writer for the 8-bit images converters produce (grey or RGB).
+
+Why not Pillow: its encoder tries all five PNG filters on every row and keeps the best, which on a
+512x512 image costs more than decoding a DICOM slice or reading a GeoTIFF window. Here every row gets
+the "Up" filter (the row minus the row above, vectorised in numpy; on medical and satellite imagery it
+compresses within a few percent of Pillow's choice) and the rows go through the fastest deflate at hand:
+ISA-L (the ``isal`` package) when installed, about 3x faster than zlib level 1 at similar sizes, else
+zlib level 1. Both release the GIL, so images encode in parallel threads. Any PNG reader decodes the
+result to exactly the given pixels.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import struct
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+SIGNATURE = b"\x89PNG\r\n\x1a\n"
+ZLIB_LEVEL = 1  # most of level 6's compression on filtered imagery at a fraction of its time
+_UP = 2  # PNG filter type "Up"
+_GREY, _RGB = 0, 2  # PNG colour types
+
+
+@functools.cache
+def _deflate() -> tuple[str, Callable[[bytes], bytes]]:
+    try:
+        from isal import isal_zlib
+    except ImportError:
+        return f"zlib {zlib.ZLIB_RUNTIME_VERSION} level {ZLIB_LEVEL}", lambda data: zlib.compress(
+            data, ZLIB_LEVEL
+        )
+    # isal level 2: as fast as its levels 0-1 on CT slices and chips, and the smallest files of the three.
+    return "isal level 2", lambda data: isal_zlib.compress(data, 2)
+
+
+def deflate_name() -> str:
+    """Which deflate implementation and level the writer uses (benchmarks record it)."""
+    return _deflate()[0]
+
+
+def _up_filter(rows: np.ndarray) -> np.ndarray:
+    """Rows minus the row above (the first row minus zeros); uint8 wraps modulo 256 as PNG defines."""
+    out = np.empty_like(rows)
+    out[0] = rows[0]
+    np.subtract(rows[1:], rows[:-1], out=out[1:])
+    return out
+
+
+def _scanlines(pixels: np.ndarray) -> tuple[np.ndarray, int]:
+    """The filtered scanlines (filter byte + row) and the PNG colour type."""
+    height, width = pixels.shape[:2]
+    if pixels.ndim == 2:
+        lines = np.empty((height, width + 1), dtype=np.uint8)
+        lines[:, 0] = _UP
+        lines[:, 1:] = _up_filter(pixels)
+        return lines, _GREY
+    lines = np.empty((height, 3 * width + 1), dtype=np.uint8)
+    lines[:, 0] = _UP
+    if pixels.strides[2] == 0:
+        # Grey broadcast to RGB (a stride-0 view): the Up filter works per byte, so filter the one
+        # plane, then copy it into each channel (cheaper than materialising the RGB image first).
+        filtered = _up_filter(pixels[..., 0])
+        channels = lines[:, 1:].reshape(height, width, 3)
+        for c in range(3):
+            channels[..., c] = filtered
+    else:
+        lines[:, 1:] = _up_filter(np.ascontiguousarray(pixels).reshape(height, 3 * width))
+    return lines, _RGB
+
+
+def encode_png(pixels: np.ndarray) -> bytes:
+    """PNG bytes of an (H, W) grey or (H, W, 3) RGB uint8 image (grey broadcast views are written as RGB).
+
+    Raises:
+        ValueError: The array is not uint8, not grey / RGB, or empty.
+    """
+    if pixels.dtype != np.uint8:
+        raise ValueError(f"PNG images are 8-bit: got dtype {pixels.dtype}")
+    if not (pixels.ndim == 2 or (pixels.ndim == 3 and pixels.shape[2] == 3)) or 0 in pixels.shape[:2]:
+        raise ValueError(f"PNG images are (H, W) grey or (H, W, 3) RGB: got shape {pixels.shape}")
+    height, width = pixels.shape[:2]
+    lines, colour_type = _scanlines(pixels)
+    header = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)
+    data = _deflate()[1](lines.tobytes())
+    return b"".join((SIGNATURE, _chunk(b"IHDR", header), _chunk(b"IDAT", data), _chunk(b"IEND", b"")))
+
+
+def write_png(path: Path, pixels: np.ndarray) -> None:
+    """Write `pixels` (see encode_png) to `path` atomically (a temporary file, then a rename)."""
+    path = Path(path)
+    data = encode_png(pixels)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _chunk(tag: bytes, data: bytes) -> bytes:
+    crc = zlib.crc32(data, zlib.crc32(tag))
+    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", crc)

@@ -1,0 +1,76 @@
+"""The shared PNG writer: lossless for grey, RGB and grey-broadcast images, atomic, isal optional."""
+
+from __future__ import annotations
+
+import io
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mini_internvl_adapt import png as png_module
+from mini_internvl_adapt.png import encode_png, write_png
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as image:
+        assert image.mode == "RGB"
+        return np.asarray(image)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 7), (9, 1), (33, 17), (64, 64)])
+def test_png_writer_round_trips_grey_broadcast_and_rgb(shape: tuple[int, int]) -> None:
+    rng = np.random.default_rng(sum(shape))
+    grey = rng.integers(0, 256, size=shape, dtype=np.uint8)
+    rgb = rng.integers(0, 256, size=(*shape, 3), dtype=np.uint8)
+    broadcast = np.broadcast_to(grey[..., None], (*shape, 3))
+    for pixels in (broadcast, rgb):
+        data = encode_png(pixels)
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[24:26] == b"\x08\x02"  # 8-bit, truecolour
+        assert np.array_equal(decode_png(data), pixels)
+    # A non-contiguous RGB view (a crop) is encoded as what it shows.
+    crop = rgb[:, ::-1]
+    assert np.array_equal(decode_png(encode_png(crop)), crop)
+
+
+def test_png_writer_refuses_what_is_not_8_bit_grey_or_rgb() -> None:
+    with pytest.raises(ValueError, match="8-bit: got dtype uint16"):
+        encode_png(np.zeros((4, 4), np.uint16))
+    with pytest.raises(ValueError, match=r"got shape \(4, 4, 4\)"):
+        encode_png(np.zeros((4, 4, 4), np.uint8))
+    with pytest.raises(ValueError, match=r"got shape \(0, 4\)"):
+        encode_png(np.zeros((0, 4), np.uint8))
+
+
+def test_png_writer_falls_back_to_zlib_without_isal(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "isal", None)  # import isal -> ImportError
+    name, deflate = png_module._deflate.__wrapped__()
+    assert name == f"zlib {zlib.ZLIB_RUNTIME_VERSION} level 1"
+    data = b"\x02" + bytes(range(256)) * 8
+    assert zlib.decompress(deflate(data)) == data
+    assert png_module.deflate_name() in (name, "isal level 2")
+
+
+def test_write_png_is_atomic_and_leaves_no_temporary(tmp_path: Path) -> None:
+    pixels = np.arange(48, dtype=np.uint8).reshape(4, 4, 3)
+    write_png(tmp_path / "a.png", pixels)
+    assert [p.name for p in tmp_path.iterdir()] == ["a.png"]
+    assert np.array_equal(decode_png((tmp_path / "a.png").read_bytes()), pixels)
+
+
+def test_png_writer_is_lossless_for_rgb_and_grey() -> None:
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    rgb[10:20] = rgb[9]  # repeated rows: the Up filter gives zeros there
+    grey = rng.integers(0, 256, (5, 7), dtype=np.uint8)
+    for pixels, mode in ((rgb, "RGB"), (grey, "L")):
+        with Image.open(io.BytesIO(encode_png(pixels))) as im:
+            assert im.mode == mode and im.size == (pixels.shape[1], pixels.shape[0])
+            assert (np.asarray(im) == pixels).all()
+    with pytest.raises(ValueError, match="8-bit: got dtype uint16"):
+        encode_png(rgb.astype(np.uint16))
+    with pytest.raises(ValueError, match=r"got shape \(4, 4, 4\)"):
+        encode_png(np.zeros((4, 4, 4), dtype=np.uint8))
