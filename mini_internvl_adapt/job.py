@@ -101,7 +101,7 @@ def cmd_job(argv: Sequence[str]) -> int:
     from mini_internvl_adapt.training import config_from_args, run_training
 
     parser, domain = build_parser(argv)
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # section.key=value overrides may sit between flags
     assert domain is not None  # --domain is required, so build_parser found it
     if sum(x is not None and x is not False for x in (args.source, args.data, args.demo or None)) != 1:
         parser.error("give exactly one of --source RAW, --data DATASET or --demo")

@@ -148,13 +148,20 @@ def test_full_run_saves_plain_transformers_weights(tmp_path: Path) -> None:
     assert load_run_model(tmp_path / "run").info.template == "Hermes-2"
 
 
-def test_qlora_run_trains_a_4bit_tiny_model(tmp_path: Path) -> None:
-    data = make_dataset(tmp_path / "data", n_val=0)
-    assert _train("qlora", data, tmp_path / "run", "--max-steps", "3") == 0
+def test_qlora_run_trains_a_4bit_tiny_model_from_an_official_meta_json(tmp_path: Path) -> None:
+    make_dataset(tmp_path / "data", n_val=0)
+    meta = tmp_path / "meta.json"  # official meta format, relative paths, repeated twice
+    meta.write_text(
+        json.dumps({"mine": {"root": "data", "annotation": "data/train.jsonl", "repeat_time": 2}})
+    )
+    assert _train("qlora", meta, tmp_path / "run", "--max-steps", "3") == 0
+    budget = json.loads((tmp_path / "run" / "token_budget.json").read_text())
+    assert budget["train"]["samples"] == 8  # counted per id; the 16 repeated entries train
     base = json.loads((tmp_path / "run" / "final" / "base_model.json").read_text())
     assert base["method"] == "qlora" and base["quantized_4bit"] is True
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["steps"] == 3 and summary["last_loss"] == summary["last_loss"]  # not NaN
+    assert summary["steps"] == 3 and summary["train_samples"] == 16
+    assert summary["last_loss"] == summary["last_loss"]  # not NaN
 
 
 def test_nan_loss_stops_with_step_and_sample_ids(

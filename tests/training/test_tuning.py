@@ -235,3 +235,74 @@ def test_summary_table_lists_every_component() -> None:
     table = tuning.format_summary(parameter_summary(model))
     for part in ("vision_tower", "multi_modal_projector", "language_model", "lora", "total"):
         assert part in table
+
+
+REAL_WIDTHS = {
+    # One layer each, but the real Mini-InternVL widths: where 4-bit shapes and fused layers could break.
+    "qwen2": dict(hidden_size=896, intermediate_size=4864, num_attention_heads=14, num_key_value_heads=2),
+    "phi3": dict(hidden_size=3072, intermediate_size=8192, num_attention_heads=32, num_key_value_heads=32),
+}
+
+
+@pytest.mark.parametrize("family", ["qwen2", pytest.param("phi3", marks=pytest.mark.slow)])  # phi3: ~10-20 s
+def test_qlora_at_real_widths(family: str, tmp_path: Path) -> None:
+    import bitsandbytes as bnb
+
+    torch.manual_seed(0)
+    text = AutoConfig.for_model(
+        family,
+        vocab_size=256,
+        num_hidden_layers=1,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        **REAL_WIDTHS[family],
+    )
+    vision = dict(
+        hidden_size=1024,
+        intermediate_size=4096,
+        num_hidden_layers=1,
+        num_attention_heads=16,
+        image_size=[448, 448],
+        patch_size=[14, 14],
+    )
+    config = InternVLConfig(vision_config=vision, text_config=text, image_token_id=5, image_seq_length=256)
+    InternVLForConditionalGeneration(config).save_pretrained(tmp_path / "m")
+    base = InternVLForConditionalGeneration.from_pretrained(
+        tmp_path / "m", quantization_config=tuning.quantization_config(torch.float32)
+    )
+    model = apply_tuning(base, TuningConfig(method="qlora", use_llm_lora=16))
+    four_bit = {
+        n.removesuffix(".base_layer").rsplit(".", 1)[-1]
+        for n, m in model.named_modules()
+        if isinstance(m, bnb.nn.Linear4bit)
+    }
+    expected = {"phi3": {"qkv_proj", "o_proj", "gate_up_proj", "down_proj"}}.get(
+        family, {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    )
+    assert four_bit == expected
+    model.train()
+    loss = model(**_batch()).loss
+    loss.backward()
+    grads = [p.grad for n, p in model.named_parameters() if "lora_A" in n]
+    assert torch.isfinite(loss) and grads and all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients() -> None:
+    grads = []
+    for checkpointing in (False, True):
+        cfg = TuningConfig(
+            method="lora", use_llm_lora=4, lora_dropout=0.0, gradient_checkpointing=checkpointing
+        )
+        model = apply_tuning(build_tiny("qwen2"), cfg)
+        assert model.base_model.model.model.language_model.gradient_checkpointing is checkpointing
+        model.train()
+        with torch.no_grad():  # non-zero B, so A gets gradients too
+            for name, param in model.named_parameters():
+                if "lora_B" in name:
+                    param.fill_(0.01)
+        model(**_batch()).loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-5, rtol=1e-4)

@@ -1,0 +1,371 @@
+"""Training data under Lightning: datasets from shared-format sources, a length-grouped sampler, the DataModule.
+
+Annotation lines are read up front (cheap, and a bad line fails before training with its file and line);
+images are decoded lazily in ``__getitem__`` through the core processing (tiling, tokens, labels), so
+a missing or broken image met during training raises a `DataError` naming the sample, its annotation
+file and the image. Several sources train together with the official ``repeat_time`` rule.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm import tqdm
+
+from mini_internvl_adapt.processing import (
+    BudgetReport,
+    ProcessedSample,
+    SampleProcessor,
+    check_token_budget,
+    collate,
+)
+from mini_internvl_adapt.schema import DatasetError, DatasetSource, Sample, resolve_sources
+
+VAL_SPLITS = ("val", "validation", "dev")
+EXCLUDED_SPLITS = ("test",)
+
+
+class DataError(ValueError):
+    """A sample could not be turned into model inputs; the message names the sample and its files."""
+
+
+@dataclass
+class Entry:
+    """One training example: a sample and the source it came from."""
+
+    sample: Sample
+    source: DatasetSource
+
+
+def split_sources(
+    data: str | Path, val: str | Path | None = None
+) -> tuple[list[DatasetSource], list[DatasetSource]]:
+    """The train and validation sources behind `--data` (folder, official JSONL or official meta JSON).
+
+    A dataset folder trains on ``train.jsonl`` and validates on ``val.jsonl`` when present; a plain JSONL
+    trains on all of it; a meta JSON trains on every entry except those marked as val/test splits.
+
+    Args:
+        data: A converted dataset folder, an official-format JSONL file or an official meta JSON.
+        val: An explicit validation set (same forms); overrides the one found in `data`.
+
+    Raises:
+        DatasetError: When nothing trainable is found.
+    """
+    path = Path(data)
+    if path.is_dir():
+        train = resolve_sources(path, "train")
+        val_sources = resolve_sources(path, "val") if (path / "val.jsonl").is_file() else []
+    else:
+        train, val_sources = [], []
+        for source in resolve_sources(path):
+            split = (source.split or "").lower()
+            if split in VAL_SPLITS and path.suffix == ".json":
+                val_sources.append(source)
+            elif split not in EXCLUDED_SPLITS or path.suffix == ".jsonl":
+                train.append(source)
+        if not train:
+            raise DatasetError(path, "no training entry (every entry is a val or test split)")
+    if val is not None:
+        val_sources = resolve_sources(val)
+    return train, val_sources
+
+
+def expand_sources(sources: Sequence[DatasetSource], seed: int, check_files: bool = False) -> list[Entry]:
+    """Read every source and apply its repeat_time as the official scripts do.
+
+    repeat_time < 1 keeps a random (seeded) fraction of the samples; repeat_time > 1 repeats them
+    int(repeat_time) times.
+    """
+    entries: list[Entry] = []
+    generator = torch.Generator().manual_seed(seed)
+    for source in sources:
+        samples = source.read(check_files=check_files)
+        if source.repeat_time < 1:
+            keep = int(len(samples) * source.repeat_time)
+            order = torch.randperm(len(samples), generator=generator)[:keep].sort().values.tolist()
+            samples = [samples[i] for i in order]
+        elif source.repeat_time > 1:
+            samples = samples * int(source.repeat_time)
+        entries += [Entry(s, source) for s in samples]
+    return entries
+
+
+def _processor_for(processor: SampleProcessor, source: DatasetSource) -> SampleProcessor:
+    """A processor honouring a source's max_dynamic_patch from the meta file (never above the config's)."""
+    limit = source.max_dynamic_patch
+    if limit is None or limit >= processor.config.max_tiles:
+        return processor
+    return SampleProcessor(processor.tokenizer, replace(processor.config, max_tiles=int(limit)))
+
+
+class SampleDataset(Dataset):
+    """Lazily processed samples (images decoded and tiled on access).
+
+    Args:
+        entries: The samples with their sources.
+        processor: The sample processor of the model being trained.
+    """
+
+    def __init__(self, entries: Sequence[Entry], processor: SampleProcessor) -> None:
+        self.entries = list(entries)
+        self.processor = processor
+        self._per_source: dict[int, SampleProcessor] = {}
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def processor_of(self, entry: Entry) -> SampleProcessor:
+        key = id(entry.source)
+        if key not in self._per_source:
+            self._per_source[key] = _processor_for(self.processor, entry.source)
+        return self._per_source[key]
+
+    def __getitem__(self, index: int) -> ProcessedSample:
+        entry = self.entries[index]
+        try:
+            return self.processor_of(entry)(entry.sample, entry.source.root)
+        except (ValueError, OSError) as e:
+            raise DataError(f"sample '{entry.sample.id}' in {entry.source.annotation}: {e}") from e
+
+
+def budget_check(
+    entries: Sequence[Entry], processor: SampleProcessor, *, progress: bool = True
+) -> tuple[list[Entry], BudgetReport]:
+    """Count tokens of every sample before training; drop those that cannot train at max_length.
+
+    Returns:
+        The entries that fit, and the report (counts per sample id, the dropped ones with reasons).
+
+    Raises:
+        DataError: When a sample cannot even be measured (e.g. its image is missing), naming it and its file.
+    """
+    report = BudgetReport(processor.config.max_length, {}, [], {})
+    kept: list[Entry] = []
+    dataset = SampleDataset([], processor)
+    for entry in tqdm(entries, desc="token budget", unit="sample", disable=not progress):
+        try:
+            one = check_token_budget([entry.sample], entry.source.root, dataset.processor_of(entry))
+        except (ValueError, OSError) as e:
+            raise DataError(f"sample '{entry.sample.id}' in {entry.source.annotation}: {e}") from e
+        report.counts.update(one.counts)
+        if one.too_long:
+            report.too_long += one.too_long
+            report.reasons.update(one.reasons)
+        else:
+            kept.append(entry)
+    return kept, report
+
+
+class LengthGroupedSampler(Sampler[int]):
+    """Shuffles, groups similar lengths into the same batch, and shards across ranks (DDP).
+
+    Like the official ``group_by_length``: a seeded permutation is cut into mega-batches of
+    ``50 x batch_size x num_replicas`` samples, each sorted by length (longest first), so a global
+    batch holds samples of similar length and little padding. Every rank takes its own slice of each
+    global batch, so ranks see different samples; the index list is padded by wrapping around so all
+    ranks run the same number of steps. `skip_batches` resumes mid-epoch exactly where a run stopped.
+
+    Args:
+        lengths: Token count per dataset index.
+        batch_size: Per-rank batch size.
+        num_replicas: World size.
+        rank: This process's global rank.
+        seed: Base seed; the epoch is added so every epoch has a new order.
+        shuffle: Shuffle at all (False: dataset order, for validation).
+        group_by_length: Sort mega-batches by length.
+    """
+
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        batch_size: int,
+        *,
+        num_replicas: int = 1,
+        rank: int = 0,
+        seed: int = 0,
+        shuffle: bool = True,
+        group_by_length: bool = True,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} is outside world size {num_replicas}")
+        self.lengths = list(lengths)
+        self.batch_size = batch_size
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.seed = seed
+        self.shuffle = shuffle
+        self.group_by_length = group_by_length
+        self.epoch = 0
+        self._skip = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by Lightning at the start of every epoch."""
+        if epoch != self.epoch:
+            self._skip = 0
+        self.epoch = epoch
+
+    def skip_batches(self, epoch: int, n_batches: int) -> None:
+        """Resume: the next iteration over `epoch` starts after its first `n_batches` batches."""
+        self.epoch = epoch
+        self._skip = n_batches
+
+    def batches_per_epoch(self) -> int:
+        per_step = self.batch_size * self.num_replicas
+        return math.ceil(len(self.lengths) / per_step) if self.lengths else 0
+
+    def _global_order(self) -> list[int]:
+        n = len(self.lengths)
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(n, generator=generator).tolist()
+        else:
+            order = list(range(n))
+        if self.group_by_length:
+            mega = 50 * self.batch_size * self.num_replicas
+            grouped: list[int] = []
+            for start in range(0, n, mega):
+                chunk = order[start : start + mega]
+                grouped += sorted(chunk, key=lambda i: -self.lengths[i])
+            order = grouped
+        total = self.batches_per_epoch() * self.batch_size * self.num_replicas
+        while order and len(order) < total:
+            order += order[: total - len(order)]
+        return order
+
+    def __iter__(self) -> Iterator[int]:
+        order = self._global_order()
+        per_step = self.batch_size * self.num_replicas
+        skip, self._skip = self._skip, 0
+        for step, start in enumerate(range(0, len(order), per_step)):
+            if step < skip:
+                continue
+            mine = order[start + self.rank * self.batch_size : start + (self.rank + 1) * self.batch_size]
+            yield from mine
+
+    def __len__(self) -> int:
+        return max(self.batches_per_epoch() - self._skip, 0) * self.batch_size
+
+
+class InternVLDataModule(pl.LightningDataModule):
+    """Train/val dataloaders over shared-format sources, with resumable mid-epoch position.
+
+    Args:
+        train: Training entries (after `budget_check`).
+        val: Validation entries (may be empty).
+        processor: The sample processor.
+        lengths: Token count per training sample id (from the budget report) for length grouping.
+        batch_size: Per-device batch size.
+        num_workers: DataLoader worker processes.
+        group_by_length: Group similar lengths into batches.
+        seed: Sampler seed.
+        pad_token_id: Padding id for input_ids.
+    """
+
+    def __init__(
+        self,
+        train: Sequence[Entry],
+        val: Sequence[Entry],
+        processor: SampleProcessor,
+        lengths: dict[str, int],
+        *,
+        batch_size: int = 1,
+        num_workers: int = 0,
+        group_by_length: bool = True,
+        seed: int = 0,
+        pad_token_id: int = 0,
+    ) -> None:
+        super().__init__()
+        if not train:
+            raise ValueError("no training samples left (all missing or over the token budget)")
+        self.train_set = SampleDataset(train, processor)
+        self.val_set = SampleDataset(val, processor)
+        self.train_lengths = [lengths.get(e.sample.id, 0) for e in train]
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.group_by_length = group_by_length
+        self.seed = seed
+        self.pad_token_id = pad_token_id
+        self._collate = functools.partial(collate, pad_token_id=pad_token_id, padding_side="right")
+        self._sampler: LengthGroupedSampler | None = None
+        self._position = {"epoch": 0, "batches": 0}
+        self._resume: dict[str, int] | None = None
+
+    def _world(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return 1, 0
+        return trainer.world_size, trainer.global_rank
+
+    def train_sampler(self) -> LengthGroupedSampler:
+        """The training sampler (built on first use, with the trainer's world size and rank)."""
+        if self._sampler is None:
+            world, rank = self._world()
+            self._sampler = LengthGroupedSampler(
+                self.train_lengths,
+                self.batch_size,
+                num_replicas=world,
+                rank=rank,
+                seed=self.seed,
+                group_by_length=self.group_by_length,
+            )
+            if self._resume is not None:
+                self._sampler.skip_batches(self._resume["epoch"], self._resume["batches"])
+                self._position = dict(self._resume)
+        return self._sampler
+
+    def _loader(self, dataset: Dataset, sampler: Sampler[int]) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            collate_fn=self._collate,
+            persistent_workers=False,
+            # Its own generator, so iterating a loader never draws from the global RNG (exact resume).
+            generator=torch.Generator().manual_seed(self.seed),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, self.train_sampler())
+
+    def val_dataloader(self) -> DataLoader | list:
+        if len(self.val_set) == 0:
+            return []
+        world, rank = self._world()
+        lengths = [0] * len(self.val_set)
+        sampler = LengthGroupedSampler(
+            lengths, self.batch_size, num_replicas=world, rank=rank, shuffle=False, group_by_length=False
+        )
+        return self._loader(self.val_set, sampler)
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        # Count batches the training loop really consumed (workers prefetch ahead of it).
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None and trainer.training:
+            epoch = trainer.current_epoch
+            if epoch != self._position["epoch"]:
+                self._position = {"epoch": epoch, "batches": 0}
+            self._position["batches"] += 1
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        """The position in the current epoch, saved in every checkpoint."""
+        return dict(self._position)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Resume from a checkpoint: the next epoch iteration skips the batches already trained."""
+        self._resume = {"epoch": int(state_dict["epoch"]), "batches": int(state_dict["batches"])}
+        if self._sampler is not None:
+            self._sampler.skip_batches(self._resume["epoch"], self._resume["batches"])
+            self._position = dict(self._resume)

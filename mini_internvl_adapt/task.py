@@ -1,0 +1,191 @@
+"""The LightningModule: loss, AdamW with cosine schedule and warmup, NaN guard, compact resumable checkpoints."""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch import nn
+
+from mini_internvl_adapt.tuning import TuningConfig, parameter_groups
+
+RNG_KEY = "mini_internvl_adapt_rng"
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; the message names the step and the batch's sample ids."""
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer and schedule settings.
+
+    Attributes:
+        lr: Base learning rate (official LoRA scripts: 4e-5; full domain adaptation: 1e-5).
+        weight_decay: AdamW weight decay on matrices.
+        warmup_ratio: Fraction of the total steps with linear warmup.
+        min_lr_ratio: The cosine decays to lr x min_lr_ratio.
+        betas: AdamW betas.
+    """
+
+    lr: float = 4e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.03
+    min_lr_ratio: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+def cosine_with_warmup(step: int, total: int, warmup: int, min_ratio: float = 0.0) -> float:
+    """The learning-rate factor at `step`: linear warmup to 1, then cosine down to `min_ratio`."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    if total <= warmup:
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _rng_state() -> dict[str, Any]:
+    # Only tensors and plain Python values: Lightning reloads checkpoints with torch.load(weights_only=True).
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class InternVLTask(pl.LightningModule):
+    """Fine-tunes an InternVL model (plain, LoRA or QLoRA) on batches from `data.InternVLDataModule`.
+
+    Checkpoints hold only the trainable parameters (adapters, or the unfrozen parts in full
+    fine-tuning) plus optimizer, scheduler and RNG state, so a LoRA checkpoint of a 4B model is small
+    and a resumed run continues bit-for-bit where the killed one stopped.
+
+    Args:
+        model: The model returned by `tuning.apply_tuning`.
+        tuning: The tuning options (learning rates per component).
+        optim: Optimizer and schedule.
+    """
+
+    def __init__(self, model: nn.Module, tuning: TuningConfig, optim: OptimConfig) -> None:
+        super().__init__()
+        self.model = model
+        # load_model returns eval mode; Lightning keeps submodule modes, so dropout (LoRA's too) needs this.
+        self.model.train()
+        self.tuning = tuning
+        self.optim = optim
+        # Frozen base weights are not in our checkpoints: they come from the base model on resume.
+        self.strict_loading = False
+        self._pending_rng: dict[str, Any] | None = None
+        self.tokens_seen = 0
+        self.samples_seen = 0
+        self.first_loss: float | None = None
+        self.last_loss: float | None = None
+        self.seen_ids: list[str] = []  # this session's training samples, in order (DDP diagnostics)
+
+    def forward(self, batch: dict[str, Any]) -> Any:
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "labels")}
+        pixel_values = batch.get("pixel_values")
+        if pixel_values is not None:
+            # Tiles come as float32; a bf16 / 4-bit-compute model wants its own dtype.
+            vision_dtype = next(self.model.parameters()).dtype
+            if vision_dtype.is_floating_point:
+                pixel_values = pixel_values.to(vision_dtype)
+            inputs["pixel_values"] = pixel_values
+        return self.model(**inputs)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss = self(batch).loss
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"loss is {loss.item()} at step {self.global_step} (epoch {self.current_epoch}, batch {batch_idx}); "
+                f"sample ids in this batch: {', '.join(batch['ids'])}. Lower the learning rate, check these "
+                "samples, or use precision 32."
+            )
+        value = loss.detach().item()
+        if self.first_loss is None:
+            self.first_loss = value
+        self.last_loss = value
+        self.samples_seen += len(batch["ids"])
+        self.seen_ids += batch["ids"]
+        self.tokens_seen += int(batch["attention_mask"].sum())
+        self.log(
+            "train_loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(batch["ids"])
+        )
+        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss = self(batch).loss
+        self.log(
+            "val_loss",
+            loss,
+            on_step=False,
+            on_epoch=True,
+            prog_bar=True,
+            sync_dist=True,
+            batch_size=len(batch["ids"]),
+        )
+        return loss
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        groups = parameter_groups(self.model, self.tuning, self.optim.lr, self.optim.weight_decay)
+        for group in groups:
+            group["initial_lr"] = group["lr"]
+        optimizer = torch.optim.AdamW(groups, lr=self.optim.lr, betas=self.optim.betas)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = int(math.ceil(total * self.optim.warmup_ratio))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: cosine_with_warmup(step, total, warmup, self.optim.min_lr_ratio)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """The trainable parameters (what a checkpoint must carry), by state-dict key."""
+        trainable = {n for n, p in self.named_parameters() if p.requires_grad}
+        return {k: v for k, v in self.state_dict().items() if k in trainable}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["state_dict"] = self.trainable_state_dict()
+        checkpoint[RNG_KEY] = _rng_state()
+        checkpoint["mini_internvl_adapt_counters"] = {
+            "tokens_seen": self.tokens_seen,
+            "samples_seen": self.samples_seen,
+            "first_loss": self.first_loss,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        trainable = {n for n, p in self.named_parameters() if p.requires_grad}
+        missing = sorted(trainable - set(checkpoint["state_dict"]))
+        if missing:
+            raise ValueError(
+                f"the checkpoint lacks trainable parameters of this model (another method or model?): "
+                f"{', '.join(missing[:5])}"
+            )
+        self._pending_rng = checkpoint.get(RNG_KEY)
+        counters = checkpoint.get("mini_internvl_adapt_counters", {})
+        self.tokens_seen = counters.get("tokens_seen", 0)
+        self.samples_seen = counters.get("samples_seen", 0)
+        self.first_loss = counters.get("first_loss")
+
+    def on_train_start(self) -> None:
+        # Restored here rather than at load time: Lightning draws from the RNGs while setting up.
+        if self._pending_rng is not None:
+            _set_rng_state(self._pending_rng)
+            self._pending_rng = None

@@ -1,0 +1,441 @@
+"""What trains: freeze flags, LoRA, QLoRA and full fine-tuning (the only module importing peft and bitsandbytes).
+
+The options mirror the official InternVL fine-tuning flags (freeze_backbone, freeze_mlp, freeze_llm,
+unfreeze_vit_layers, unfreeze_lm_head, use_llm_lora, use_backbone_lora with alpha = 2r, dropout 0.05),
+applied to the transformers-native ``InternVLForConditionalGeneration`` whose parts are
+``model.vision_tower`` (the ViT), ``model.multi_modal_projector`` (mlp1), ``model.language_model``
+and ``lm_head``. LoRA targets are chosen per LLM family from the module names actually present, so
+Qwen2/Llama (and InternLM2 converted to Llama), Phi-3's fused ``qkv_proj``/``gate_up_proj`` and the
+original InternLM2 names all work.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+METHODS = ("lora", "qlora", "full")
+COMPONENTS = ("vision_tower", "multi_modal_projector", "language_model", "lm_head")
+
+# LoRA target leaf names per LLM family (official recipe), and the ViT's in both layouts.
+LLM_LORA_TARGETS: dict[str, tuple[str, ...]] = {
+    "qwen2": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+    "llama": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+    "internlm2": (
+        "wqkv",
+        "wo",
+        "w1",
+        "w2",
+        "w3",
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    ),
+    "phi3": ("qkv_proj", "o_proj", "gate_up_proj", "down_proj"),
+}
+VIT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "projection_layer", "qkv", "proj", "fc1", "fc2")
+
+# Official per-method defaults (2nd-stage LoRA scripts freeze everything but the adapters; the full
+# scripts keep the ViT frozen and train projector + LLM).
+METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
+    "lora": {"freeze_backbone": True, "freeze_mlp": True, "freeze_llm": True, "use_llm_lora": 16},
+    "qlora": {"freeze_backbone": True, "freeze_mlp": True, "freeze_llm": True, "use_llm_lora": 16},
+    "full": {"freeze_backbone": True, "freeze_mlp": False, "freeze_llm": False, "use_llm_lora": 0},
+}
+
+
+@dataclass
+class TuningConfig:
+    """Which parameters train and how.
+
+    Attributes:
+        method: "lora", "qlora" (4-bit NF4 LLM + LoRA) or "full".
+        freeze_backbone: Freeze the vision tower (None: the method's official default).
+        freeze_mlp: Freeze the projector (None: default).
+        freeze_llm: Freeze the language model (None: default).
+        unfreeze_vit_layers: Train the last k ViT layers in full even when the backbone is frozen.
+        unfreeze_lm_head: Train lm_head in full.
+        use_llm_lora: LoRA rank on the LLM (0: none; None: the method's default, 16 for LoRA/QLoRA).
+        use_backbone_lora: LoRA rank on the ViT (0: none).
+        lora_alpha: LoRA alpha (None: 2 x rank, the official rule).
+        lora_dropout: LoRA dropout.
+        lr_vit: Learning rate of the ViT (None: the base rate).
+        lr_mlp: Learning rate of the projector (None: the base rate).
+        lr_llm: Learning rate of the LLM, lm_head and adapters on it (None: the base rate).
+        gradient_checkpointing: Recompute activations in backward to save memory.
+    """
+
+    method: str = "lora"
+    freeze_backbone: bool | None = None
+    freeze_mlp: bool | None = None
+    freeze_llm: bool | None = None
+    unfreeze_vit_layers: int = 0
+    unfreeze_lm_head: bool = False
+    use_llm_lora: int | None = None
+    use_backbone_lora: int = 0
+    lora_alpha: int | None = None
+    lora_dropout: float = 0.05
+    lr_vit: float | None = None
+    lr_mlp: float | None = None
+    lr_llm: float | None = None
+    gradient_checkpointing: bool = False
+
+    def resolved(self) -> TuningConfig:
+        """A copy with every None replaced by the method's default; raises ValueError on bad values."""
+        if self.method not in METHODS:
+            raise ValueError(f"tuning method must be one of {', '.join(METHODS)}, got '{self.method}'")
+        values = asdict(self)
+        for key, default in METHOD_DEFAULTS[self.method].items():
+            if values[key] is None:
+                values[key] = default
+        out = TuningConfig(**values)
+        if out.method == "full" and (out.use_llm_lora or out.use_backbone_lora):
+            raise ValueError("method 'full' takes no LoRA ranks; use method 'lora' to combine them")
+        if out.method == "qlora" and not out.freeze_llm:
+            raise ValueError(
+                "method 'qlora' keeps the 4-bit LLM frozen: set freeze_llm true (adapters train)"
+            )
+        if out.method in ("lora", "qlora") and not (out.use_llm_lora or out.use_backbone_lora):
+            raise ValueError(f"method '{out.method}' needs use_llm_lora > 0 or use_backbone_lora > 0")
+        if out.unfreeze_vit_layers < 0:
+            raise ValueError("unfreeze_vit_layers counts the last k ViT layers and must be >= 0")
+        if out.use_backbone_lora and out.unfreeze_vit_layers:
+            raise ValueError(
+                "use_backbone_lora and unfreeze_vit_layers cannot be combined on the same ViT layers"
+            )
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> TuningConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(obj) - known)
+        if unknown:
+            raise ValueError(f"unknown tuning option(s): {', '.join(unknown)}")
+        return cls(**obj)
+
+
+def llm_family(model: nn.Module) -> str:
+    """The LLM family of an InternVL model from its text config ("qwen2", "llama", "phi3", ...)."""
+    config = getattr(model, "config", None)
+    text = getattr(config, "text_config", None) or getattr(config, "llm_config", None)
+    model_type = getattr(text, "model_type", None)
+    if model_type in ("qwen2", "qwen2_5", "qwen3"):
+        return "qwen2"
+    if model_type in ("internlm2",):
+        return "internlm2"
+    if model_type in ("phi3",):
+        return "phi3"
+    if model_type in ("llama",):
+        return "llama"
+    raise ValueError(f"unsupported LLM family '{model_type}' (expected qwen2, llama/internlm2 or phi3)")
+
+
+def component_of(name: str) -> str:
+    """The component a parameter or module name belongs to (one of COMPONENTS, or "other")."""
+    for component in COMPONENTS:
+        if f"{component}." in f"{name}." and (component != "lm_head" or ".lm_head" in f".{name}"):
+            return component
+    return "other"
+
+
+def _linear_names(model: nn.Module, component: str, leaves: Iterable[str]) -> list[str]:
+    leaf_set = set(leaves)
+    out = []
+    for name, module in model.named_modules():
+        if component_of(name) != component or name.rsplit(".", 1)[-1] not in leaf_set:
+            continue
+        # bitsandbytes Linear4bit subclasses nn.Linear, so QLoRA layers are found too.
+        if isinstance(module, nn.Linear):
+            out.append(name)
+    return out
+
+
+def lora_target_regex(model: nn.Module, *, llm: bool, vision: bool) -> str:
+    """A peft target_modules regex that matches the LoRA targets present in `model`.
+
+    Args:
+        model: An InternVLForConditionalGeneration (possibly with a 4-bit LLM).
+        llm: Target the LLM's attention and MLP projections (per family).
+        vision: Target the ViT's attention and MLP projections.
+
+    Raises:
+        ValueError: When a requested part has no matching linear layer (an unknown architecture).
+    """
+    patterns = []
+    if llm:
+        family = llm_family(model)
+        names = _linear_names(model, "language_model", LLM_LORA_TARGETS[family])
+        if not names:
+            raise ValueError(f"no LoRA target layers found in the {family} language model")
+        leaves = sorted({n.rsplit(".", 1)[-1] for n in names})
+        patterns.append(rf".*language_model\..*\.({'|'.join(leaves)})")
+    if vision:
+        names = _linear_names(model, "vision_tower", VIT_LORA_TARGETS)
+        if not names:
+            raise ValueError("no LoRA target layers found in the vision tower")
+        leaves = sorted({n.rsplit(".", 1)[-1] for n in names})
+        patterns.append(rf".*vision_tower\..*\.({'|'.join(leaves)})")
+    if not patterns:
+        raise ValueError("LoRA needs the LLM or the vision tower as a target")
+    return "|".join(f"(?:{p})" for p in patterns)
+
+
+def _vit_layers(model: nn.Module) -> list[str]:
+    """Module names of the ViT's transformer layers, in order."""
+    names = [n for n, _ in model.named_modules() if re.search(r"vision_tower\.encoder\.layers?\.\d+$", n)]
+    return sorted(names, key=lambda n: int(n.rsplit(".", 1)[-1]))
+
+
+def _trained_modules(model: nn.Module, cfg: TuningConfig) -> list[str]:
+    """Names of whole modules that train in full under a LoRA method (saved beside the adapter)."""
+    out = []
+    if not cfg.freeze_mlp:
+        out.append("multi_modal_projector")
+    if cfg.unfreeze_lm_head:
+        out.append("lm_head")
+    if cfg.unfreeze_vit_layers:
+        out += [n.split("vision_tower.", 1)[1] for n in _vit_layers(model)[-cfg.unfreeze_vit_layers :]]
+    if not cfg.freeze_backbone:
+        out.append("vision_tower")
+    return out
+
+
+def _set_trainable(model: nn.Module, cfg: TuningConfig) -> None:
+    """Apply the freeze flags to a plain (non-peft) model."""
+    for name, param in model.named_parameters():
+        component = component_of(name)
+        if component == "vision_tower":
+            param.requires_grad = not cfg.freeze_backbone
+        elif component == "multi_modal_projector":
+            param.requires_grad = not cfg.freeze_mlp
+        elif component == "language_model":
+            param.requires_grad = not cfg.freeze_llm
+        elif component == "lm_head":
+            param.requires_grad = (not cfg.freeze_llm) or cfg.unfreeze_lm_head
+        else:
+            param.requires_grad = True
+    if cfg.unfreeze_vit_layers:
+        for layer in _vit_layers(model)[-cfg.unfreeze_vit_layers :]:
+            for param in model.get_submodule(layer).parameters():
+                param.requires_grad = True
+
+
+def quantization_config(compute_dtype: torch.dtype = torch.float32) -> Any:
+    """The bitsandbytes 4-bit NF4 config for QLoRA: only the LLM's linear layers are quantized.
+
+    The vision tower, projector and lm_head stay in full precision (as in the official QLoRA setups),
+    which also keeps their odd shapes away from the 4-bit kernels.
+    """
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype,
+        # transformers matches these from the start of the full module name ("model.vision_tower..."),
+        # so plain "vision_tower" would silently quantize the ViT too.
+        llm_int8_skip_modules=[r".*vision_tower", r".*multi_modal_projector", "lm_head"],
+    )
+
+
+def is_quantized(model: nn.Module) -> bool:
+    """Whether any layer of `model` is a bitsandbytes 4-bit or 8-bit linear layer."""
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        return False
+    return any(isinstance(m, (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)) for m in model.modules())
+
+
+def apply_tuning(model: nn.Module, config: TuningConfig) -> nn.Module:
+    """Freeze, wrap with LoRA or leave for full training, as `config` says.
+
+    Args:
+        model: An InternVLForConditionalGeneration; for QLoRA it must have been loaded with
+            `quantization_config()` (its LLM layers are 4-bit).
+        config: The tuning options (None values take the method's defaults).
+
+    Returns:
+        The model to train: a peft model for LoRA/QLoRA, `model` itself for full fine-tuning.
+
+    Raises:
+        ValueError: On inconsistent options, or QLoRA on a model whose LLM is not quantized.
+    """
+    cfg = config.resolved()
+    if cfg.method == "qlora" and not is_quantized(model):
+        raise ValueError("method 'qlora' needs the model loaded in 4-bit (pass tuning.quantization_config())")
+    if cfg.gradient_checkpointing:
+        # use_reentrant=False works with frozen inputs (LoRA) without enable_input_require_grads tricks.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.method == "full":
+        _set_trainable(model, cfg)
+        return model
+
+    from peft import LoraConfig, get_peft_model
+
+    if cfg.method == "qlora":
+        # 4-bit weights never train; keep the other parameters frozen too and train adapters in full precision.
+        for param in model.parameters():
+            param.requires_grad = False
+    rank = cfg.use_llm_lora or cfg.use_backbone_lora
+    lora = LoraConfig(
+        r=rank,
+        lora_alpha=cfg.lora_alpha if cfg.lora_alpha is not None else 2 * rank,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=lora_target_regex(
+            model, llm=bool(cfg.use_llm_lora), vision=bool(cfg.use_backbone_lora)
+        ),
+        rank_pattern=_rank_pattern(cfg),
+        modules_to_save=_trained_modules(model, cfg) or None,
+        bias="none",
+    )
+    peft_model = get_peft_model(model, lora)
+    if not cfg.freeze_llm:
+        # LoRA plus a trainable LLM: the base LLM weights train too (official freeze_llm False + use_llm_lora).
+        for name, param in peft_model.named_parameters():
+            if component_of(name) == "language_model" and "lora_" not in name:
+                param.requires_grad = True
+    return peft_model
+
+
+def _rank_pattern(cfg: TuningConfig) -> dict[str, int]:
+    """Different ranks on the LLM and the ViT (peft keys are regexes over module names)."""
+    if cfg.use_llm_lora and cfg.use_backbone_lora and cfg.use_llm_lora != cfg.use_backbone_lora:
+        return {r".*vision_tower\..*": cfg.use_backbone_lora}
+    return {}
+
+
+def _numel(param: torch.Tensor) -> int:
+    """Parameter count, counting a packed 4-bit weight by its logical shape."""
+    quant_state = getattr(param, "quant_state", None)
+    if quant_state is not None and getattr(quant_state, "shape", None) is not None:
+        return math.prod(quant_state.shape)
+    return param.numel()
+
+
+def parameter_summary(model: nn.Module) -> dict[str, dict[str, int]]:
+    """Trainable and total parameters per component (vision_tower, projector, LLM, lm_head, LoRA, total).
+
+    LoRA adapter weights are counted under "lora" (they are new parameters, not part of a component).
+    Tied weights are counted once.
+    """
+    summary = {c: {"trainable": 0, "total": 0} for c in (*COMPONENTS, "lora", "other")}
+    seen: set[int] = set()
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if id(param) in seen:
+            continue
+        seen.add(id(param))
+        key = "lora" if "lora_" in name else component_of(name)
+        n = _numel(param)
+        summary[key]["total"] += n
+        if param.requires_grad:
+            summary[key]["trainable"] += n
+    if not summary["other"]["total"]:
+        del summary["other"]
+    summary["total"] = {
+        "trainable": sum(v["trainable"] for v in summary.values()),
+        "total": sum(v["total"] for v in summary.values()),
+    }
+    return summary
+
+
+def format_summary(summary: dict[str, dict[str, int]]) -> str:
+    """The parameter summary as an aligned table for the console."""
+    lines = [f"{'component':24s} {'trainable':>14s} {'total':>14s} {'%':>7s}"]
+    for component, counts in summary.items():
+        total, trainable = counts["total"], counts["trainable"]
+        pct = 100.0 * trainable / total if total else 0.0
+        lines.append(f"{component:24s} {trainable:14,d} {total:14,d} {pct:6.2f}%")
+    return "\n".join(lines)
+
+
+def parameter_groups(
+    model: nn.Module, config: TuningConfig, lr: float, weight_decay: float
+) -> list[dict[str, Any]]:
+    """AdamW parameter groups: one learning rate per component, no weight decay on biases and norms.
+
+    Args:
+        model: The model returned by `apply_tuning`.
+        config: The tuning options (lr_vit / lr_mlp / lr_llm override `lr` for their component).
+        lr: The base learning rate.
+        weight_decay: Weight decay for matrices.
+
+    Returns:
+        Non-empty groups, each with "params", "lr", "weight_decay" and a "name".
+    """
+    cfg = config.resolved()
+    rates = {
+        "vision_tower": cfg.lr_vit if cfg.lr_vit is not None else lr,
+        "multi_modal_projector": cfg.lr_mlp if cfg.lr_mlp is not None else lr,
+        "language_model": cfg.lr_llm if cfg.lr_llm is not None else lr,
+        "lm_head": cfg.lr_llm if cfg.lr_llm is not None else lr,
+        "other": lr,
+    }
+    groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        no_decay = param.ndim < 2 or "norm" in name.lower() or name.endswith(".bias")
+        groups.setdefault((component_of(name), no_decay), []).append(param)
+    if not groups:
+        raise ValueError("no trainable parameters: check the freeze options")
+    return [
+        {
+            "name": f"{component}{'_no_decay' if no_decay else ''}",
+            "params": params,
+            "lr": rates[component],
+            "weight_decay": 0.0 if no_decay else weight_decay,
+        }
+        for (component, no_decay), params in sorted(groups.items())
+    ]
+
+
+def is_peft_model(model: nn.Module) -> bool:
+    """Whether `model` is a peft wrapper (LoRA / QLoRA)."""
+    from peft import PeftModel
+
+    return isinstance(model, PeftModel)
+
+
+def save_trained(model: nn.Module, out: Path) -> list[str]:
+    """Save what was trained: the peft adapter (LoRA/QLoRA) or the full HF-native weights.
+
+    Returns:
+        The names of the files written under `out`.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    return sorted(p.name for p in out.iterdir())
+
+
+def load_adapter(base: nn.Module, adapter_dir: Path, *, merge: bool = False) -> nn.Module:
+    """Put a saved LoRA adapter (and the modules trained beside it) on a freshly loaded base model.
+
+    Args:
+        base: The base model, loaded as it was for training.
+        adapter_dir: A folder with adapter_config.json and adapter_model.safetensors.
+        merge: Merge the adapter into the weights and return a plain transformers model.
+    """
+    from peft import PeftModel
+
+    adapter_dir = Path(adapter_dir)
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"{adapter_dir}: no adapter_config.json (not a LoRA run folder)")
+    model = PeftModel.from_pretrained(base, adapter_dir, is_trainable=False)
+    return model.merge_and_unload() if merge else model
