@@ -152,7 +152,10 @@ def resolve_model_path(name_or_path: str) -> Path:
 
             return tiny_model_path(variant.name)
         return _download(variant.hub_id)
-    from mini_internvl_adapt.checkpoints import get_published, resolve_published  # lazy: checkpoints imports us
+    from mini_internvl_adapt.checkpoints import (  # lazy: checkpoints imports us
+        get_published,
+        resolve_published,
+    )
 
     if get_published(str(name_or_path)) is not None:
         return resolve_published(str(name_or_path))
