@@ -121,6 +121,10 @@ class TrainSection:
         strategy: Any Lightning strategy name: "auto", "ddp", "fsdp", "deepspeed_stage_2" ...
         seed: Seed for weights of new layers, data order and dropout.
         val_every_n_steps: Validate every n steps (None: at the end of each epoch and of training).
+        val_generate_every_n_steps: Generate answers for a validation subset and score them with the
+            domain's metrics every n steps (None: never; needs a validation set).
+        val_generate_samples: Size of that subset (the first samples of the validation set).
+        val_generate_max_new_tokens: Longest generated answer there.
         checkpoint_every_n_steps: How often checkpoints/last.ckpt is rewritten.
         log_every_n_steps: Logging interval.
         progress_bar: Show the progress bar.
@@ -142,6 +146,9 @@ class TrainSection:
     strategy: str = "auto"
     seed: int = 42
     val_every_n_steps: int | None = None
+    val_generate_every_n_steps: int | None = None
+    val_generate_samples: int = 16
+    val_generate_max_new_tokens: int = 64
     checkpoint_every_n_steps: int = 100
     log_every_n_steps: int = 10
     progress_bar: bool = True
@@ -286,6 +293,7 @@ _FLAGS: dict[str, str] = {
     "precision": "train.precision",
     "num_workers": "data.num_workers",
     "checkpoint_every": "train.checkpoint_every_n_steps",
+    "val_generate_every": "train.val_generate_every_n_steps",
 }
 
 
@@ -310,6 +318,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", help="auto, 32-true, bf16-mixed, bf16-true, 16-mixed")
     parser.add_argument("--num-workers", type=int, help="DataLoader worker processes")
     parser.add_argument("--checkpoint-every", type=int, help="rewrite checkpoints/last.ckpt every N steps")
+    parser.add_argument(
+        "--val-generate-every",
+        type=int,
+        metavar="N",
+        help="every N steps, generate answers for a validation subset and log the domain's metrics",
+    )
     parser.add_argument(
         "--resume",
         type=Path,
@@ -492,6 +506,31 @@ def _build_callbacks(run: Path, config: TrainConfig) -> list[Any]:
     return [LastCheckpoint(config.train.checkpoint_every_n_steps), Throughput()]
 
 
+def _generation_callback(
+    run: Path, config: TrainConfig, val_entries: Sequence[Any], tokenizer: Any, processing: Any
+) -> Any:
+    """The callback behind --val-generate-every: the first samples of the first validation source."""
+    from mini_internvl_adapt.val_generation import GenerationMetrics
+
+    if not val_entries:
+        raise ValueError(
+            "train.val_generate_every_n_steps needs a validation set: pass --val (e.g. DATASET/test.jsonl) "
+            "or add val.jsonl to the dataset folder"
+        )
+    source = val_entries[0].source
+    samples = [e.sample for e in val_entries if e.source is source][: config.train.val_generate_samples]
+    return GenerationMetrics(
+        samples,
+        source.root,
+        tokenizer,
+        processing,
+        run,
+        config.train.val_generate_every_n_steps or 1,
+        max_new_tokens=config.train.val_generate_max_new_tokens,
+        batch_size=config.train.batch_size,
+    )
+
+
 def _atomic_checkpoint_io() -> Any:
     from lightning.pytorch.plugins.io import TorchCheckpointIO
 
@@ -622,6 +661,8 @@ def run_training(config: TrainConfig, *, resume: bool = False) -> Path:
         ),
     )
     callbacks = _build_callbacks(run, config)
+    if config.train.val_generate_every_n_steps is not None:
+        callbacks.append(_generation_callback(run, config, val_entries, loaded.tokenizer, processing))
     trainer = pl.Trainer(
         default_root_dir=str(run),
         max_steps=config.train.max_steps,
