@@ -94,7 +94,8 @@ def load_eval_model(
     """Load anything `--model` accepts, with the processing it was trained with.
 
     Args:
-        model: A run folder (RUN/ with final/), an export folder, a checkpoint folder of either layout,
+        model: A run folder (RUN/ with final/), an export folder (merged or adapter-only), a checkpoint
+            folder of either layout,
             a variant name, a published checkpoint name (``mini-internvl2-2b-da-drivelm``), a hub id,
             or an already loaded `LoadedModel`.
         dtype: Weight dtype.
@@ -118,6 +119,13 @@ def load_eval_model(
         source, config = str(model), read_run(model).processing
         loaded = load_run_model(Path(model), dtype=dtype)
         net = loaded.model
+    elif (Path(model) / "adapter_config.json").is_file():
+        from mini_internvl_adapt.training import load_run_model
+
+        # An adapter-only export (or RUN/final): its sidecar names the base model and the processing.
+        loaded = load_run_model(Path(model), dtype=dtype)
+        source, net = str(model), loaded.model
+        config = processing_from(loaded.info, _sidecar(Path(model)))
     elif get_published(str(model)) is not None and not Path(model).exists():
         loaded = load_published(str(model), dtype=dtype)
         source, net = str(model), loaded.model

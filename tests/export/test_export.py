@@ -200,6 +200,16 @@ def test_adapter_export_keeps_the_adapter_and_rebuild_facts(tmp_path: Path) -> N
     assert info["template"] == "internlm2-chat" and info["max_dynamic_patch"] == 2
     card = (out / "README.md").read_text()
     assert "library_name: peft" in card and "2410.16261" in card
+    # The adapter export is a --model on its own: same weights and processing as the run.
+    from mini_internvl_adapt.evaluation import load_eval_model
+
+    rebuilt = load_eval_model(out, device="cpu")
+    assert rebuilt.processing.template == "internlm2-chat" and rebuilt.processing.max_tiles == 2
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        want = run_model(run)(input_ids=ids).logits
+        got = rebuilt.model(input_ids=ids).logits
+    assert torch.allclose(got, want, atol=1e-5)
 
 
 def test_qlora_merges_into_a_full_precision_base(tmp_path: Path) -> None:
