@@ -198,10 +198,11 @@ def _summary(
         print("\n" + table, file=sys.stderr)
     if export_dir is not None:
         print(
-            "\nreload it in plain transformers:\n"
-            "  from transformers import AutoModelForImageTextToText, AutoProcessor\n"
+            "\nreload it in plain transformers (the PIL image backend reproduces the training tiles exactly):\n"
+            "  from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoProcessor\n"
             f"  model = AutoModelForImageTextToText.from_pretrained({str(export_dir)!r})\n"
-            f"  processor = AutoProcessor.from_pretrained({str(export_dir)!r})\n"
+            f"  pil = AutoImageProcessor.from_pretrained({str(export_dir)!r}, backend='pil')\n"
+            f"  processor = AutoProcessor.from_pretrained({str(export_dir)!r}, image_processor=pil)\n"
             f"or evaluate it again: adapt eval --domain {domain} --data {dataset}/test.jsonl --model {export_dir} "
             f"--out {run}/eval2",
             file=sys.stderr,
