@@ -27,7 +27,7 @@ class DrivingDomain:
     def score(
         self, samples: Iterable[Sample], predictions: Mapping[str, str], **options: Any
     ) -> dict[str, Any]:
-        """DriveLM challenge scores; ``judge`` (URL or model name) enables the GPT score.
+        """DriveLM challenge scores; ``judge`` (URL, local model folder or model name) enables the GPT score.
 
         Args:
             samples: The converted test samples.
@@ -80,7 +80,8 @@ class DrivingDomain:
     def add_score_arguments(self, parser: argparse.ArgumentParser) -> None:
         """The driving options of ``adapt score``."""
         parser.add_argument(
-            "--judge", help="GPT-score judge: OpenAI-compatible endpoint URL, or an OpenAI model name"
+            "--judge",
+            help="GPT-score judge: OpenAI-compatible endpoint URL, a local transformers model folder, or an OpenAI model name",
         )
         parser.add_argument("--judge-model", help="model name sent to the endpoint (default gpt-3.5-turbo)")
         parser.add_argument("--judge-workers", type=int, help="parallel judge requests (default 8)")

@@ -1,4 +1,4 @@
-"""The GPT score's judge: an OpenAI-compatible chat endpoint, called with the official DriveLM prompt."""
+"""The GPT score's judge: an OpenAI-compatible chat endpoint or a local transformers model, with the official prompt."""
 
 from __future__ import annotations
 
@@ -106,19 +106,82 @@ class OpenAIJudge:
             return list(pool.map(lambda p: self.rate(*p), pairs))
 
 
-def make_judge(spec: str, model: str | None = None) -> OpenAIJudge:
-    """A judge from ``--judge``: an endpoint URL, or a model name served by OpenAI (OPENAI_BASE_URL).
+class LocalJudge:
+    """Rates answers 0-100 with a local transformers chat model (a folder; never remote code).
 
-    Raises:
-        ValueError: `spec` is a local path: the domain never loads models; serve it with an
-            OpenAI-compatible server (vLLM, ``transformers serve``) and pass that URL.
+    Generation is greedy, so scores are reproducible (the official judge samples at temperature 0.6).
+
+    Args:
+        path: A local causal-LM folder (config.json, safetensors weights, tokenizer).
+        max_new_tokens: Longest reply; a score needs only a few tokens.
+        batch_size: Answers rated per generate call.
+    """
+
+    def __init__(self, path: str | Path, max_new_tokens: int = 8, batch_size: int = 8) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.path = str(path)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = AutoModelForCausalLM.from_pretrained(
+            self.path, local_files_only=True, use_safetensors=True
+        )
+        self.model.eval()
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model.to(self.device)
+        self.max_new_tokens = max_new_tokens
+        self.batch_size = batch_size
+
+    def _prompt(self, answer: str, ground_truth: str) -> str:
+        messages = [
+            {"role": "system", "content": SYSTEM_MESSAGE},
+            {"role": "user", "content": judge_prompt(answer, ground_truth)},
+        ]
+        if getattr(self.tokenizer, "chat_template", None):
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return f"{SYSTEM_MESSAGE}\n{messages[1]['content']}\n"
+
+    def rate_many(self, pairs: Sequence[tuple[str, str]], workers: int = 1) -> list[float]:
+        """Scores of (answer, ground truth) pairs in order; raises JudgeError for a reply without a number."""
+        import torch
+
+        scores: list[float] = []
+        for start in range(0, len(pairs), self.batch_size):
+            prompts = [self._prompt(a, g) for a, g in pairs[start : start + self.batch_size]]
+            batch = self.tokenizer(prompts, return_tensors="pt", padding=True).to(self.device)
+            with torch.inference_mode():
+                out = self.model.generate(
+                    **batch,
+                    max_new_tokens=self.max_new_tokens,
+                    do_sample=False,
+                    pad_token_id=self.tokenizer.pad_token_id,
+                )
+            replies = self.tokenizer.batch_decode(
+                out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True
+            )
+            for reply in replies:
+                match = _NUMBER.search(_THINK.sub("", reply))
+                if match is None:
+                    raise JudgeError(f"local judge {self.path} replied without a number: '{reply[:200]}'")
+                scores.append(min(100.0, max(0.0, float(match.group(0)))))
+        return scores
+
+    def rate(self, answer: str, ground_truth: str) -> float:
+        """One judge score in [0, 100]."""
+        return self.rate_many([(answer, ground_truth)])[0]
+
+
+def make_judge(spec: str, model: str | None = None) -> OpenAIJudge | LocalJudge:
+    """A judge from ``--judge``: an endpoint URL, a local model folder, or a model name served by OpenAI.
+
+    A model name (not a URL, not a folder) is sent to OPENAI_BASE_URL (default: OpenAI's API).
     """
     if spec.startswith(("http://", "https://")):
         return OpenAIJudge(spec, model or DEFAULT_MODEL)
-    if Path(spec).exists():
-        raise ValueError(
-            f"--judge {spec}: a local model folder; serve it with an OpenAI-compatible server "
-            "(e.g. `vllm serve` or `transformers serve`) and pass --judge http://127.0.0.1:8000/v1 --judge-model NAME"
-        )
+    if Path(spec).is_dir():
+        return LocalJudge(spec)
     base = os.environ.get("OPENAI_BASE_URL", "https://api.openai.com/v1")
     return OpenAIJudge(base, model or spec)

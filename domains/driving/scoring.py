@@ -16,7 +16,7 @@ from mini_internvl_adapt.metrics.boxes import box_iou, denormalize_box, parse_bo
 from mini_internvl_adapt.metrics.text import caption_metrics
 from mini_internvl_adapt.schema import Sample
 
-from .judge import OpenAIJudge
+from .judge import LocalJudge, OpenAIJudge
 from .tags import decode_grid
 
 _DECIMAL = re.compile(r"\d+\.\d+")
@@ -77,7 +77,7 @@ def _mean(values: Sequence[float]) -> float | None:
 def score_driving(
     samples: Iterable[Sample],
     predictions: Mapping[str, str],
-    judge: OpenAIJudge | None = None,
+    judge: OpenAIJudge | LocalJudge | None = None,
     judge_workers: int = 8,
 ) -> dict[str, Any]:
     """Score predictions with the DriveLM challenge rules.

@@ -229,3 +229,48 @@ def test_cli_convert_and_score_end_to_end(tmp_path: Path, capsys: pytest.Capture
     assert printed["match_f1"] == pytest.approx(100.0, abs=1e-3)  # grid round trip stays within 16 px
     assert printed["gpt"] is None and printed["final"] is None and printed["final_without_gpt"] > 0.4
     assert printed["counts"]["missing_predictions"] == 0
+
+
+def _constant_judge(folder: Path) -> Path:
+    """A tiny Qwen2 chat model that always answers "7": its final norm is zero, so every logit is 0 and greedy
+    decoding picks token id 0, which the word-level tokenizer maps to "7"."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+    words = ["7", "<pad>", "<eos>", "<unk>", *sorted(set((PROMPT + " correct answer my is This").split()))]
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    backend.decoder = decoders.WordPiece()  # words joined by spaces: the reply reads "7 7 7 ..."
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>"
+    )
+    config = Qwen2Config(
+        vocab_size=len(words),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        pad_token_id=1,
+        eos_token_id=2,
+    )
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(config)
+    with torch.no_grad():
+        model.model.norm.weight.zero_()
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_local_transformers_judge(tmp_path: Path) -> None:
+    from mini_internvl_adapt.domains.driving.judge import LocalJudge, make_judge
+
+    folder = _constant_judge(tmp_path / "judge")
+    judge = make_judge(str(folder))
+    assert isinstance(judge, LocalJudge)
+    assert judge.rate_many([("Keep going.", "Keep going."), ("Stop.", "Go.")]) == [7.0, 7.0]
+    samples = [_sample(0, 1, "Safe actions?", "Keep going."), _sample(1, 0, "Behavior?", "A")]
+    out = DrivingDomain().score(samples, {s.id: s.answer for s in samples}, judge=str(folder))
+    assert out["gpt"] == 7.0 and out["final"] is not None
