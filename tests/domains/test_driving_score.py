@@ -233,15 +233,14 @@ def test_cli_convert_and_score_end_to_end(tmp_path: Path, capsys: pytest.Capture
 
 def _constant_judge(folder: Path) -> Path:
     """A tiny Qwen2 chat model that always answers "7": its final norm is zero, so every logit is 0 and greedy
-    decoding picks token id 0, which the word-level tokenizer maps to "7"."""
+    decoding picks token id 0, which the word-level tokenizer maps to "7," (the reply reads "7,7,7,...")."""
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
-    words = ["7", "<pad>", "<eos>", "<unk>", *sorted(set((PROMPT + " correct answer my is This").split()))]
+    words = ["7,", "<pad>", "<eos>", "<unk>", *sorted(set((PROMPT + " correct answer my is This").split()))]
     backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    backend.decoder = decoders.WordPiece()  # words joined by spaces: the reply reads "7 7 7 ..."
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>"
     )
