@@ -232,32 +232,27 @@ def test_cli_convert_and_score_end_to_end(tmp_path: Path, capsys: pytest.Capture
 
 
 def _constant_judge(folder: Path) -> Path:
-    """A tiny Qwen2 chat model that always answers "7": its final norm is zero, so every logit is 0 and greedy
-    decoding picks token id 0, which the word-level tokenizer maps to "7," (the reply reads "7,7,7,...")."""
+    """A tiny Qwen2 chat model whose generation config suppresses every token but "7": it always rates 7."""
     import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+    from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    words = ["7,", "<pad>", "<eos>", "<unk>", *sorted(set((PROMPT + " correct answer my is This").split()))]
-    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>"
-    )
+    from mini_internvl_adapt.models.tokenizer import build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer("qwen2")
+    seven = tokenizer.convert_tokens_to_ids("7")
     config = Qwen2Config(
-        vocab_size=len(words),
+        vocab_size=len(tokenizer),
         hidden_size=16,
         intermediate_size=32,
         num_hidden_layers=1,
         num_attention_heads=2,
         num_key_value_heads=1,
-        pad_token_id=1,
-        eos_token_id=2,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
     )
     torch.manual_seed(0)
     model = Qwen2ForCausalLM(config)
-    with torch.no_grad():
-        model.model.norm.weight.zero_()
+    model.generation_config.suppress_tokens = [i for i in range(len(tokenizer)) if i != seven]
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
@@ -267,9 +262,11 @@ def test_local_transformers_judge(tmp_path: Path) -> None:
     from mini_internvl_adapt.domains.driving.judge import LocalJudge, make_judge
 
     folder = _constant_judge(tmp_path / "judge")
-    judge = make_judge(str(folder))
-    assert isinstance(judge, LocalJudge)
+    assert isinstance(make_judge(str(folder)), LocalJudge)
+    judge = LocalJudge(folder, max_new_tokens=1)  # one token: the reply is exactly "7"
     assert judge.rate_many([("Keep going.", "Keep going."), ("Stop.", "Go.")]) == [7.0, 7.0]
     samples = [_sample(0, 1, "Safe actions?", "Keep going."), _sample(1, 0, "Behavior?", "A")]
-    out = DrivingDomain().score(samples, {s.id: s.answer for s in samples}, judge=str(folder))
-    assert out["gpt"] == 7.0 and out["final"] is not None
+    out = score_driving(samples, {s.id: s.answer for s in samples}, judge)
+    assert out["gpt"] == 7.0 and out["counts"]["gpt"] == 1
+    # With more tokens it says "77..." and the score is clipped to 100, never guessed.
+    assert LocalJudge(folder, max_new_tokens=3).rate("a", "b") == 100.0
