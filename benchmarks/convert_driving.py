@@ -20,6 +20,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from machine import cpu_model  # benchmarks/machine.py, beside this script
 from mini_internvl_adapt.domains.driving import DrivingDomain
 from mini_internvl_adapt.domains.driving.drivelm import load_drivelm
 from mini_internvl_adapt.domains.driving.tags import CAMERAS, GRID_SIZE
@@ -27,16 +28,6 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 GOAL = 1.5
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _floor_frame(paths: list[Path]) -> None:
@@ -82,7 +73,7 @@ def measure(source: Path, workers: int, repeats: int) -> dict:
         "goal_ratio": GOAL,
         "meets_goal": floor_fps / convert_fps <= GOAL,
         "machine": {
-            "cpu": _cpu_model(),
+            "cpu": cpu_model(),
             "cores": os.cpu_count(),
             "python": platform.python_version(),
             "load_average_1min": round(os.getloadavg()[0], 2),  # other work on the machine skews both numbers

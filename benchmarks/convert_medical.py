@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+from machine import cpu_model  # benchmarks/machine.py, beside this script
 from mini_internvl_adapt.domains.medical import MedicalDomain
 from mini_internvl_adapt.domains.medical.dicom_render import RenderOptions, render_source
 from PIL import Image
@@ -44,17 +45,6 @@ from mini_internvl_adapt.png import deflate_name, encode_png
 
 RESULTS = Path(__file__).resolve().parent / "results"
 GOAL = 1.5
-
-
-def cpu_model() -> str:
-    """The CPU model name from /proc/cpuinfo (or platform's guess)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def write_files(folder: Path, n: int, size: int) -> list[Path]:

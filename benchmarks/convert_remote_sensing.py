@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+from machine import cpu_model  # benchmarks/machine.py, beside this script
 from mini_internvl_adapt.domains.remote_sensing import RemoteSensingDomain
 from mini_internvl_adapt.domains.remote_sensing.chips import chip_windows
 from mini_internvl_adapt.domains.remote_sensing.raster import open_raster, read_window
@@ -34,16 +35,6 @@ from rasterio.transform import from_origin
 
 GOAL = 1.5
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def make_scene(folder: Path, size: int, chip: int, seed: int = 0) -> tuple[Path, Path]:

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import transformers
+from machine import cpu_model  # benchmarks/machine.py, beside this script
 from PIL import Image
 from tqdm import tqdm
 from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
@@ -59,17 +60,6 @@ BUDGETS = (6, 12)
 GOAL_SPEEDUP = 1.4
 GOAL_FLOOR_RATIO = 1.3
 GOAL_MAX_DIFF = 1e-4
-
-
-def cpu_model() -> str:
-    """The CPU model name from /proc/cpuinfo, or platform's guess elsewhere."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def machine() -> dict:
