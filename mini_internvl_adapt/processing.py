@@ -64,6 +64,11 @@ class SampleProcessor:
         self.tokenizer = tokenizer
         self.config = config
         self.template: ChatTemplate = get_template(config.template)
+        if not getattr(tokenizer, "is_fast", False):
+            # Labels come from character offsets, which only tokenizers-backed ("fast") tokenizers give.
+            raise ValueError(
+                f"{type(tokenizer).__name__} is not a fast tokenizer; load it with use_fast=True"
+            )
         ids = tokenizer.convert_tokens_to_ids([IMG_START, IMG_END, IMG_CONTEXT])
         unk = getattr(tokenizer, "unk_token_id", None)
         if any(i is None or (unk is not None and i == unk) for i in ids):
@@ -142,28 +147,38 @@ class SampleProcessor:
                 raise ValueError(f"sample '{sample.id}': cannot read image {path}: {e}") from e
         return torch.cat(tensors), [t.shape[0] for t in tensors]
 
-    def _encode(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
-
     def _tokenize(self, turns: Sequence[Turn], tiles: Sequence[int]) -> tuple[list[int], list[int]]:
+        """Token ids and labels of the rendered conversation, images expanded.
+
+        The whole prompt is tokenized in one call, as the official preprocessing does, with each
+        ``<image>`` written as ``<img><IMG_CONTEXT></img>`` whose one context token is then repeated
+        (special tokens split the text, so the count does not change the text's tokens). Labels come from
+        character spans: tokenizing template segments one by one would differ for SentencePiece
+        tokenizers (InternLM2, Phi-3), which prefix "▁" at the start of every call.
+        """
         n_placeholders = sum(t.value.count(IMAGE_PLACEHOLDER) for t in turns)
         if n_placeholders > len(tiles):
             raise ValueError(f"{n_placeholders} <image> placeholders but {len(tiles)} images")
+        image_text = IMG_START + IMG_CONTEXT + IMG_END
+        text, trained_spans = "", []
+        for segment, trained in self.template.segments(turns, self.config.system_message):
+            segment = segment.replace(IMAGE_PLACEHOLDER, image_text)
+            if trained:
+                trained_spans.append((len(text), len(text) + len(segment)))
+            text += segment
+        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         input_ids: list[int] = [] if self.bos_id is None else [self.bos_id]
         labels: list[int] = [IGNORE_INDEX] * len(input_ids)
         image_index = 0
-        for text, trained in self.template.segments(turns, self.config.system_message):
-            pieces = text.split(IMAGE_PLACEHOLDER)
-            for k, piece in enumerate(pieces):
-                ids = self._encode(piece)
-                input_ids += ids
-                labels += ids if trained else [IGNORE_INDEX] * len(ids)
-                if k < len(pieces) - 1:
-                    n = self.config.num_image_token * tiles[image_index]
-                    image_index += 1
-                    image_ids = [self.img_start_id] + [self.img_context_id] * n + [self.img_end_id]
-                    input_ids += image_ids
-                    labels += [IGNORE_INDEX] * len(image_ids)
+        for token, (start, _) in zip(enc["input_ids"], enc["offset_mapping"]):
+            if token == self.img_context_id:
+                n = self.config.num_image_token * tiles[image_index]
+                image_index += 1
+                input_ids += [token] * n
+                labels += [IGNORE_INDEX] * n
+                continue
+            input_ids.append(token)
+            labels.append(token if any(a <= start < b for a, b in trained_spans) else IGNORE_INDEX)
         return input_ids, labels
 
     def _truncate(

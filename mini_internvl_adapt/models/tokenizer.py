@@ -142,7 +142,8 @@ def _load_internlm2_tokenizer(path: Path, config: dict) -> PreTrainedTokenizerBa
         from transformers import LlamaTokenizer
 
         try:
-            tokenizer = LlamaTokenizer(vocab_file=str(path / "tokenizer.model"), legacy=False, **special)
+            # from_pretrained converts tokenizer.model fully; the vocab_file constructor does not (transformers 5).
+            tokenizer = LlamaTokenizer.from_pretrained(path, legacy=False, **special)
         except (ImportError, ValueError) as exc:
             raise RuntimeError(
                 f"{path}: the InternLM2 tokenizer.model needs the 'sentencepiece' package to be rebuilt "

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mini_internvl_adapt.models.templates import INTERNVL_SYSTEM_MESSAGE
+from mini_internvl_adapt.models.templates import INTERNVL_SYSTEM_MESSAGE, get_template
 from mini_internvl_adapt.models.tokenizer import build_tiny_tokenizer
 from mini_internvl_adapt.processing import (
     IGNORE_INDEX,
@@ -189,3 +189,80 @@ def test_tiny_model_of_each_family_gives_finite_loss_and_gradients(family: str, 
     out.loss.backward()
     grads = [p.grad for p in loaded.model.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
+
+
+def _expanded(text: str, tiles: list[int]) -> str:
+    pieces = text.split("<image>")
+    out = pieces[0]
+    for n, piece in zip(tiles, pieces[1:]):
+        out += "<img>" + "<IMG_CONTEXT>" * (256 * n) + "</img>" + piece
+    return out
+
+
+def _sentencepiece_tokenizer(tmp_path: Path):
+    """A Llama-style SentencePiece tokenizer (as InternLM2 and Phi-3 ship), trained here."""
+    import shutil
+
+    import sentencepiece as spm
+    from transformers import LlamaTokenizer
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(
+        "\n".join(["What is it? A red square.", "The car is to the front left.", "Same colour? No."] * 50)
+    )
+    spm.SentencePieceTrainer.train(
+        input=str(corpus),
+        model_prefix=str(tmp_path / "sp"),
+        vocab_size=320,
+        model_type="bpe",
+        character_coverage=1.0,
+        normalization_rule_name="identity",  # as LLaMA / InternLM2 tokenizers: keep newlines, bytes as fallback
+        remove_extra_whitespaces=False,
+        byte_fallback=True,
+        bos_id=1,
+        eos_id=2,
+        unk_id=0,
+        pad_id=-1,
+        user_defined_symbols=["<img>", "</img>", "<IMG_CONTEXT>", "<|im_start|>", "<|im_end|>"],
+    )
+    (tmp_path / "tok").mkdir()
+    shutil.copy(tmp_path / "sp.model", tmp_path / "tok" / "tokenizer.model")
+    tok = LlamaTokenizer.from_pretrained(tmp_path / "tok")  # converted from tokenizer.model, as for InternLM2
+    assert len(tok("A red square.")["input_ids"]) > 3
+    tok.add_special_tokens(
+        {"additional_special_tokens": ["<img>", "</img>", "<IMG_CONTEXT>", "<|im_start|>", "<|im_end|>"]}
+    )
+    return tok
+
+
+@pytest.mark.parametrize("kind", ["qwen2", "internlm2", "phi3", "sentencepiece"])
+def test_ids_equal_tokenizing_the_whole_prompt_at_once(
+    kind: str, tokenizers: dict, root: Path, tmp_path: Path
+) -> None:
+    """Our ids are exactly what the official preprocessing gets by tokenizing the whole expanded prompt."""
+    tok = _sentencepiece_tokenizer(tmp_path) if kind == "sentencepiece" else tokenizers[kind]
+    template = "internlm2-chat" if kind == "sentencepiece" else FAMILY_TEMPLATE[kind]
+    proc = SampleProcessor(tok, ProcessingConfig(template=template, max_tiles=4, system_message="Be brief."))
+    sample = Sample(
+        "w",
+        [
+            Turn("human", "<image>\nWhat is it?"),
+            Turn("gpt", "A red square."),
+            Turn("human", "And now?"),
+            Turn("gpt", "The car is to the front left."),
+        ],
+        ["images/wide.png"],
+    )
+    out = proc(sample, root)
+    whole = tok(_expanded(proc.render(sample.conversations), out.num_tiles), add_special_tokens=False)[
+        "input_ids"
+    ]
+    bos = [] if proc.bos_id is None else [proc.bos_id]
+    assert out.input_ids.tolist() == bos + whole
+    trained = tok.decode(
+        [t for t, label in zip(out.input_ids.tolist(), out.labels.tolist()) if label != IGNORE_INDEX]
+    )
+    sep = get_template(template).sep
+    assert trained.replace(" ", "") == f"A red square.{sep}The car is to the front left.{sep}".replace(
+        " ", ""
+    )

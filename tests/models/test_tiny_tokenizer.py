@@ -100,3 +100,55 @@ def test_internlm2_remote_tokenizer_is_rebuilt_without_remote_code(tmp_path: Pat
 def test_missing_tokenizer_names_the_folder(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=str(tmp_path)):
         load_tokenizer(tmp_path)
+
+
+def test_internlm2_sentencepiece_model_is_rebuilt_without_remote_code(tmp_path: Path) -> None:
+    """Hub InternLM2 checkpoints ship only tokenizer.model (SentencePiece) and a remote-code class."""
+    import sentencepiece as spm
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(
+        "\n".join(["What are the important objects in the scene?", "A car is to the front."] * 40)
+    )
+    chat = ["<|im_start|>", "<|im_end|>"]
+    spm.SentencePieceTrainer.train(
+        input=str(corpus),
+        model_prefix=str(tmp_path / "sp"),
+        vocab_size=300,
+        model_type="bpe",
+        character_coverage=1.0,
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        byte_fallback=True,
+        bos_id=1,
+        eos_id=2,
+        unk_id=0,
+        pad_id=-1,
+        user_defined_symbols=chat,
+    )
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    (folder / "tokenizer.model").write_bytes((tmp_path / "sp.model").read_bytes())
+    sp = spm.SentencePieceProcessor(model_file=str(tmp_path / "sp.model"))
+    added = {str(sp.piece_to_id(t)): {"content": t, "special": True} for t in chat}
+    added.update(
+        {str(300 + i): {"content": t, "special": True} for i, t in enumerate(INTERNVL_SPECIAL_TOKENS)}
+    )
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "InternLM2Tokenizer",
+                "auto_map": {"AutoTokenizer": ["tokenization_internlm2.InternLM2Tokenizer", None]},
+                "bos_token": "<s>",
+                "eos_token": "</s>",
+                "unk_token": "<unk>",
+                "added_tokens_decoder": added,
+            }
+        )
+    )
+    tok = load_tokenizer(folder)
+    text = "What are the important objects in the scene?"
+    assert tok(text, add_special_tokens=False).input_ids == sp.encode(text)
+    assert tok.convert_tokens_to_ids("<IMG_CONTEXT>") == 302
+    ids = tok("<|im_start|>user\nA car<|im_end|>", add_special_tokens=False).input_ids
+    assert ids[0] == sp.piece_to_id("<|im_start|>") and ids[-1] == sp.piece_to_id("<|im_end|>")
