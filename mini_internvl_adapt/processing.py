@@ -122,7 +122,7 @@ class SampleProcessor:
 
     def _budget(self, n_images: int) -> int:
         """Tiles per image: a multi-image sample shares max_tiles as the official code does."""
-        return tiles_per_image(n_images, self.config.max_tiles) if n_images > 1 else self.config.max_tiles
+        return tiles_per_image(n_images, self.config.max_tiles)
 
     def _load_tiles(self, sample: Sample, root: Path) -> tuple[torch.Tensor, list[int]]:
         c = self.config
@@ -263,6 +263,7 @@ class BudgetReport:
     counts: dict[str, int]
     too_long: list[str]
     reasons: dict[str, str] = field(default_factory=dict)
+    truncated: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         values = sorted(self.counts.values())
@@ -272,18 +273,19 @@ class BudgetReport:
             "max_tokens": values[-1] if values else 0,
             "mean_tokens": sum(values) / len(values) if values else 0.0,
             "too_long": [{"id": i, "reason": self.reasons.get(i, "")} for i in self.too_long],
+            "truncated": list(self.truncated),
             "counts": self.counts,
         }
 
 
 def check_token_budget(samples: Sequence[Sample], root: Path, processor: SampleProcessor) -> BudgetReport:
-    """Count every sample's tokens and list those truncation would break (image tokens cut, or no answer left).
-
-    Samples that merely lose part of a long answer to truncation still train and are not listed.
+    """Count every sample's tokens; list those truncation would break (image tokens cut, or no answer left:
+    `too_long`, skipped in training) and those that only lose the end of an answer (`truncated`, still trained).
     """
     limit = processor.config.max_length
     counts: dict[str, int] = {}
     too_long: list[str] = []
+    truncated: list[str] = []
     reasons: dict[str, str] = {}
     for sample in samples:
         tiles = [processor._tiles_for(w, h, len(sample.images)) for w, h in _image_sizes(sample, root)]
@@ -292,7 +294,8 @@ def check_token_budget(samples: Sequence[Sample], root: Path, processor: SampleP
         if len(ids) > limit:
             try:
                 processor._truncate(sample.id, ids, labels)
+                truncated.append(sample.id)
             except SampleTooLongError as e:
                 too_long.append(sample.id)
                 reasons[sample.id] = str(e)
-    return BudgetReport(limit, counts, too_long, reasons)
+    return BudgetReport(limit, counts, too_long, reasons, truncated)

@@ -81,6 +81,8 @@ class Sample:
     heights: list[int] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     image_as_list: bool = field(default=True, repr=False)
+    # The id as the source wrote it (official data often uses integers), so a round trip is exact.
+    raw_id: Any = field(default=None, repr=False, compare=False)
 
     @property
     def question(self) -> str:
@@ -108,6 +110,8 @@ class Sample:
             images = list(raw_image)
         else:
             raise ValueError("'image' must be a path or a list of paths")
+        if not isinstance(obj["conversations"], list):
+            raise ValueError("'conversations' must be a list of turns")
         turns = []
         for i, turn in enumerate(obj["conversations"]):
             if not isinstance(turn, Mapping) or "from" not in turn or "value" not in turn:
@@ -115,12 +119,21 @@ class Sample:
             if not isinstance(turn["value"], str):
                 raise ValueError(f"conversation turn {i}: 'value' must be a string")
             turns.append(Turn(str(turn["from"]), turn["value"]))
-        if "width_list" in obj:
+        if "width_list" in obj or "height_list" in obj:
             widths, heights = obj.get("width_list"), obj.get("height_list")
-        elif "width" in obj:
-            widths, heights = [obj["width"]], [obj.get("height")]
+        elif "width" in obj or "height" in obj:
+            widths, heights = [obj.get("width")], [obj.get("height")]
         else:
             widths = heights = None
+        if widths is not None or heights is not None:
+            if not isinstance(widths, list) or not isinstance(heights, list) or None in (*widths, *heights):
+                raise ValueError("image sizes need both width and height (or width_list and height_list)")
+            if len(widths) != len(images) or len(heights) != len(images):
+                raise ValueError(
+                    f"{len(widths)} width(s) and {len(heights)} height(s) for {len(images)} image(s)"
+                )
+            if not all(isinstance(v, int) and v > 0 for v in (*widths, *heights)):
+                raise ValueError("image widths and heights must be positive integers")
         return cls(
             id=str(obj.get("id", "")),
             conversations=turns,
@@ -132,11 +145,13 @@ class Sample:
             heights=heights,
             extra={k: v for k, v in obj.items() if k not in _OWN_KEYS},
             image_as_list=isinstance(raw_image, list),
+            raw_id=obj.get("id"),
         )
 
     def to_json(self) -> dict[str, Any]:
         """The JSONL object: official keys first, our extensions after, unknown keys kept."""
-        out: dict[str, Any] = {"id": self.id}
+        keep_raw = self.raw_id is not None and str(self.raw_id) == self.id
+        out: dict[str, Any] = {"id": self.raw_id if keep_raw else self.id}
         if self.images:
             out["image"] = (
                 list(self.images) if (self.image_as_list or len(self.images) != 1) else self.images[0]
@@ -175,7 +190,12 @@ class Sample:
             raise ValueError("the conversation must end with a gpt turn")
         n_placeholders = sum(t.value.count(IMAGE_PLACEHOLDER) for t in self.conversations)
         if n_placeholders != len(self.images):
-            raise ValueError(f"{n_placeholders} <image> placeholder(s) but {len(self.images)} image(s)")
+            hint = (
+                " (the official loader inserts '<image>\\n' before the first question itself; write it in the data)"
+                if n_placeholders == 0
+                else ""
+            )
+            raise ValueError(f"{n_placeholders} <image> placeholder(s) but {len(self.images)} image(s){hint}")
         for path in self.images:
             check_relative_path(path)
             if check_files and root is not None and not (root / path).is_file():

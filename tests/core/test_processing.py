@@ -136,6 +136,8 @@ def test_truncation_never_cuts_image_tokens(tokenizers: dict, root: Path) -> Non
     assert report.too_long == ["long"] and report.counts["long"] == len(ids)
     assert report.to_json()["too_long"][0]["id"] == "long"
     assert check_token_budget([sample], root, roomy).too_long == []
+    assert check_token_budget([sample], root, roomy).truncated == ["long"]  # trained, answer cut: reported
+    assert check_token_budget([sample], root, full).truncated == []
 
 
 def test_missing_image_error_names_sample_and_file(tokenizers: dict, root: Path) -> None:
