@@ -13,6 +13,7 @@ $(BIN)/adapt: pyproject.toml
 setup: $(BIN)/adapt
 
 demo: setup
+	rm -rf runs/demo-driving
 	$(BIN)/adapt --domain driving --demo --out runs/demo-driving
 
 test: setup

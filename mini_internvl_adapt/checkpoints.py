@@ -567,7 +567,8 @@ def read_run(run_dir: str | Path) -> RunInfo:
         processing=processing,
         llm_family=str(info.get("llm_family", "")),
         domain=config.get("domain") or _dataset_domain(data.get("path")),
-        datasets=[str(data["path"])] if data.get("path") else [],
+        # Hub metadata names hub datasets; a local folder's path would only leak the machine's layout.
+        datasets=[str(data["path"])] if data.get("path") and not Path(str(data["path"])).exists() else [],
         data_counts=counts,
         hyperparameters=_flat_hyperparameters(config) or {"method": method},
         metrics=metrics,
@@ -612,7 +613,9 @@ def _run_tokenizer(run: RunInfo) -> Any:
 
 def _card_info(run: RunInfo, out: Path, merged: bool, metrics: Mapping[str, Any] | None) -> CardInfo:
     return CardInfo(
-        model_name=out.name,
+        model_name=out.name
+        if out.name != "export"
+        else f"{_hub_name(run.base_model).split('/')[-1]}-{run.domain or 'adapted'}-{run.method}",
         base_model=_hub_name(run.base_model),
         domain=run.domain,
         method=run.method,
@@ -664,11 +667,14 @@ def export(
     run = read_run(run_dir)
     out = Path(out_dir)
     torch_dtype = _torch_dtype(dtype)
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise ExportError(f"{out}: folder exists and is not empty (pass --overwrite to replace it)")
-        shutil.rmtree(out)
-    # Build in a sibling temp folder and rename at the end, so a failed export leaves nothing half-written.
+    resolved, run_resolved = out.resolve(), run.run_dir.resolve()
+    if resolved == run_resolved or resolved in run_resolved.parents or resolved == run.final_dir.resolve():
+        raise ExportError(
+            f"{out}: the export folder would contain or replace the run {run.run_dir}; choose another"
+        )
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise ExportError(f"{out}: folder exists and is not empty (pass --overwrite to replace it)")
+    # Build in a sibling temp folder and swap it in at the end: a failed export leaves the old one intact.
     tmp = out.with_name(f".{out.name}.partial")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -713,8 +719,13 @@ def export(
         )
         atomic_write_text(tmp / "README.md", render_model_card(_card_info(run, out, merged, metrics)))
         if out.exists():
-            out.rmdir()
-        tmp.rename(out)
+            old = out.with_name(f".{out.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

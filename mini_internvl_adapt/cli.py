@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -242,9 +243,30 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return cmd_job(argv)
         return handler(argv[1:])
-    except (CliError, DatasetError, UnknownDomainError, MissingDependencyError, FileNotFoundError) as e:
+    except Exception as e:  # noqa: BLE001 - user-facing errors print one line; the rest keep their traceback
+        if not _is_user_error(e) or os.environ.get("MINI_INTERNVL_ADAPT_DEBUG"):
+            raise
         print(f"adapt: error: {e}", file=sys.stderr)
         return 2
+
+
+def _is_user_error(error: Exception) -> bool:
+    """Errors about the user's input, model names, network or files: one clear line, no traceback."""
+    from mini_internvl_adapt.checkpoints import ExportError, HubUnavailableError
+    from mini_internvl_adapt.models.loading import ModelUnavailableError
+
+    expected = (
+        CliError,
+        ValueError,  # DatasetError, DataError, bad options: every message names the file or option
+        FloatingPointError,  # a NaN/inf loss: the message names the step and the sample ids
+        UnknownDomainError,
+        MissingDependencyError,
+        FileNotFoundError,
+        ExportError,
+        HubUnavailableError,
+        ModelUnavailableError,
+    )
+    return isinstance(error, expected)
 
 
 if __name__ == "__main__":

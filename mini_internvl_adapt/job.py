@@ -65,6 +65,7 @@ def build_parser(argv: Sequence[str]) -> tuple[argparse.ArgumentParser, Domain |
     parser.add_argument(
         "--max-new-tokens", type=int, default=64, help="longest generated answer (default 64)"
     )
+    parser.add_argument("--test", type=Path, help="the test set to evaluate on (default: DATASET/test.jsonl)")
     parser.add_argument("--no-export", action="store_true", help="skip the export stage")
     parser.add_argument(
         "--export-dtype",
@@ -80,15 +81,18 @@ def build_parser(argv: Sequence[str]) -> tuple[argparse.ArgumentParser, Domain |
         add_domain_arguments(
             domain, parser.add_argument_group(f"conversion options of '{name}'"), "add_convert_arguments"
         )
+        add_domain_arguments(
+            domain, parser.add_argument_group(f"scoring options of '{name}'"), "add_score_arguments"
+        )
     return parser, domain
 
 
-def _convert_options(args: argparse.Namespace, parser: argparse.ArgumentParser) -> dict[str, Any]:
-    """The values of the options the domain's hook added."""
+def _group_options(args: argparse.Namespace, parser: argparse.ArgumentParser, kind: str) -> dict[str, Any]:
+    """The values of the options a domain hook added to the group titled '<kind> options of ...'."""
     dests = {
         a.dest
         for g in parser._action_groups
-        if (g.title or "").startswith("conversion")
+        if (g.title or "").startswith(f"{kind} options")
         for a in g._group_actions
     }
     return {k: v for k, v in vars(args).items() if k in dests and v is not None}
@@ -105,17 +109,27 @@ def cmd_job(argv: Sequence[str]) -> int:
     assert domain is not None  # --domain is required, so build_parser found it
     if sum(x is not None and x is not False for x in (args.source, args.data, args.demo or None)) != 1:
         parser.error("give exactly one of --source RAW, --data DATASET or --demo")
-    out = Path(args.out or f"runs/{domain.name}{'-demo' if args.demo else ''}").resolve()
+    from mini_internvl_adapt.cli import CliError
+    from mini_internvl_adapt.training import RUN_CONFIG
+
+    default_out = f"runs/{domain.name}{'-demo' if args.demo else ''}"
+    out = Path(args.resume or args.out or default_out).resolve()
+    if args.resume is None and (out / RUN_CONFIG).exists():
+        # Checked before converting, so an existing run's data is never overwritten.
+        raise CliError(f"{out} already holds a run: continue it with --resume {out} or choose another --out")
     args.out = str(out)
     started = time.perf_counter()
 
     _stage(1, "convert")
-    if args.demo or args.source is not None:
+    if (args.demo or args.source is not None) and args.resume is not None and (out / "data").is_dir():
+        dataset = out / "data"
+        print(f"resuming: reusing the converted dataset {dataset}", file=sys.stderr)
+    elif args.demo or args.source is not None:
         if args.demo and not hasattr(domain, "demo_source"):
             parser.error(f"the '{domain.name}' domain ships no demo sample; use --source or --data")
         source = domain.demo_source() if args.demo else args.source  # type: ignore[attr-defined]
         options = dict(getattr(domain, "demo_convert_options", dict)()) if args.demo else {}
-        options.update(_convert_options(args, parser))
+        options.update(_group_options(args, parser, "conversion"))
         dataset = out / "data"
         report = domain.convert(Path(source), dataset, **options)
         print(
@@ -135,19 +149,20 @@ def cmd_job(argv: Sequence[str]) -> int:
     run = run_training(config, resume=args.resume is not None)
 
     _stage(3, "evaluate on the test split")
-    test_file = dataset / "test.jsonl" if dataset.is_dir() else None
+    test_file = args.test or (dataset / "test.jsonl" if dataset.is_dir() else None)
     metrics: dict[str, Any] = {}
-    if test_file is None or not test_file.is_file():
-        print(f"no test split in {dataset}: evaluation skipped", file=sys.stderr)
+    if test_file is None or not Path(test_file).is_file():
+        print(f"no test split in {dataset} (give one with --test): evaluation skipped", file=sys.stderr)
     else:
         metrics = evaluate(
             run,
-            test_file,
+            Path(test_file),
             None,
             domain,
             run / "eval",
             batch_size=args.eval_batch_size,
             max_new_tokens=args.max_new_tokens,
+            score_options=_group_options(args, parser, "scoring"),
         )
 
     export_dir = None
@@ -155,9 +170,8 @@ def cmd_job(argv: Sequence[str]) -> int:
     if args.no_export:
         print("export skipped (--no-export)", file=sys.stderr)
     else:
-        export_dir = export(
-            run, run / "export", merge_lora=True, dtype=args.export_dtype, metrics=metrics, overwrite=True
-        )
+        # The card takes its metrics from RUN/eval/metrics.json, filtered to the domain's scores.
+        export_dir = export(run, run / "export", merge_lora=True, dtype=args.export_dtype, overwrite=True)
 
     _summary(
         run,

@@ -60,11 +60,23 @@ class CardInfo:
     tags: list[str] = field(default_factory=list)
 
 
+# Bookkeeping that eval writes next to the scores; not metrics of the model.
+_NOT_METRICS = {
+    "samples",
+    "samples_per_second",
+    "missing_predictions",
+    "counts",
+    "count",
+    "unparseable",
+    "misses",
+}
+
+
 def _numeric_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
     # Hub model-index values must be numbers; nested dicts are flattened with dotted names.
     out: dict[str, float] = {}
     for key, value in metrics.items():
-        if isinstance(value, bool):
+        if isinstance(value, bool) or key in _NOT_METRICS or str(key).endswith("_count"):
             continue
         if isinstance(value, (int, float)):
             out[str(key)] = float(value)

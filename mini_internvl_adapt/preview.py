@@ -21,6 +21,8 @@ _ONE = re.compile(r"\[\s*([-\d.]+)\s*,\s*([-\d.]+)\s*,\s*([-\d.]+)\s*,\s*([-\d.]
 _TAG_GRID = re.compile(r"<(c\d+),\s*(CAM_[A-Z_]+),\s*\[\s*([\d.]+)\s*,\s*([\d.]+)\s*\]>")
 _TAG_PIXELS = re.compile(r"<(c\d+),\s*(CAM_[A-Z_]+),\s*([\d.]+)\s*,\s*([\d.]+)\s*>")
 
+_IMAGE_LABEL = re.compile(r"(\S+):\s*<image>")
+
 PANEL_WIDTH = 640
 TEXT_LINES = 9
 COLOURS = ("#ff3b30", "#34c759", "#007aff", "#ffcc00", "#af52de", "#ff9500", "#5ac8fa", "#ff2d55")
@@ -50,7 +52,10 @@ def render_sample(sample: Sample, root: Path, width: int = PANEL_WIDTH) -> Image
     images = [Image.open(root / rel).convert("RGB") for rel in sample.images]
     text = " ".join(t.value for t in sample.conversations)
     boxes, tags = _annotations(text)
-    cameras: Sequence[str] = sample.meta.get("cameras", []) if isinstance(sample.meta, dict) else []
+    # Which view each image is: meta may say; else prompts name them ("CAM_FRONT: <image>", "Image-1: <image>").
+    cameras: Sequence[str] = (sample.meta.get("cameras") if isinstance(sample.meta, dict) else None) or [
+        m.group(1) for m in _IMAGE_LABEL.finditer(sample.question)
+    ]
     drawn = []
     for index, image in enumerate(images):
         draw = ImageDraw.Draw(image)

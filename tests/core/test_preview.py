@@ -62,6 +62,25 @@ def test_box_is_drawn_on_its_region(tmp_path: Path) -> None:
     assert abs(np.median(xs) - 64) < 20 and abs(np.median(ys) - 64) < 20  # tag at (100, 200)/1000 of 640x320
 
 
+def test_views_layout_tags_land_on_their_camera(tmp_path: Path) -> None:
+    root = tmp_path
+    (root / "images").mkdir()
+    for name in ("front", "back"):
+        Image.new("RGB", (400, 200), "white").save(root / f"images/{name}.png")
+    sample = Sample(
+        "v",
+        [
+            Turn("human", "CAM_FRONT: <image>\nCAM_BACK: <image>\nWhat is <c1,CAM_BACK,300.0,100.0>?"),
+            Turn("gpt", "A car."),
+        ],
+        ["images/front.png", "images/back.png"],
+    )
+    strip = np.asarray(render_sample(sample, root))[:160]  # two 400x200 images scaled to 640 wide
+    ys, xs = np.nonzero(_red_mask(Image.fromarray(strip)))
+    # CAM_BACK is the right half: pixel (300, 100) of it lands at x = 320 + 300 * 0.8, y = 100 * 0.8.
+    assert abs(np.median(xs) - 560) < 15 and abs(np.median(ys) - 80) < 15
+
+
 def test_cli_preview_writes_a_grid(tmp_path: Path) -> None:
     ds = _dataset(tmp_path)
     out = tmp_path / "preview.png"

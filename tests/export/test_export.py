@@ -257,6 +257,28 @@ def test_export_errors_name_the_problem(tmp_path: Path) -> None:
     with pytest.raises(ExportError, match="unknown dtype"):
         export(run, tmp_path / "out", dtype="int3")
     assert not (tmp_path / "out").exists()
+    # --overwrite never deletes the run it exports (the run folder itself, or a folder holding it).
+    for target in (run, run.parent, run / "final"):
+        with pytest.raises(ExportError, match="would contain or replace the run"):
+            export(run, target, overwrite=True)
+    assert (run / "final").is_dir() and (run / "run_config.yaml").is_file()
+
+
+def test_failed_overwrite_keeps_the_previous_export(tmp_path: Path, monkeypatch) -> None:
+    from mini_internvl_adapt import checkpoints
+
+    run = make_run(tmp_path, "qwen2")
+    out = export(run, tmp_path / "out", merge_lora=False)
+    before = sorted(p.name for p in out.iterdir())
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(checkpoints, "render_model_card", broken)
+    with pytest.raises(RuntimeError, match="disk full"):
+        export(run, out, merge_lora=False, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == before
+    assert not list(tmp_path.glob(".out.*"))
 
 
 def test_export_command_push_dry_run_and_offline(tmp_path: Path, monkeypatch, capsys) -> None:

@@ -33,6 +33,45 @@ def test_demo_runs_every_stage(domain: str, tmp_path: Path, capsys: pytest.Captu
     export = out / "export"
     assert (export / "config.json").is_file() and (export / "README.md").is_file()
     assert any(export.glob("*.safetensors"))
+    front_matter = (export / "README.md").read_text().split("---")[1]
+    assert "processing." not in front_matter and "samples_per_second" not in front_matter
+    assert str(tmp_path) not in front_matter  # no local paths in hub metadata
+    if domain == "driving":
+        # Running again into the same folder is refused before anything is converted or trained.
+        data_stamp = (out / "data" / "train.jsonl").stat().st_mtime_ns
+        assert main(["--domain", domain, "--demo", "--out", str(out)]) == 2
+        assert "already holds a run: continue it with --resume" in capsys.readouterr().err
+        assert (out / "data" / "train.jsonl").stat().st_mtime_ns == data_stamp
+
+
+def test_job_trains_on_a_plain_jsonl_and_evaluates_on_test(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mini_internvl_adapt.registry import get_domain
+
+    medical = get_domain("medical")
+    data = tmp_path / "data"
+    medical.convert(medical.demo_source(), data, **medical.demo_convert_options())
+    out = tmp_path / "run"
+    argv = ["--domain", "medical", "--data", str(data / "train.jsonl"), "--test", str(data / "test.jsonl")]
+    assert (
+        main(
+            [
+                *argv,
+                "--model",
+                "tiny",
+                "--max-steps",
+                "1",
+                "--max-tiles",
+                "1",
+                "--out",
+                str(out),
+                "--no-export",
+            ]
+        )
+        == 0
+    )
+    assert (out / "eval" / "metrics.json").is_file() and not (out / "export").exists()
 
 
 def test_job_needs_exactly_one_data_source(tmp_path: Path) -> None:
