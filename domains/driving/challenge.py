@@ -9,7 +9,16 @@ from typing import Any
 from .drivelm import QUESTION_TYPES, Frame
 
 MOVING_STATUS = "what is the moving status of object"
-MOVING_CHOICES = ("Going ahead.", "Turn right.", "Turn left.", "Stopped.", "Back up.", "Reverse parking.")
+# convert_data.py's rule_based1, all 7 options in the official order (the order feeds the seeded sampling).
+MOVING_CHOICES = (
+    "Going ahead.",
+    "Turn right.",
+    "Turn left.",
+    "Stopped.",
+    "Back up.",
+    "Reverse parking.",
+    "Drive backward.",
+)
 _STEER = {
     "sl": "slightly steering to the left",
     "l": "steering to the left",

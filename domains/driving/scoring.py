@@ -1,4 +1,4 @@
-"""The DriveLM challenge metrics (evaluation.py), plus Acc@0.5 for grounding samples.
+"""The DriveLM challenge metrics (evaluation.py), plus Acc@0.5, mean IoU and misses for grounding samples.
 
 Per frame, the first question is always scored and its matched points form the frame's graph; a later
 question is scored only when every (x, y) pair in it is one of those points. Tag 0 -> exact-match
@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from mini_internvl_adapt.metrics.boxes import box_iou, denormalize_box, parse_boxes
+from mini_internvl_adapt.metrics.boxes import grounding_metrics
 from mini_internvl_adapt.metrics.text import caption_metrics
 from mini_internvl_adapt.schema import Sample
 
@@ -22,6 +22,8 @@ from .tags import decode_grid
 _DECIMAL = re.compile(r"\d+\.\d+")
 MATCH_DISTANCE = 16.0
 WEIGHTS = {"gpt": 0.4, "language": 0.2, "match": 0.2, "accuracy": 0.2}
+# The judge-free share of the final score: accuracy, language and the match_f1 half of match.
+FINAL_WITHOUT_GPT_MAX = round(WEIGHTS["accuracy"] + WEIGHTS["language"] + WEIGHTS["match"] / 2, 6)
 
 
 def _points(text: str, drop_odd: bool) -> list[tuple[float, float]]:
@@ -70,6 +72,13 @@ def language_score(metrics: Mapping[str, float]) -> float:
     return bleu / 4 / 3 + metrics["rouge_l"] / 3 + metrics["cider"] / 10 / 3
 
 
+def _image_size(sample: Sample) -> tuple[float, float]:
+    """The (width, height) in pixels of the one image a grounding sample shows."""
+    if not sample.widths or not sample.heights:
+        raise ValueError(f"sample '{sample.id}': a grounding sample needs its image width and height")
+    return float(sample.widths[0]), float(sample.heights[0])
+
+
 def _mean(values: Sequence[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
@@ -90,7 +99,9 @@ def score_driving(
 
     Returns:
         accuracy, bleu_1..4, rouge_l, cider, language, match_f1, gpt, match, final, final_without_gpt
-        (None where nothing was scored), grounding_acc when grounding samples are present, and counts.
+        (None where nothing was scored), final_without_gpt_max (its ceiling, 0.5), and counts; when
+        grounding samples are present also grounding_acc@0.5 (IoU > 0.5), grounding_mean_iou,
+        grounding_misses (answers without a box) and grounding_count.
     """
     frames: dict[str, list[Sample]] = {}
     grounding: list[Sample] = []
@@ -159,6 +170,8 @@ def score_driving(
         if all(p is not None for p in parts)
         else None
     )
+    # Its ceiling: a perfect judge-free score is 0.5, so it is not comparable to published final scores.
+    out["final_without_gpt_max"] = FINAL_WITHOUT_GPT_MAX
     out["final"] = (
         WEIGHTS["gpt"] * gpt / 100
         + WEIGHTS["language"] * out["language"]
@@ -171,14 +184,18 @@ def score_driving(
         else None
     )
     if grounding:
-        hits = []
-        for s in grounding:
-            boxes = parse_boxes(predictions.get(s.id, ""))
-            w, h = (s.widths or [1])[0], (s.heights or [1])[0]
-            hit = bool(boxes) and box_iou(denormalize_box(boxes[0], w, h), s.meta["box"]) >= 0.5
-            hits.append(1.0 if hit else 0.0)
-            missing += s.id not in predictions
-        out["grounding_acc"] = _mean(hits)
+        # The shared evaluation (RefCOCO / DIOR-RSVG rules): first box, +1 pixel IoU, hit when IoU > 0.5,
+        # an answer without a box is a miss with IoU 0 that stays in the denominator.
+        ground = grounding_metrics(
+            [predictions.get(s.id, "") for s in grounding],
+            [[s.meta["box"]] for s in grounding],
+            [_image_size(s) for s in grounding],
+        )
+        missing += sum(s.id not in predictions for s in grounding)
+        out["grounding_acc@0.5"] = ground["acc@0.5"]
+        out["grounding_mean_iou"] = ground["mean_iou"]
+        out["grounding_misses"] = ground["misses"]
+        out["grounding_count"] = ground["count"]
     out["counts"] = {
         "questions": questions,
         "scored": questions - filtered,

@@ -7,6 +7,7 @@ enter the statistics. Everything here goes through rasterio; it is imported by t
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,14 +106,51 @@ def _band_listing(ds: Any) -> str:
     return ", ".join(rows)
 
 
+_COLOURS = ("red", "green", "blue")
+
+
+def _described_colour(description: str | None) -> str | None:
+    """The colour a band description names ("red", "Red", "B4 - red", "band_red"), or None.
+
+    Only a whole word counts, and "red edge" / "rededge" bands (Sentinel-2) are not red.
+    """
+    words = re.findall(r"[a-z]+", (description or "").lower())
+    named = [c for c in _COLOURS if c in words]
+    if len(named) != 1 or "edge" in words:
+        return None
+    return named[0]
+
+
+def true_colour_bands(ds: Any) -> list[int] | None:
+    """The 1-based red, green, blue bands, from the colour interpretation or else the band descriptions.
+
+    Returns:
+        [red, green, blue], or None when the raster does not label each of the three exactly once.
+    """
+    from rasterio.enums import ColorInterp
+
+    interp = list(ds.colorinterp)
+    by_interp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue]
+    if all(interp.count(c) == 1 for c in by_interp):
+        return [interp.index(c) + 1 for c in by_interp]
+    # Many writers (numpy -> GeoTIFF, band stacks) name the bands but leave the colour interpretation
+    # as gray/undefined: the descriptions are then the only labels.
+    described = [_described_colour(d) for d in ds.descriptions]
+    if all(described.count(c) == 1 for c in _COLOURS):
+        return [described.index(c) + 1 for c in _COLOURS]
+    return None
+
+
 def choose_bands(ds: Any, bands: tuple[int, ...] | None) -> list[int]:
     """The 1-based bands to render: the requested ones, or the default for the band layout.
 
-    Default: bands labelled red/green/blue in that order; else 3 bands -> 1,2,3; 4 bands whose 4th is
-    alpha -> 1,2,3 (the alpha acts as the mask); 1 band -> grey.
+    Default (up to 4 bands): the bands labelled red, green, blue (colour interpretation, else band
+    descriptions) in that order, i.e. true colour; else 3 bands -> 1,2,3; 4 bands whose 4th is alpha ->
+    1,2,3 (the alpha acts as the mask); 1 band -> grey. More than 4 bands always need `bands`.
 
     Raises:
-        BandError: A requested band does not exist, or no default fits; the message lists the bands.
+        BandError: A requested band does not exist, or no default fits; the message lists the bands and,
+            when they are labelled, suggests their true-colour order.
     """
     from rasterio.enums import ColorInterp
 
@@ -125,16 +163,19 @@ def choose_bands(ds: Any, bands: tuple[int, ...] | None) -> list[int]:
         return list(bands)
     interp = list(ds.colorinterp)
     has_alpha = interp[-1] == ColorInterp.alpha
-    colours = [ColorInterp.red, ColorInterp.green, ColorInterp.blue]
-    if ds.count <= 4 and all(c in interp for c in colours):
-        return [interp.index(c) + 1 for c in colours]
+    rgb = true_colour_bands(ds)
+    if ds.count <= 4 and rgb is not None:
+        return rgb
     if ds.count == 3 or (ds.count == 4 and has_alpha):
         return [1, 2, 3]
     if ds.count == 1:
         return [1]
+    if rgb is not None:
+        hint = f"for true colour pass --bands {','.join(map(str, rgb))} (the bands labelled red, green, blue)"
+    else:
+        hint = "pass --bands R,G,B with the 1-based numbers of the bands to show as red, green and blue"
     raise BandError(
-        f"{ds.name}: {ds.count} bands and no default RGB mapping; choose with --bands (e.g. --bands 4,3,2). "
-        f"Bands: {_band_listing(ds)}"
+        f"{ds.name}: {ds.count} bands and no default RGB mapping; {hint}. Bands: {_band_listing(ds)}"
     )
 
 

@@ -68,6 +68,13 @@ class _LabelBook:
         self.files: dict[Path, LabelFile | None] = {}
         self.placed: set[str] = set()
         self.problems: dict[str, str] = {}
+        # Per label file, the scenes that used it: which were skipped, and how many there were.
+        self.scenes: dict[Path, list[str]] = defaultdict(list)
+        self.skipped_scenes: dict[Path, list[str]] = defaultdict(list)
+
+    def scene_skipped(self, path: Path, raster: Path) -> None:
+        """Record that `raster`, labelled by `path`, was skipped (its entry in the report says why)."""
+        self.skipped_scenes[path].append(str(raster))
 
     def get(self, path: Path) -> LabelFile | None:
         if path not in self.files:
@@ -85,14 +92,21 @@ class _LabelBook:
         return self.files[path]
 
     def finish(self) -> None:
-        for book in self.files.values():
+        for path, book in self.files.items():
+            skipped = self.skipped_scenes.get(path, [])
+            if skipped and len(skipped) == len(self.scenes[path]):
+                # Every scene of these labels was skipped: one reason, the scene's, not a per-feature one.
+                where = skipped[0] if len(skipped) == 1 else f"{len(skipped)} scenes"
+                default = f"was not converted because its scene was skipped ({where}; see its entry)"
+            else:
+                default = "has less than half of its box in every written chip of every scene"
+                if skipped:
+                    default += f" ({len(skipped)} of its {len(self.scenes[path])} scenes were skipped)"
             for feat in book.features if book else []:
                 if feat.source in self.placed:
                     self.report.converted += 1
                 else:
-                    reason = self.problems.get(
-                        feat.source, "has less than half of its box in every written chip of every scene"
-                    )
+                    reason = self.problems.get(feat.source, default)
                     self.report.skip(feat.source, f"feature '{feat.label}' {reason}")
 
 
@@ -159,6 +173,7 @@ def convert_scene(
     book = _LabelBook(report, opts.label_field)
     chips = {"total": 0, "written": 0, "low_valid": 0, "unlabelled": 0}
     stretches: dict[str, Any] = {}
+    scene_bands: dict[str, list[int]] = {}  # reported: the default may have picked them
     grouped: list[tuple[str, Sample]] = []
     for raster in rasters:
         scene = _scene_key(source, raster)
@@ -171,6 +186,7 @@ def convert_scene(
         if labels is None:
             report.skip(raster, f"its label file {label_path} is unusable (see its own entry)")
             continue
+        book.scenes[label_path].append(str(raster))
         try:
             with open_raster(raster) as ds:
                 bands = choose_bands(ds, opts.render.bands)
@@ -189,8 +205,10 @@ def convert_scene(
                     feature_boxes.append((feat, box))
         except Exception as e:  # corrupt file, no valid pixel, bands that need --bands
             report.skip(raster, f"cannot use the scene: {describe_error(e)}")
+            book.scene_skipped(label_path, raster)
             continue
         stretches[scene] = stretch.to_json()
+        scene_bands[scene] = bands
         # Only chips that will hold a feature are read and written.
         plan = []
         for window in chip_windows(size[0], size[1], opts.chip_size, stride):
@@ -210,6 +228,7 @@ def convert_scene(
                 (out / name).unlink(missing_ok=True)
             window = plan[results.index(failure)][0]
             report.skip(raster, f"read failed at window {list(window)}: {describe_error(failure)}")
+            book.scene_skipped(label_path, raster)
             continue
         scene_samples = []
         for result, (_, inside) in zip(results, plan):
@@ -230,7 +249,13 @@ def convert_scene(
             report.skip(raster, "no chip with a labelled feature passed --min-valid")
     book.finish()
     report.details.update(
-        {"chips": chips, "stretch": stretches, "chip_size": opts.chip_size, "stride": stride}
+        {
+            "chips": chips,
+            "bands": scene_bands,
+            "stretch": stretches,
+            "chip_size": opts.chip_size,
+            "stride": stride,
+        }
     )
     test_groups = grouped_test_set((g for g, _ in grouped), opts.test_fraction, opts.seed)
     splits: dict[str, list[Sample]] = {"train": [], "test": []}

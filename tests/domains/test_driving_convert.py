@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import json
+import random
+import re
 import shutil
 from pathlib import Path
 
 import pytest
 from mini_internvl_adapt.domains.driving import DrivingDomain
-from mini_internvl_adapt.domains.driving.challenge import BEHAVIOR_CHOICES, MOVING_CHOICES, select_challenge
+from mini_internvl_adapt.domains.driving.challenge import (
+    BEHAVIOR_CHOICES,
+    MOVING_CHOICES,
+    multiple_choice,
+    select_challenge,
+)
 from mini_internvl_adapt.domains.driving.drivelm import load_drivelm
 from mini_internvl_adapt.domains.driving.tags import (
     GRID_EXPLANATION,
@@ -106,6 +113,34 @@ def test_multiple_choice_rewrite_is_seeded_and_official(shared_data: Path, tmp_p
         options = q.split("following options: ")[1]
         rule = MOVING_CHOICES if r["meta"]["question_type"] == "perception" else BEHAVIOR_CHOICES
         assert sum(o in options for o in rule) == 4
+
+
+# convert_data.py (DriveLM challenge), rule_based1: the official moving-status options, in order.
+OFFICIAL_MOVING_CHOICES = [
+    "Going ahead.",
+    "Turn right.",
+    "Turn left.",
+    "Stopped.",
+    "Back up.",
+    "Reverse parking.",
+    "Drive backward.",
+]
+
+
+def test_moving_status_choices_are_the_official_seven() -> None:
+    assert list(MOVING_CHOICES) == OFFICIAL_MOVING_CHOICES
+    # "Drive backward." is a real answer: it must be rewritten, not left open, and every other official
+    # option can appear among the distractors.
+    item = {"Q": "What is the moving status of object <c1,CAM_BACK,1088.3,497.5>?", "A": "Drive backward."}
+    seen: set[str] = set()
+    for seed in range(40):
+        out, left_open = multiple_choice({"perception": [item], "behavior": []}, random.Random(seed))
+        assert left_open == 0
+        q, ans = out["perception"][0]["Q"], out["perception"][0]["A"]
+        options = dict(o.split(". ", 1) for o in re.split(r" (?=[A-D]\. )", q.split("options: ")[1]))
+        assert sorted(options) == ["A", "B", "C", "D"] and options[ans] == "Drive backward."
+        seen.update(options.values())
+    assert seen == set(OFFICIAL_MOVING_CHOICES)
 
 
 def test_views_layout_and_grounding(shared_data: Path, tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from mini_internvl_adapt.cli import main
 from mini_internvl_adapt.schema import Sample, Turn, read_samples
 
 KEYS = {"accuracy", "bleu_1", "bleu_2", "bleu_3", "bleu_4", "rouge_l", "cider", "language", "match_f1", "gpt",
-        "match", "final", "final_without_gpt", "counts"}  # fmt: skip
+        "match", "final", "final_without_gpt", "final_without_gpt_max", "counts"}  # fmt: skip
 
 
 def _sample(i: int, tag: int, question: str, answer: str, layout: str = "views", frame: str = "f") -> Sample:
@@ -80,6 +80,7 @@ def test_graph_filter_accuracy_and_final_without_judge() -> None:
     assert out["counts"]["gpt_pending"] == 2  # one tag-1 and one tag-3 answer wait for a judge
     expected = 0.2 * 1.0 + 0.2 * language_score(out) + 0.2 * 100.0 / 2 / 100
     assert out["final_without_gpt"] == pytest.approx(expected)
+    assert out["final_without_gpt_max"] == 0.5 == 0.2 + 0.2 + 0.2 / 2  # accuracy, language, half of match
     # Accuracy is exact string equality: a trailing space is wrong.
     assert score_driving(samples, {**preds, "s_f_1": "Turn left. "})["accuracy"] == 0.0
 
@@ -161,21 +162,39 @@ def test_judge_unreachable_is_a_clear_error() -> None:
         judge.rate("a", "b")
 
 
-def test_grounding_accuracy() -> None:
-    s = Sample(
-        id="g0",
+def _grounding(i: int, box: list[float]) -> Sample:
+    return Sample(
+        id=f"g{i}",
         conversations=[Turn("human", "<image>\nDetect <ref>car</ref>"), Turn("gpt", "x")],
         images=["a.jpg"],
-        meta={"box": [100.0, 100.0, 300.0, 200.0]},
+        meta={"box": box},
         widths=[1000],
         heights=[1000],
     )
-    assert (
-        score_driving([s], {"g0": "<ref>car</ref><box>[[100, 100, 300, 200]]</box>"})["grounding_acc"] == 1.0
-    )
-    assert (
-        score_driving([s], {"g0": "<ref>car</ref><box>[[500, 500, 600, 600]]</box>"})["grounding_acc"] == 0.0
-    )
+
+
+def test_grounding_uses_the_shared_metric() -> None:
+    # On a 1000x1000 image the 0-1000 grid is the pixel grid, so the IoUs below are exact by hand.
+    samples = [_grounding(0, [100.0, 100.0, 300.0, 200.0]), _grounding(1, [0.0, 0.0, 99.0, 99.0]),
+               _grounding(2, [100.0, 100.0, 300.0, 200.0]), _grounding(3, [100.0, 100.0, 300.0, 200.0])]  # fmt: skip
+    preds = {
+        "g0": "<ref>car</ref><box>[[100, 100, 300, 150]]</box>",  # +1 px: 201*51 / (201*101) = 51/101
+        "g1": "<ref>car</ref><box>[[0, 0, 99, 49]]</box>",  # +1 px: 100*50 / (100*100) = 0.5, not > 0.5
+        "g2": "a car, but no box",  # a miss, IoU 0, stays in the denominator
+    }  # g3 has no prediction at all: also a miss
+    out = score_driving(samples, preds)
+    assert out["grounding_count"] == 4 and out["counts"]["grounding"] == 4
+    assert out["grounding_acc@0.5"] == pytest.approx(1 / 4)  # only g0: IoU 0.505 > 0.5; 0.5 is no hit
+    assert out["grounding_mean_iou"] == pytest.approx((51 / 101 + 0.5) / 4)
+    assert out["grounding_misses"] == 2 and out["counts"]["missing_predictions"] == 1
+    assert "grounding_acc" not in out
+    perfect = score_driving(samples[:1], {"g0": "<ref>car</ref><box>[[100, 100, 300, 200]]</box>"})
+    assert perfect["grounding_acc@0.5"] == 1.0 and perfect["grounding_mean_iou"] == pytest.approx(1.0)
+    # A grounding sample without its image size cannot be mapped to pixels: a clear error, not a guess.
+    unsized = _grounding(9, [0.0, 0.0, 10.0, 10.0])
+    unsized.widths, unsized.heights = [], []
+    with pytest.raises(ValueError, match="'g9'.*width and height"):
+        score_driving([unsized], {})
 
 
 _HAVE_COCO = importlib.util.find_spec("pycocoevalcap") is not None and shutil.which("java") is not None
@@ -225,9 +244,12 @@ def test_cli_convert_and_score_end_to_end(tmp_path: Path, capsys: pytest.Capture
     printed = json.loads(capsys.readouterr().out)
     assert printed == json.loads((tmp_path / "m.json").read_text())
     assert set(printed) >= KEYS
-    assert printed["accuracy"] == 1.0 and printed["grounding_acc"] == 1.0
+    assert printed["accuracy"] == 1.0 and printed["grounding_acc@0.5"] == 1.0
+    assert printed["grounding_misses"] == 0 and printed["grounding_mean_iou"] > 0.9
     assert printed["match_f1"] == pytest.approx(100.0, abs=1e-3)  # grid round trip stays within 16 px
     assert printed["gpt"] is None and printed["final"] is None and printed["final_without_gpt"] > 0.4
+    # The judge-free share tops out at 0.5, and the output says so next to the number.
+    assert printed["final_without_gpt_max"] == 0.5 and printed["final_without_gpt"] <= 0.5
     assert printed["counts"]["missing_predictions"] == 0
 
 
@@ -270,3 +292,23 @@ def test_local_transformers_judge(tmp_path: Path) -> None:
     assert out["gpt"] == 7.0 and out["counts"]["gpt"] == 1
     # With more tokens it says "77..." and the score is clipped to 100, never guessed.
     assert LocalJudge(folder, max_new_tokens=3).rate("a", "b") == 100.0
+
+
+def test_grid_rounding_costs_perfect_answers_a_little_language_score(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    # Scoring the converted ground truth itself: the views layout is lossless, the grid layout rounds
+    # coordinates to the 0-1000 grid, so tag-2 answers naming objects decode to slightly different text.
+    qa = shared_data / "drivelm" / "QA" / "test_sample.json"
+    scores = {}
+    for layout in ("views", "grid"):
+        DrivingDomain().convert(qa, tmp_path / layout, layout=layout, workers=2)
+        samples = read_samples(tmp_path / layout / "test.jsonl")
+        scores[layout] = score_driving(samples, {s.id: s.answer for s in samples})
+    views, grid = scores["views"], scores["grid"]
+    assert views["bleu_1"] == pytest.approx(1.0) and views["cider"] == pytest.approx(10.0)
+    assert views["final_without_gpt"] == pytest.approx(0.5) == views["final_without_gpt_max"]
+    assert grid["bleu_1"] == pytest.approx(0.944, abs=1e-3) and grid["cider"] == pytest.approx(4.30, abs=0.01)
+    # The rounding stays well inside the 16 px match rule and never touches exact-match answers.
+    assert grid["accuracy"] == 1.0 and grid["match_f1"] == pytest.approx(100.0, abs=1e-3)
+    assert grid["final_without_gpt"] < views["final_without_gpt"]

@@ -79,6 +79,34 @@ def test_more_than_four_bands_without_bands_lists_descriptions(tmp_path: Path) -
         assert choose_bands(ds, (3, 2, 1)) == [3, 2, 1]
 
 
+def test_default_bands_follow_band_descriptions(tmp_path: Path) -> None:
+    # The demo's layout: bands described blue, green, red, nir with gray/undefined colour interpretation.
+    data = np.ones((4, 8, 8), dtype=np.uint16)
+    path = write_raster(tmp_path / "bgrn.tif", data, descriptions=("blue", "green", "red", "nir"))
+    with open_raster(path) as ds:
+        assert choose_bands(ds, None) == [3, 2, 1]  # true colour, not the nir false colour
+    path = write_raster(
+        tmp_path / "named.tif", data, descriptions=("B4 - Red", "B3 - Green", "B2 - Blue", "B8")
+    )
+    with open_raster(path) as ds:
+        assert choose_bands(ds, None) == [1, 2, 3]
+    # "Red edge" is not red, so the bands are not labelled as true colour and no default fits.
+    path = write_raster(tmp_path / "edge.tif", data, descriptions=("blue", "green", "red edge", "nir"))
+    with open_raster(path) as ds:
+        with pytest.raises(BandError, match="pass --bands R,G,B") as err:
+            choose_bands(ds, None)
+        assert "4,3,2" not in str(err.value)
+
+
+def test_many_labelled_bands_error_suggests_true_colour(tmp_path: Path) -> None:
+    data = np.ones((6, 8, 8), dtype=np.uint16)
+    names = ("coastal", "blue", "green", "red", "nir", "swir1")
+    path = write_raster(tmp_path / "l8.tif", data, descriptions=names)
+    expected = r"6 bands .*--bands 4,3,2 \(the bands labelled red, green, blue\)"
+    with open_raster(path) as ds, pytest.raises(BandError, match=expected):
+        choose_bands(ds, None)
+
+
 def test_percentile_stretch_ignores_nodata_and_is_shared_by_windows(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     data = rng.integers(1000, 3000, size=(3, 64, 64)).astype(np.uint16)

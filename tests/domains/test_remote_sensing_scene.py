@@ -240,6 +240,42 @@ def test_five_band_scene_needs_bands(tmp_path: Path) -> None:
     assert "--bands" in report.skipped[0].reason and "5 bands" in report.skipped[0].reason
 
 
+def test_demo_converts_with_default_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # The command a user types first: no --bands; the demo's bands are described blue, green, red, nir.
+    demo = RemoteSensingDomain().demo_source()
+    args = ["convert", "--domain", "remote-sensing", "--source", str(demo / "scene.tif"),
+            "--labels", str(demo / "scene.geojson"), "--out", str(tmp_path / "ds")]  # fmt: skip
+    assert main(args) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["read"] == summary["converted"] + summary["skipped"]
+    assert summary["converted"] > 20 and summary["samples"]["train"] + summary["samples"]["test"] > 0
+    assert summary["bands"] == {"scene": [3, 2, 1]}  # true colour
+    # The only skip is the feature placed outside the scene on purpose.
+    report = json.loads((tmp_path / "ds" / "report.json").read_text())
+    assert [s["reason"] for s in report["skips"]] == ["feature 'building' lies outside the scene scene.tif"]
+
+
+def test_unusable_scene_skips_its_features_with_the_scene_reason(tmp_path: Path) -> None:
+    path = tmp_path / "plain.tif"  # 4 bands, neither described nor colour-interpreted: no default
+    with rasterio.open(
+        path, "w", driver="GTiff", height=64, width=64, count=4, dtype="uint16", crs=CRS, transform=TRANSFORM
+    ) as dst:
+        dst.write(np.full((4, 64, 64), 1000, dtype=np.uint16))
+    boxes = [("a", map_box(1, 1, 10, 10)), ("b", map_box(20, 20, 30, 30)), ("a", map_box(40, 40, 50, 50))]
+    labels = write_labels(tmp_path / "plain.geojson", boxes)
+    report = RemoteSensingDomain().convert(path, tmp_path / "ds", labels=labels, chip_size=32)
+    assert report.read == 4 and report.converted == 0 and len(report.skipped) == 4
+    assert report.read == report.converted + len(report.skipped)
+    scene, *features = report.skipped
+    assert str(scene.source) == str(path) and "4 bands and no default RGB mapping" in scene.reason
+    assert "4,3,2" not in scene.reason and "Bands: 1=no description" in scene.reason
+    for feat in features:
+        assert "less than half" not in feat.reason
+        assert feat.reason.endswith(
+            f"was not converted because its scene was skipped ({path}; see its entry)"
+        )
+
+
 def test_cli_convert_and_score_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     domain = RemoteSensingDomain()
     out = tmp_path / "ds"
