@@ -59,6 +59,29 @@ def test_token_recall_follows_llava_med() -> None:
         ("yesterday", None),
         ("Yes there is", None),
         ("", None),
+        # Wrapping punctuation is normalised away.
+        ('"Yes"', "yes"),
+        ("(no)", "no"),
+        ("yes;", "yes"),
+        ("No:", "no"),
+        ("[Yes]!", "yes"),
+        ("\u201cNo.\u201d", "no"),
+        ("**Yes**", "yes"),
+        ("  'no'  ", "no"),
+        # A leading yes/no followed by , . ; : ! counts whatever follows.
+        ("Yes. There is a mass.", "yes"),
+        ("No; the lungs are clear", "no"),
+        ('"Yes," the report says', "yes"),
+        # ... but nothing else does.
+        ('"normal"', None),
+        ("(not sure)", None),
+        ("no-one", None),
+        ("nos", None),
+        ("yes?", None),
+        ("yes/no", None),
+        ("yes and no", None),
+        ('"Yes" there is', None),
+        ("-no", None),
     ],
 )
 def test_closed_answer_is_strict(text: str, expected: str | None) -> None:

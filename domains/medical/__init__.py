@@ -81,10 +81,11 @@ class MedicalDomain:
             help="keep images flagged BurnedInAnnotation=YES (they may show names)",
         )
         add(
-            "--redact-paths",
+            "--keep-source-paths",
             action="store_true",
             default=None,
-            help="record source image paths as digests (when folder names carry identities)",
+            help="write source image paths into meta and report.json (default: digests only); "
+            "only for sources you know carry no PHI in their folder or file names",
         )
         add(
             "--test-fraction",
@@ -101,7 +102,7 @@ class MedicalDomain:
             source: A manifest CSV (or its folder), a VQA-RAD JSON, a SLAKE JSON / folder, or PMC-VQA CSV / folder.
             out: The dataset folder to write.
             **options: format, image_dir, language, window, window_index, frames, series_slices,
-                allow_demographics, allow_burned_in, redact_paths, test_fraction, seed, workers
+                allow_demographics, allow_burned_in, keep_source_paths, test_fraction, seed, workers
                 (the CLI options above, same names).
 
         Returns:
@@ -119,7 +120,7 @@ class MedicalDomain:
             allow_demographics=bool(options.pop("allow_demographics", False)),
         )
         fmt = options.pop("format", None)
-        known = {"image_dir", "language", "test_fraction", "seed", "workers", "redact_paths"}
+        known = {"image_dir", "language", "test_fraction", "seed", "workers", "keep_source_paths"}
         unknown = set(options) - known
         if unknown:
             raise TypeError(f"unknown option(s) for the medical converter: {', '.join(sorted(unknown))}")

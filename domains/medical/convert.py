@@ -171,18 +171,24 @@ def convert_medical(
     test_fraction: float = 0.2,
     seed: int = 0,
     workers: int | None = None,
-    redact_paths: bool = False,
+    keep_source_paths: bool = False,
     options: Any = None,
     progress: Callable[[str], None] | None = None,
 ) -> ConversionReport:
-    """Convert a medical source into a dataset folder (see MedicalDomain.convert for the options)."""
+    """Convert a medical source into a dataset folder (see MedicalDomain.convert for the options).
+
+    By default no path text from the user's source tree reaches the output: folder and file names of
+    DICOM exports often carry the PatientID. Samples and skips name their source record
+    ("m.csv:12", already in every ref) and a digest of the image path; `keep_source_paths` writes the
+    paths themselves (only for sources known to carry no PHI in their names).
+    """
     source, out = Path(source), Path(out)
     if not source.exists():
         raise FileNotFoundError(f"{source}: no such file or folder")
     if not 0 <= test_fraction < 1:
         raise ValueError(f"--test-fraction must be in [0, 1), got {test_fraction}")
     fmt = fmt or detect_format(source)
-    report = ConversionReport(domain="medical", source=str(source))
+    report = ConversionReport(domain="medical", source=_source_label(source, keep_source_paths))
     records = read_records(source, fmt, report, image_dir, language)
     unique = sorted({str(r.image) for r in records})
     n_workers = workers if workers is not None else min(4, os.cpu_count() or 1)
@@ -193,7 +199,7 @@ def convert_medical(
         result = results[str(record.image)]
         if result.error is not None:
             report.skip(
-                record.ref, f"image {_shown_path(record.image, source, redact_paths)}: {result.error}"
+                record.ref, f"image {_image_label(record.image, source, keep_source_paths)}: {result.error}"
             )
         else:
             kept.append((record, result))
@@ -205,7 +211,10 @@ def convert_medical(
     used_images: set[str] = set()
     for (record, result), split in zip(kept, splits):
         meta = dict(result.meta)
-        meta["source_image"] = _shown_path(record.image, source, redact_paths)
+        shown = _relative_path(record.image, source)
+        meta["source_image_sha256"] = digest(shown)
+        if keep_source_paths:
+            meta["source_image"] = shown
         sample_id = f"medical/{digest(record.ref + '|' + str(record.image), 12)}"
         by_split.setdefault(split, []).append(
             build_sample(record, sample_id, list(result.images), list(result.sizes), meta)
@@ -225,11 +234,24 @@ def _finish(out: Path, by_split: dict[str, list[Sample]], report: ConversionRepo
     return report
 
 
-def _shown_path(image: Path, source: Path, redact: bool) -> str:
-    """The image path as the user wrote it relative to the source, or its digest with --redact-paths."""
+def _relative_path(image: Path, source: Path) -> str:
+    """The image path as the user wrote it relative to the source (its name when it lies elsewhere)."""
     base = source if source.is_dir() else source.parent
     try:
-        shown = image.relative_to(base).as_posix()
+        return image.relative_to(base).as_posix()
     except ValueError:
-        shown = image.name
-    return f"sha256:{digest(shown)}" if redact else shown
+        return image.name
+
+
+def _image_label(image: Path, source: Path, keep: bool) -> str:
+    """How a skip names its image: the digest of its relative path, or the path with keep_source_paths."""
+    shown = _relative_path(image, source)
+    return shown if keep else f"sha256:{digest(shown)}"
+
+
+def _source_label(source: Path, keep: bool) -> str:
+    """report.json's `source`: the path as given with keep_source_paths; else the file's name (which
+    every record ref already carries) or, for a folder, a digest of the path as given."""
+    if keep:
+        return str(source)
+    return source.name if source.is_file() else f"folder sha256:{digest(source.as_posix())}"

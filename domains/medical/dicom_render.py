@@ -411,7 +411,10 @@ def _render_series(folder: Path, options: RenderOptions) -> Rendered:
         ds = read_dataset(ordered[pick][0])
         _check_burned_in(ds, options)
         pixels, window = render_frame(ds, None, options)
-        digest = deid.digest(str(ds.get("SOPInstanceUID", "")) or str(pick))
+        # Without a SOPInstanceUID the file's bytes name the slice (a slice index would collide across series).
+        digest = deid.digest(
+            str(ds.get("SOPInstanceUID", "")) or hashlib_bytes(ordered[pick][0].read_bytes())
+        )
         images.append(RenderedImage(pixels, digest))
         windows.append(window.to_json())
         digests.append(digest)

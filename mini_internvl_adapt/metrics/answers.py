@@ -17,7 +17,14 @@ from typing import Any
 # Punctuation becomes a space, except a decimal point between digits ("2.5 cm" keeps its number).
 _PUNCT = re.compile(rf"(?<!\d)\.|\.(?!\d)|[{re.escape(string.punctuation.replace('.', ''))}]")
 _SPACES = re.compile(r"\s+")
-_CLOSED = re.compile(r"^\W*(yes|no)\b\s*(?:[.!]*\s*$|,)", re.IGNORECASE)
+# Quotes, brackets and markdown emphasis may wrap the yes/no word ('"Yes"', "(no)", "**No**").
+_WRAP_OPEN = "\"'`\u201c\u201d\u2018\u2019\u00ab\u00bb\u201e([{<*_"
+_WRAP_CLOSE = "\"'`\u201c\u201d\u2018\u2019\u00ab\u00bb)]}>*_"
+# A leading yes/no, its closing wrappers, then the end or one of , . ; : ! (anything may follow those).
+_CLOSED = re.compile(
+    rf"^\s*[{re.escape(_WRAP_OPEN)}\s]*(yes|no)[{re.escape(_WRAP_CLOSE)}]*\s*(?:$|[,.;:!])",
+    re.IGNORECASE,
+)
 _LETTER_ALONE = re.compile(r"^\s*[\(\[]?([A-Za-z])[\)\]]?\s*[.:)]?\s*$")
 _LETTER_LEADING = re.compile(r"^\s*(?:\(([A-Za-z])\)|([A-Za-z])\s*[.:)])")
 # A lower-case letter after "answer is" counts only at the very end ("the answer is a lesion" picks nothing).
@@ -72,8 +79,11 @@ def token_recall(pred: str, gold: str) -> float:
 def closed_answer(text: str) -> str | None:
     """The yes/no a closed answer gives, or None when it gives neither.
 
-    Accepted: "yes"/"no" alone (any case, trailing "." or "!"), or a leading "yes,"/"no," followed by
-    anything. Nothing else: "normal", "not sure", "yes and no", "Yes there is" return None.
+    The rule (after Unicode NFKC folding, any case): optional leading whitespace, quotes, opening
+    brackets or ``*``/``_``; the word "yes" or "no"; optional closing quotes, brackets or ``*``/``_``;
+    then either the end of the text or one of ``, . ; : !`` (after which anything may follow).
+    So '"Yes"', "(no)", "yes;", "No!", "Yes, there is" and "Yes. There is a mass." parse, while
+    "normal", "not sure", "nothing", "yes and no", "Yes there is", "yes?" and "yes/no" return None.
 
     Args:
         text: The answer text.

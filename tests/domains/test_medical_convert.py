@@ -13,6 +13,7 @@ import pytest
 
 pydicom = pytest.importorskip("pydicom")
 from mini_internvl_adapt.domains.medical import MedicalDomain  # noqa: E402
+from mini_internvl_adapt.domains.medical.deid import digest  # noqa: E402
 from PIL import Image  # noqa: E402
 from pydicom.data import get_testdata_file  # noqa: E402
 from test_medical_render import write_dicom  # noqa: E402
@@ -101,37 +102,64 @@ def write_manifest(path: Path, rows: list[dict[str, str]]) -> Path:
     return path
 
 
+def _phi_name(path: Path, keyword: str, fallback: str) -> str:
+    """A file's own PHI value, as exports use it to name folders and files."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        value = str(pydicom.dcmread(path, stop_before_pixels=True).get(keyword, "") or "").strip()
+    value = value.replace("/", "_")
+    return value if len(value) >= 4 else fallback
+
+
 def test_bundled_dicoms_leave_no_phi_anywhere(tmp_path: Path) -> None:
-    src = tmp_path / "src"
-    rows, copied = [], []
+    # Exports name folders and files after the patient: the source tree itself carries PHI, down to the
+    # source folder's own name and a manifest column that is not used for text.
+    src = tmp_path / "export Lastname^Firstname"
+    rows, copied, folders = [], [], []
     for i, name in enumerate([*BUNDLED, *BROKEN]):
-        target = src / "dicom" / f"file_{i:02d}.dcm"
+        original = Path(get_testdata_file(name, download=False))
+        folder = _phi_name(original, "PatientName", "Lastname^Firstname")
+        relative = f"{folder}/{_phi_name(original, 'PatientID', 'id11111')}_{i:02d}.dcm"
+        target = src / relative
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(get_testdata_file(name, download=False), target)
+        shutil.copy(original, target)
         copied.append(target)
-        rows.append({"image": f"dicom/{target.name}", "label": "abnormal" if i % 2 else "normal"})
-        rows.append({"image": f"dicom/{target.name}", "question": "Is this normal?", "answer": "yes"})
-    (src / "dicom" / "notes.dcm").write_text("this is not DICOM")
+        folders.append(folder)
+        patient = {"patient_name": folder, "mrn": target.stem}
+        rows.append({"image": relative, "label": "abnormal" if i % 2 else "normal", **patient})
+        rows.append({"image": relative, "question": "Is this normal?", "answer": "yes", **patient})
+    assert "CompressedSamples^CT1" in folders and (src / "CompressedSamples^CT1/1CT1_00.dcm").is_file()
+    (src / "CompressedSamples^CT1" / "notes of 1CT1.dcm").write_text("this is not DICOM")
+    first = copied[0].relative_to(src).as_posix()
     rows += [
-        {"image": "dicom/notes.dcm", "label": "normal"},
-        {"image": "dicom/missing.dcm", "label": "normal"},
-        {"image": "dicom/file_00.dcm", "label": ""},
+        {"image": "CompressedSamples^CT1/notes of 1CT1.dcm", "label": "normal"},
+        {"image": "CompressedSamples^CT1/1CT1_missing.dcm", "label": "normal"},
+        {"image": first, "label": ""},
     ]
     manifest = write_manifest(src / "manifest.csv", rows)
     out = tmp_path / "out"
     report = MedicalDomain().convert(manifest, out, allow_demographics=True, frames="all", workers=0)
 
-    # Counts add up; each broken record is skipped with its file and reason.
+    # Counts add up; each broken record is skipped with its manifest row and reason (no path).
     assert report.read == len(rows) == report.converted + len(report.skipped)
-    reasons = "\n".join(f"{s.source} {s.reason}" for s in report.skipped)
-    assert "empty label" in reasons and "missing.dcm: image file not found" in reasons
-    assert "notes.dcm: not a DICOM file" in reasons
+    skips = {s.source: s.reason for s in report.skipped}
+    n = len(rows) + 1  # the last manifest line
+    missing = f"sha256:{digest('CompressedSamples^CT1/1CT1_missing.dcm')}"
+    assert skips[f"manifest.csv:{n}"] == "empty label"
+    assert skips[f"manifest.csv:{n - 1}"] == f"image {missing}: image file not found"
+    assert skips[f"manifest.csv:{n - 2}"].endswith(": not a DICOM file (no DICM preamble)")
+    reasons = "\n".join(skips.values())
     assert "truncated" in reasons and "JPEG-LS" in reasons and "pip install" in reasons
     assert report.converted == 2 * len(BUNDLED)
+    assert report.source == "manifest.csv"
 
     # No identifying value reaches any output file: text, images, names.
     phi = phi_strings(copied)
     assert "JFK IMAGING CENTER" in phi and "20040119" in phi  # the values really were read
+    # ... nor does any folder or file name of the source tree (the converted and the skipped ones).
+    phi.update([src.name, "notes of 1CT1", "1CT1_missing"])
+    phi.update(part for p in copied for part in p.relative_to(src).parts)
+    assert {"CompressedSamples^CT1", "1CT1_00.dcm", "CompressedSamples^MR1"} <= phi
     files = [p for p in out.rglob("*") if p.is_file()]
     assert any(p.suffix == ".png" for p in files)
     for path in files:
@@ -158,15 +186,74 @@ def test_bundled_dicoms_leave_no_phi_anywhere(tmp_path: Path) -> None:
             "frames",
             "number_of_frames",
             "window",
-            "source_image",
+            "source_image_sha256",
             "source",
             "labels",
             "answer_type",
         }
+    # The source image is named by its manifest row and a digest of its path, never by the path.
+    assert all(s.meta["source"].startswith("manifest.csv:") for s in samples)
+    assert {s.meta["source_image_sha256"] for s in samples} <= {
+        digest(p.relative_to(src).as_posix()) for p in copied
+    }
     ybr = [s for s in samples if s.meta.get("number_of_frames") == 30]
     assert (
         ybr and len(ybr[0].images) == 30 and ybr[0].question.startswith("Image-1: <image>\nImage-2: <image>")
     )
+
+
+def _issue_tree(tmp_path: Path) -> Path:
+    """The reviewer's reproduction: files in a folder named after the PatientID, a manifest beside it."""
+    folder = tmp_path / "src" / "CompressedSamples^CT1"
+    folder.mkdir(parents=True)
+    shutil.copy(get_testdata_file("CT_small.dcm", download=False), folder / "1CT1.dcm")
+    shutil.copy(get_testdata_file("MR_truncated.dcm", download=False), folder / "4MR1_trunc.dcm")
+    rows = [
+        {"image": "CompressedSamples^CT1/1CT1.dcm", "label": "a"},
+        {"image": "CompressedSamples^CT1/4MR1_trunc.dcm", "label": "b"},
+    ]
+    return write_manifest(tmp_path / "src" / "m.csv", rows)
+
+
+def _convert_cli(manifest: Path, out: Path, *flags: str) -> dict:
+    argv = ["convert", "--domain", "medical", "--source", str(manifest), "--out", str(out), "--workers", "0"]
+    assert main([*argv, *flags]) == 0
+    return json.loads((out / "report.json").read_text())
+
+
+def test_cli_writes_no_source_path_by_default(tmp_path: Path) -> None:
+    manifest = _issue_tree(tmp_path)
+    out = tmp_path / "out"
+    report = _convert_cli(manifest, out)
+    for path in [p for p in out.rglob("*") if p.is_file()]:
+        data = path.read_bytes()
+        for value in ("CompressedSamples", "1CT1", "4MR1", str(tmp_path / "src")):
+            assert value.encode() not in data and value not in path.name, f"{value!r} in {path.name}"
+    # The skip names its manifest row, a digest of the path and the problem.
+    assert report["source"] == "m.csv" and report["read"] == 2 and report["converted"] == 1
+    assert report["skips"] == [
+        {
+            "source": "m.csv:3",
+            "reason": f"image sha256:{digest('CompressedSamples^CT1/4MR1_trunc.dcm')}: "
+            "pixel data is truncated or inconsistent with the header (ValueError)",
+        }
+    ]
+    (sample,) = read_samples(out / "train.jsonl")
+    assert sample.meta["source"] == "m.csv:2" and "source_image" not in sample.meta
+    assert sample.meta["source_image_sha256"] == digest("CompressedSamples^CT1/1CT1.dcm")
+
+
+def test_keep_source_paths_is_an_explicit_opt_in(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    manifest = _issue_tree(tmp_path)
+    report = _convert_cli(manifest, tmp_path / "out", "--keep-source-paths")
+    assert report["source"] == str(manifest)
+    assert report["skips"][0]["reason"].startswith("image CompressedSamples^CT1/4MR1_trunc.dcm: pixel data")
+    (sample,) = read_samples(tmp_path / "out" / "train.jsonl")
+    assert sample.meta["source_image"] == "CompressedSamples^CT1/1CT1.dcm"
+    # The old opt-out flag is gone: safe is the default, so it has nothing left to do.
+    with pytest.raises(SystemExit):
+        _convert_cli(manifest, tmp_path / "out2", "--redact-paths")
+    assert "unrecognized arguments: --redact-paths" in capsys.readouterr().err
 
 
 def test_burned_in_files_are_skipped_unless_allowed(tmp_path: Path) -> None:
@@ -193,9 +280,12 @@ def test_split_keeps_a_patient_together_and_is_seeded(tmp_path: Path) -> None:
     MedicalDomain().convert(manifest, tmp_path / "o2", workers=2, test_fraction=0.34, seed=3)
     test = read_samples(tmp_path / "o1" / "test.jsonl")
     train = read_samples(tmp_path / "o1" / "train.jsonl")
-    patients = {s.meta["source_image"].split("_")[0] for s in test}
-    assert len(patients) == 2 and len(test) == 6 and len(train) == 12
-    assert not patients & {s.meta["source_image"].split("_")[0] for s in train}
+
+    def patients(samples: list) -> set[int]:
+        return {(int(s.meta["source"].split(":")[1]) - 2) // 3 for s in samples}  # 3 rows per patient
+
+    assert len(patients(test)) == 2 and len(test) == 6 and len(train) == 12
+    assert not patients(test) & patients(train)
     # Seeded and independent of the worker count: same ids, same files.
     assert (tmp_path / "o1" / "test.jsonl").read_text() == (tmp_path / "o2" / "test.jsonl").read_text()
     assert sorted(p.name for p in (tmp_path / "o1/images").iterdir()) == sorted(
