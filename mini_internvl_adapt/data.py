@@ -36,6 +36,23 @@ EXCLUDED_SPLITS = ("test",)
 class DataError(ValueError):
     """A sample could not be turned into model inputs; the message names the sample and its files."""
 
+    def __init__(self, message: str) -> None:
+        # A DataLoader worker's exception comes back as DataError("Caught DataError in DataLoader worker
+        # process N.\nOriginal Traceback ...\n<module>.DataError: <message>"): keep just the message.
+        marker = f"{DataError.__module__}.DataError: "
+        if message.startswith("Caught DataError") and marker in message:
+            message = message.rsplit(marker, 1)[1].strip()
+        super().__init__(message)
+
+
+def _sample_error(entry: Entry, error: Exception) -> DataError:
+    """One line naming the sample, its annotation file and the problem (without repeating the id)."""
+    text = str(error).removeprefix(f"sample '{entry.sample.id}': ")
+    cause = error.__cause__
+    if isinstance(cause, OSError) and cause.strerror and str(cause) in text:
+        text = text.replace(str(cause), cause.strerror)  # the path is already named once
+    return DataError(f"sample '{entry.sample.id}' in {entry.source.annotation}: {text}")
+
 
 @dataclass
 class Entry:
@@ -134,7 +151,7 @@ class SampleDataset(Dataset):
         try:
             return self.processor_of(entry)(entry.sample, entry.source.root)
         except (ValueError, OSError) as e:
-            raise DataError(f"sample '{entry.sample.id}' in {entry.source.annotation}: {e}") from e
+            raise _sample_error(entry, e) from e
 
 
 def budget_check(
@@ -155,7 +172,7 @@ def budget_check(
         try:
             one = check_token_budget([entry.sample], entry.source.root, dataset.processor_of(entry))
         except (ValueError, OSError) as e:
-            raise DataError(f"sample '{entry.sample.id}' in {entry.source.annotation}: {e}") from e
+            raise _sample_error(entry, e) from e
         report.counts.update(one.counts)
         if one.too_long:
             report.too_long += one.too_long
@@ -254,7 +271,10 @@ class LengthGroupedSampler(Sampler[int]):
             yield from mine
 
     def __len__(self) -> int:
-        return max(self.batches_per_epoch() - self._skip, 0) * self.batch_size
+        # The whole epoch even while skipping: on resume Lightning restores its own batch counter to the
+        # skipped batches and ends the epoch when that counter reaches len(loader); a shortened length
+        # would end the resumed epoch early (and shrink an epoch-based cosine schedule).
+        return self.batches_per_epoch() * self.batch_size
 
 
 class InternVLDataModule(pl.LightningDataModule):

@@ -18,11 +18,12 @@ The run folder (``out``) describes itself, so evaluation and export need nothing
       summary.json               steps, samples, samples/s, tokens/s, peak memory, first/last/val loss
       ranks/rank{R}.json         (several processes only) what each rank saw and a checksum of its weights
       final/                     the trained model, loadable for inference:
-        LoRA / QLoRA:  adapter_model.safetensors + adapter_config.json (peft), base_model.json
-                       (the base model's name or path, dtype, method), tokenizer files,
+        LoRA / QLoRA:  adapter_model.safetensors + adapter_config.json (peft; modules trained in
+                       full beside the adapters are in it too), base_model.json (the base model's
+                       name or path, dtype, method), tokenizer + processor files,
                        mini_internvl_adapt.json
-        full:          config.json + model.safetensors (transformers-native), tokenizer files,
-                       mini_internvl_adapt.json
+        full:          config.json + model.safetensors (transformers-native), tokenizer + processor
+                       files (AutoProcessor + AutoModelForImageTextToText load it), mini_internvl_adapt.json
 
 `load_run_model(RUN)` rebuilds the base model and applies the adapter (or loads the full weights).
 """
@@ -41,6 +42,7 @@ import shutil
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -410,6 +412,13 @@ def _precision(name: str, on_gpu: bool) -> str:
     return "bf16-mixed" if on_gpu and torch.cuda.is_bf16_supported() else "32-true"
 
 
+def _absolute_if_local(path: str | None) -> str | None:
+    """An existing local path made absolute (so `--resume RUN` works from any folder); names stay as typed."""
+    if path is None or not Path(path).expanduser().exists():
+        return path
+    return str(Path(path).expanduser().resolve())
+
+
 def _launched_worker() -> bool:
     """True in the extra processes Lightning's DDP launcher starts (they re-run the command after rank 0)."""
     return int(os.environ.get("LOCAL_RANK", "0")) > 0 or int(os.environ.get("NODE_RANK", "0")) > 0
@@ -464,14 +473,28 @@ def _build_callbacks(run: Path, config: TrainConfig) -> list[Any]:
     import lightning.pytorch as pl
 
     class LastCheckpoint(pl.Callback):
-        """Rewrites checkpoints/last.ckpt every n steps (through the atomic checkpoint IO)."""
+        """Rewrites checkpoints/last.ckpt every n optimizer steps (through the atomic checkpoint IO).
+
+        With gradient accumulation global_step stays put for accumulate_grad_batches - 1 more
+        micro-batches after an optimizer step; saving on those would record a data position past
+        gradients the checkpoint does not hold. So each step is saved once, on the micro-batch that
+        completed it (the first to see the new global_step).
+        """
 
         def __init__(self, every: int) -> None:
             self.every = max(1, every)
+            self.saved_step = -1
+
+        def on_train_start(self, trainer: pl.Trainer, module: Any) -> None:
+            # A resumed run starts on the step its checkpoint already holds.
+            self.saved_step = trainer.global_step
 
         def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
-            if trainer.global_step > 0 and trainer.global_step % self.every == 0:
-                trainer.save_checkpoint(run / LAST_CHECKPOINT)
+            step = trainer.global_step
+            if step > 0 and step % self.every == 0 and step != self.saved_step:
+                self.saved_step = step
+                # weights_only=False: the full training state (and no log line on every save).
+                trainer.save_checkpoint(run / LAST_CHECKPOINT, weights_only=False)
 
     class Throughput(pl.Callback):
         """Wall time of the training loop itself (no model loading or data setup)."""
@@ -634,9 +657,14 @@ def run_training(config: TrainConfig, *, resume: bool = False) -> Path:
     )
     resolved = dataclasses.replace(
         config,
+        model=dataclasses.replace(config.model, name=_absolute_if_local(config.model.name)),
         tuning=tuning_cfg,
         data=dataclasses.replace(
-            config.data, template=processing.template, use_thumbnail=processing.use_thumbnail
+            config.data,
+            path=_absolute_if_local(config.data.path),
+            val=_absolute_if_local(config.data.val),
+            template=processing.template,
+            use_thumbnail=processing.use_thumbnail,
         ),
     )
     datamodule = InternVLDataModule(
@@ -704,8 +732,12 @@ def run_training(config: TrainConfig, *, resume: bool = False) -> Path:
             f"{len(train_budget.too_long)} training sample(s) over max_length dropped (token_budget.json)"
         )
 
-    trainer.fit(task, datamodule=datamodule, ckpt_path=str(checkpoint) if resume else None)
-    trainer.save_checkpoint(run / LAST_CHECKPOINT)
+    with warnings.catch_warnings():
+        # Lightning cannot see that our datamodule restores the mid-epoch data position itself (its
+        # state_dict / sampler skip), so it warns that the dataloader is "not resumable": it is.
+        warnings.filterwarnings("ignore", message=r".*your dataloader is\s+not resumable")
+        trainer.fit(task, datamodule=datamodule, ckpt_path=str(checkpoint) if resume else None)
+    trainer.save_checkpoint(run / LAST_CHECKPOINT, weights_only=False)
     if val_entries:
         trainer.validate(task, datamodule=datamodule, verbose=False)
     throughput = callbacks[1]
@@ -725,7 +757,7 @@ def run_training(config: TrainConfig, *, resume: bool = False) -> Path:
         )
     trainer.strategy.barrier()
     if trainer.is_global_zero:
-        _save_final(run, task.model, loaded, trained_info, config, tuning_cfg, dtype)
+        _save_final(run, task.model, loaded, trained_info, config, tuning_cfg, dtype, processing)
         _merge_metrics(run)
         val_loss = trainer.callback_metrics.get("val_loss")
         atomic_write_json(
@@ -765,16 +797,26 @@ def _save_final(
     config: TrainConfig,
     tuning_cfg: TuningConfig,
     dtype: torch.dtype,
+    processing: Any,
 ) -> None:
-    """RUN/final: adapter or full weights, tokenizer and ModelInfo, loadable without manual copying."""
+    """RUN/final: adapter or full weights, tokenizer, processor and ModelInfo, loadable without manual copying."""
+    from lightning.pytorch.utilities import rank_zero_warn
+
     from mini_internvl_adapt import tuning as tuning_mod
+    from mini_internvl_adapt.checkpoints import ExportError, save_tokenizer_and_processor
     from mini_internvl_adapt.models.loading import SIDECAR
 
     final = run / "final"
     tmp = Path(tempfile.mkdtemp(prefix=".final-", dir=run))
     try:
         tuning_mod.save_trained(model, tmp)
-        loaded.tokenizer.save_pretrained(tmp)
+        try:
+            # The InternVLProcessor (image tiling as in training, chat template, tokenizer), so a full
+            # fine-tune's final/ loads with plain AutoProcessor + AutoModelForImageTextToText.
+            save_tokenizer_and_processor(loaded.tokenizer, processing, tmp)
+        except (ExportError, ImportError) as e:
+            loaded.tokenizer.save_pretrained(tmp)
+            rank_zero_warn(f"final/ holds the tokenizer but no transformers processor: {e}")
         atomic_write_json(tmp / SIDECAR, info.to_json())
         if tuning_mod.is_peft_model(model):
             atomic_write_json(

@@ -59,11 +59,20 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
 class TuningConfig:
     """Which parameters train and how.
 
+    As in the official scripts, LoRA on a part keeps that part's base weights frozen: with
+    ``use_llm_lora`` the base LLM stays frozen whatever ``freeze_llm`` says (only its adapters and,
+    with ``unfreeze_lm_head``, lm_head train), and with ``use_backbone_lora`` the base ViT stays frozen
+    whatever ``freeze_backbone`` says. Under LoRA/QLoRA every part that does train in full (lm_head,
+    the projector with freeze_mlp false, the last ViT layers, an un-adapted LLM or ViT left unfrozen)
+    is saved beside the adapter (peft ``modules_to_save``) and restored by `load_adapter`.
+
     Attributes:
         method: "lora", "qlora" (4-bit NF4 LLM + LoRA) or "full".
-        freeze_backbone: Freeze the vision tower (None: the method's official default).
+        freeze_backbone: Freeze the vision tower (None: the method's official default; ignored with
+            use_backbone_lora, whose base ViT is always frozen).
         freeze_mlp: Freeze the projector (None: default).
-        freeze_llm: Freeze the language model (None: default).
+        freeze_llm: Freeze the language model (None: default; ignored with use_llm_lora, whose base
+            LLM is always frozen).
         unfreeze_vit_layers: Train the last k ViT layers in full even when the backbone is frozen.
         unfreeze_lm_head: Train lm_head in full.
         use_llm_lora: LoRA rank on the LLM (0: none; None: the method's default, 16 for LoRA/QLoRA).
@@ -201,16 +210,22 @@ def _vit_layers(model: nn.Module) -> list[str]:
 
 
 def _trained_modules(model: nn.Module, cfg: TuningConfig) -> list[str]:
-    """Names of whole modules that train in full under a LoRA method (saved beside the adapter)."""
+    """Names of whole modules that train in full under a LoRA method (saved beside the adapter).
+
+    peft copies each into a trainable ``modules_to_save`` module, so it lands in the adapter file. A part
+    carrying LoRA keeps its base weights frozen (the official scripts wrap it with peft, which freezes it).
+    """
     out = []
     if not cfg.freeze_mlp:
         out.append("multi_modal_projector")
-    if cfg.unfreeze_lm_head:
+    if cfg.unfreeze_lm_head or not (cfg.freeze_llm or cfg.use_llm_lora):
         out.append("lm_head")
-    if cfg.unfreeze_vit_layers:
-        out += [n.split("vision_tower.", 1)[1] for n in _vit_layers(model)[-cfg.unfreeze_vit_layers :]]
-    if not cfg.freeze_backbone:
+    if not (cfg.freeze_llm or cfg.use_llm_lora):
+        out.append("language_model")
+    if not (cfg.freeze_backbone or cfg.use_backbone_lora):
         out.append("vision_tower")
+    elif cfg.unfreeze_vit_layers:
+        out += [n.split("vision_tower.", 1)[1] for n in _vit_layers(model)[-cfg.unfreeze_vit_layers :]]
     return out
 
 
@@ -304,13 +319,8 @@ def apply_tuning(model: nn.Module, config: TuningConfig) -> nn.Module:
         modules_to_save=_trained_modules(model, cfg) or None,
         bias="none",
     )
-    peft_model = get_peft_model(model, lora)
-    if not cfg.freeze_llm:
-        # LoRA plus a trainable LLM: the base LLM weights train too (official freeze_llm False + use_llm_lora).
-        for name, param in peft_model.named_parameters():
-            if component_of(name) == "language_model" and "lora_" not in name:
-                param.requires_grad = True
-    return peft_model
+    # Whatever trains besides the adapters is a modules_to_save copy, so save_pretrained writes it too.
+    return get_peft_model(model, lora)
 
 
 def _rank_pattern(cfg: TuningConfig) -> dict[str, int]:

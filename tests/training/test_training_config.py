@@ -46,6 +46,31 @@ def test_shipped_config_loads_and_matches_its_name(path: Path) -> None:
             assert not tuning.freeze_backbone and not tuning.freeze_llm and config.train.lr == 1e-5
     else:
         assert config.model.name == "tiny" and config.train.accelerator == "cpu"
+    _assert_strategy_constructible(config.train.strategy, path)
+
+
+def _assert_strategy_constructible(name: str, path: Path) -> None:
+    """A shipped config must run with what is installed: no strategy needing an optional package."""
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    if name in ("auto", "ddp", "fsdp"):
+        return
+    if name not in StrategyRegistry:
+        pytest.fail(f"{path}: unknown Lightning strategy '{name}'")
+    try:
+        StrategyRegistry.get(name)
+    except Exception as e:  # e.g. deepspeed_stage_2 without deepspeed installed
+        pytest.fail(f"{path}: strategy '{name}' cannot be built here: {e}")
+
+
+def test_strategy_check_rejects_what_cannot_be_built() -> None:
+    import importlib.util
+
+    with pytest.raises(pytest.fail.Exception, match="unknown Lightning strategy"):
+        _assert_strategy_constructible("zero_stage_9", Path("x.yaml"))
+    if importlib.util.find_spec("deepspeed") is None:
+        with pytest.raises(pytest.fail.Exception, match="deepspeed"):
+            _assert_strategy_constructible("deepspeed_stage_2", Path("x.yaml"))
 
 
 def test_flags_and_dotted_overrides_win_over_the_file(tmp_path: Path) -> None:
@@ -149,3 +174,16 @@ def test_help_documents_every_option(capsys: pytest.CaptureFixture[str]) -> None
         "section.key=value",
     ):
         assert flag in text
+
+
+def test_local_paths_are_stored_absolute_and_names_as_typed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mini_internvl_adapt.training import _absolute_if_local
+
+    (tmp_path / "my-model").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert _absolute_if_local("my-model") == str(tmp_path / "my-model")
+    assert _absolute_if_local("mini-internvl-1b") == "mini-internvl-1b"
+    assert _absolute_if_local("OpenGVLab/InternVL2-1B") == "OpenGVLab/InternVL2-1B"
+    assert _absolute_if_local(None) is None

@@ -1,4 +1,8 @@
-"""Resume: a run killed with SIGKILL mid-epoch and resumed ends with the same weights and step count."""
+"""Resume: a run killed with SIGKILL mid-epoch and resumed ends with the same weights and step count.
+
+Also with gradient accumulation, where a checkpoint must only ever be written at the end of an
+accumulation window (the micro-batch that stepped the optimizer).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -18,7 +23,10 @@ from safetensors.torch import load_file
 from mini_internvl_adapt.training import train_main
 
 REPO = Path(__file__).resolve().parents[2]
-STEPS = 30
+# Optimizer steps per accumulate_grad_batches: 30 micro-batches either way, all inside the first epoch
+# of 40 samples at batch 1, so the kill is mid-epoch.
+STEPS = {1: 30, 2: 15}
+EVERY = 3
 
 
 def _dataset(root: Path, n: int = 40) -> Path:
@@ -43,8 +51,7 @@ def _dataset(root: Path, n: int = 40) -> Path:
     return root
 
 
-def _args(data: Path, out: Path) -> list[str]:
-    # 40 samples at batch 1: all 30 steps fall inside the first epoch, so the kill is mid-epoch.
+def _args(data: Path, out: Path, accumulate: int) -> list[str]:
     return [
         "--config",
         str(REPO / "configs" / "tiny" / "lora.yaml"),
@@ -53,54 +60,76 @@ def _args(data: Path, out: Path) -> list[str]:
         "--out",
         str(out),
         "--max-steps",
-        str(STEPS),
+        str(STEPS[accumulate]),
         "--batch-size",
         "1",
         "--checkpoint-every",
-        "3",
+        str(EVERY),
+        f"train.accumulate_grad_batches={accumulate}",
         "train.progress_bar=false",
     ]
 
 
-def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None:
+def _inode(path: Path) -> int | None:
+    try:
+        return path.stat().st_ino
+    except FileNotFoundError:
+        return None
+
+
+@pytest.mark.parametrize("accumulate", [1, 2], ids=["no-accumulation", "accumulate-2"])
+def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path: Path, accumulate: int) -> None:
+    steps = STEPS[accumulate]
     data = _dataset(tmp_path / "data")
     killed = tmp_path / "killed"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mini_internvl_adapt.training", *_args(data, killed)],
+        [sys.executable, "-m", "mini_internvl_adapt.training", *_args(data, killed, accumulate)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         env=env,
     )
     checkpoint = killed / "checkpoints" / "last.ckpt"
     deadline = time.monotonic() + 120
+    # Kill right after the second write of last.ckpt (each atomic write is a new inode). Before the fix,
+    # with accumulation that second write came one micro-batch after the first, mid-window.
+    inodes: list[int] = []
     try:
-        while not checkpoint.exists():
+        while len(inodes) < 2:
+            inode = _inode(checkpoint)
+            if inode is not None and inode not in inodes:
+                inodes.append(inode)
+                continue
             if proc.poll() is not None:
-                pytest.fail(
-                    f"training ended before its first checkpoint: {proc.stderr.read().decode()[-2000:]}"
-                )
+                pytest.fail(f"training ended before two checkpoints: {proc.stderr.read().decode()[-2000:]}")
             if time.monotonic() > deadline:
-                pytest.fail("no checkpoint within 120 s")
-            time.sleep(0.01)
+                pytest.fail("no second checkpoint within 120 s")
+            time.sleep(0.005)
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.wait()
         proc.stderr.close()
     assert proc.returncode == -signal.SIGKILL
     assert not (killed / "summary.json").exists(), "the run finished before the kill"
-    saved_at = torch.load(checkpoint, weights_only=False)["global_step"]
-    assert 0 < saved_at < STEPS
+    saved = torch.load(checkpoint, weights_only=False)
+    saved_at = saved["global_step"]
+    assert 0 < saved_at < steps and saved_at % EVERY == 0
+    # Saved at the end of an accumulation window: the data position is exactly the steps' micro-batches.
+    assert saved["InternVLDataModule"]["batches"] == saved_at * accumulate
 
-    assert train_main(["--resume", str(killed), "train.progress_bar=false"]) == 0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert train_main(["--resume", str(killed), "train.progress_bar=false"]) == 0
+    # The datamodule restores the data position, so Lightning's "not resumable" warning is silenced.
+    assert not [w for w in caught if "not resumable" in str(w.message)]
     uninterrupted = tmp_path / "straight"
-    assert train_main(_args(data, uninterrupted)) == 0
+    assert train_main(_args(data, uninterrupted, accumulate)) == 0
 
     resumed_summary = json.loads((killed / "summary.json").read_text())
     straight_summary = json.loads((uninterrupted / "summary.json").read_text())
     assert resumed_summary["resumed"] is True
-    assert resumed_summary["steps"] == straight_summary["steps"] == STEPS
-    assert resumed_summary["samples"] == straight_summary["samples"] == STEPS
+    assert resumed_summary["steps"] == straight_summary["steps"] == steps
+    assert resumed_summary["samples"] == straight_summary["samples"] == steps * accumulate
     a = load_file(killed / "final" / "adapter_model.safetensors")
     b = load_file(uninterrupted / "final" / "adapter_model.safetensors")
     assert a.keys() == b.keys()

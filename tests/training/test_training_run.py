@@ -146,6 +146,34 @@ def test_full_run_saves_plain_transformers_weights(tmp_path: Path) -> None:
     assert all(torch.equal(tuned[k], base[k]) for k in vit)  # frozen
     assert any(not torch.equal(tuned[k], base[k]) for k in llm)
     assert load_run_model(tmp_path / "run").info.template == "Hermes-2"
+    _loads_with_plain_transformers(final, data)
+
+
+def _loads_with_plain_transformers(final: Path, data: Path) -> None:
+    """final/ works with AutoProcessor + AutoModelForImageTextToText alone, tiling as in training."""
+    from PIL import Image
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(final)
+    model = AutoModelForImageTextToText.from_pretrained(final).eval()
+    messages = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is in front?"}]}
+    ]
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+    assert prompt.startswith("<|im_start|>system\n") and prompt.endswith("<|im_start|>assistant\n")
+    image = Image.open(data / "images" / "1.png")  # 96x48: two tiles + thumbnail at max_tiles 2
+    inputs = processor(images=[image], text=prompt, return_tensors="pt")
+    assert inputs["pixel_values"].shape == (3, 3, 448, 448)
+    context = processor.tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>")
+    assert int((inputs["input_ids"] == context).sum()) == 3 * 256
+    with torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    assert out.shape[1] > inputs["input_ids"].shape[1]
+    # The same tiles as the training transform.
+    loaded = load_model("tiny")
+    trained_view = SampleProcessor(loaded.tokenizer, ProcessingConfig(template="Hermes-2", max_tiles=2))
+    sample = next(s for s in read_samples(data / "train.jsonl") if s.id == "d1")
+    torch.testing.assert_close(inputs["pixel_values"], trained_view(sample, data).pixel_values)
 
 
 def test_qlora_run_trains_a_4bit_tiny_model_from_an_official_meta_json(tmp_path: Path) -> None:
@@ -193,6 +221,22 @@ def test_missing_image_mid_training_names_sample_and_file(
     assert "sample 'd6'" in err and str(data / "train.jsonl") in err and "6.png" in err
 
 
+def test_missing_image_in_a_dataloader_worker_is_one_clear_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = make_dataset(tmp_path / "data", n_val=0)
+    (data / "images" / "6.png").unlink()
+    extra = ["--max-steps", "8", "train.batch_size=1", "--num-workers", "2"]
+    assert _train("lora", data, tmp_path / "run", *extra) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("adapt train: error:")]
+    assert errors == [
+        f"adapt train: error: sample 'd6' in {data / 'train.jsonl'}: cannot read image "
+        f"{data / 'images' / '6.png'}: No such file or directory"
+    ]
+    assert "Traceback" not in err and "worker" not in err
+
+
 def test_bad_line_is_named_before_training(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = make_dataset(tmp_path / "data", n_val=0)
     with open(data / "train.jsonl", "a") as f:
@@ -229,3 +273,56 @@ def test_checkpoint_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.undo()
     assert torch.load(path, weights_only=False)["step"] == 1
     assert [p.name for p in path.parent.iterdir()] == ["last.ckpt"]
+
+
+def test_lora_run_with_trained_lm_head_and_projector_reloads_them_exactly(tmp_path: Path) -> None:
+    data = make_dataset(tmp_path / "data", n_val=0)
+    run = tmp_path / "run"
+    extra = ["--max-steps", "3", "tuning.unfreeze_lm_head=true", "tuning.freeze_mlp=false"]
+    # freeze_llm=false is ignored with LLM LoRA (the official scripts keep the adapted LLM's base frozen).
+    assert _train("lora", data, run, *extra, "tuning.freeze_llm=false") == 0
+    params = json.loads((run / "parameters.json").read_text())
+    assert params["language_model"]["trainable"] == 0
+    trained = {
+        k.removeprefix("model."): v
+        for k, v in torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"].items()
+    }
+    assert any("lm_head" in k for k in trained) and any("multi_modal_projector" in k for k in trained)
+    assert all("lora_" in k or "lm_head" in k or "multi_modal_projector" in k for k in trained)
+    reloaded = load_run_model(run).model.state_dict()
+    for key, value in trained.items():
+        assert torch.equal(reloaded[key], value), key
+    # And they did train: the merged model's lm_head and projector differ from the base model's.
+    merged = load_run_model(run, merge=True).model.state_dict()
+    base = load_model("tiny").model.state_dict()
+    full = {
+        k.removeprefix("base_model.model.").replace("modules_to_save.default.", ""): v
+        for k, v in trained.items()
+        if "lora_" not in k
+    }
+    assert {"lm_head.weight", "model.multi_modal_projector.linear_1.weight"} <= set(full)
+    for key, value in full.items():
+        assert torch.equal(merged[key], value), key
+        if key.endswith("weight"):
+            assert not torch.equal(merged[key], base[key]), key
+
+
+def test_run_config_stores_absolute_paths_so_resume_works_from_anywhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    work = tmp_path / "work"
+    make_dataset(work / "data")
+    monkeypatch.chdir(work)
+    # Relative data, validation set and run folder, as a user types them.
+    assert _train("lora", Path("data"), Path("run"), "--val", "data/val.jsonl", "--max-steps", "2") == 0
+    config = yaml.safe_load((work / "run" / "run_config.yaml").read_text())
+    assert config["data"]["path"] == str(work / "data")
+    assert config["data"]["val"] == str(work / "data" / "val.jsonl")
+    assert config["model"]["name"] == "tiny"  # a name, not a folder: kept as typed
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    run = work / "run"
+    assert train_main(["--resume", str(run), "--max-steps", "3", "train.progress_bar=false"]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["resumed"] is True and summary["steps"] == 3

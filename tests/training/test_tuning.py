@@ -306,3 +306,31 @@ def test_gradient_checkpointing_gives_the_same_gradients() -> None:
     assert grads[0].keys() == grads[1].keys()
     for name in grads[0]:
         torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-5, rtol=1e-4)
+
+
+def test_llm_lora_keeps_the_base_llm_frozen_even_with_freeze_llm_false() -> None:
+    model = apply_tuning(build_tiny("qwen2"), TuningConfig(method="lora", use_llm_lora=4, freeze_llm=False))
+    assert not [n for n in _trainable(model) if "language_model" in n and "lora_" not in n]
+    assert parameter_summary(model)["lm_head"]["trainable"] == 0
+
+
+def test_everything_trained_beside_the_adapter_is_saved_and_restored(
+    tmp_path: Path, saved_tiny: dict[str, Path]
+) -> None:
+    # ViT LoRA only, with the LLM, projector and last ViT layer left trainable: all of it must reload.
+    cfg = TuningConfig(method="lora", use_llm_lora=0, use_backbone_lora=2, freeze_llm=False, freeze_mlp=False)
+    model = apply_tuning(InternVLForConditionalGeneration.from_pretrained(saved_tiny["qwen2"]), cfg)
+    trainable = _trainable(model)
+    assert any("language_model" in n and "lora_" not in n for n in trainable)
+    assert any("lm_head" in n for n in trainable)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.requires_grad:
+                param.add_(0.05 * torch.randn_like(param))
+    trained = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    tuning.save_trained(model, tmp_path / "final")
+    fresh = InternVLForConditionalGeneration.from_pretrained(saved_tiny["qwen2"])
+    reloaded = dict(tuning.load_adapter(fresh, tmp_path / "final").named_parameters())
+    assert trained.keys() <= reloaded.keys()
+    for name, value in trained.items():
+        assert torch.equal(reloaded[name], value), name
