@@ -523,9 +523,9 @@ def read_run(run_dir: str | Path) -> RunInfo:
     if (run_dir / "run_config.yaml").is_file():
         loaded = yaml.safe_load((run_dir / "run_config.yaml").read_text(encoding="utf-8"))
         config = loaded if isinstance(loaded, dict) else {}
-    model_cfg = config.get("model") if isinstance(config.get("model"), Mapping) else {}
-    data = config.get("data") if isinstance(config.get("data"), Mapping) else {}
-    tuning = config.get("tuning") if isinstance(config.get("tuning"), Mapping) else {}
+    model_cfg: Mapping[str, Any] = config["model"] if isinstance(config.get("model"), Mapping) else {}
+    data: Mapping[str, Any] = config["data"] if isinstance(config.get("data"), Mapping) else {}
+    tuning: Mapping[str, Any] = config["tuning"] if isinstance(config.get("tuning"), Mapping) else {}
     base_file = final_dir / "base_model.json"
     base = _read_json(base_file) if base_file.is_file() else {}
     summary = _read_json(run_dir / "summary.json") if (run_dir / "summary.json").is_file() else {}

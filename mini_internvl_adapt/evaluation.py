@@ -135,7 +135,7 @@ def load_eval_model(
         source, net = str(model), loaded.model
         config = processing_from(loaded.info, _sidecar(Path(loaded.path)))
     if not _is_quantized(net):
-        net = net.to(device)
+        net = net.to(device)  # type: ignore[arg-type]  # transformers' .to decorator stubs take a model
     net.eval()
     return EvalModel(model=net, tokenizer=loaded.tokenizer, processing=config, source=source)
 

@@ -52,7 +52,8 @@ def cosine_with_warmup(step: int, total: int, warmup: int, min_ratio: float = 0.
 
 def _rng_state() -> dict[str, Any]:
     # Only tensors and plain Python values: Lightning reloads checkpoints with torch.load(weights_only=True).
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: Any = np.random.get_state()  # the legacy tuple form (name, keys, pos, has_gauss, cached)
+    kind, keys, pos, has_gauss, cached = state
     return {
         "python": random.getstate(),
         "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
@@ -144,7 +145,7 @@ class InternVLTask(pl.LightningModule):
         )
         return loss
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> dict[str, Any]:  # type: ignore[override]  # Lightning accepts this dict
         groups = parameter_groups(self.model, self.tuning, self.optim.lr, self.optim.weight_decay)
         for group in groups:
             group["initial_lr"] = group["lr"]

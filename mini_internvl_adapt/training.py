@@ -406,7 +406,7 @@ def _dtype(name: str, method: str, on_gpu: bool) -> torch.dtype:
         raise ValueError(f"model.dtype must be auto, float32, bfloat16 or float16, got '{name}'") from None
 
 
-def _precision(name: str, on_gpu: bool) -> str:
+def _precision(name: str, on_gpu: bool) -> Any:  # a Lightning precision literal, validated by Lightning
     if name != "auto":
         return name
     return "bf16-mixed" if on_gpu and torch.cuda.is_bf16_supported() else "32-true"
@@ -657,7 +657,9 @@ def run_training(config: TrainConfig, *, resume: bool = False) -> Path:
     )
     resolved = dataclasses.replace(
         config,
-        model=dataclasses.replace(config.model, name=_absolute_if_local(config.model.name)),
+        model=dataclasses.replace(
+            config.model, name=_absolute_if_local(config.model.name) or config.model.name
+        ),
         tuning=tuning_cfg,
         data=dataclasses.replace(
             config.data,
@@ -877,7 +879,7 @@ def load_run_model(run_dir: str | Path, *, dtype: torch.dtype = torch.float32, m
     loaded = load_model(name, dtype=dtype)
     model = tuning_mod.load_adapter(loaded.model, final, merge=merge)
     model.eval()
-    return LoadedModel(model=model, tokenizer=load_tokenizer(final), info=info, path=final)
+    return LoadedModel(model=model, tokenizer=load_tokenizer(final), info=info, path=final)  # type: ignore[arg-type]  # a peft wrapper
 
 
 if __name__ == "__main__":

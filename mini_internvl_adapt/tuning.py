@@ -296,7 +296,7 @@ def apply_tuning(model: nn.Module, config: TuningConfig) -> nn.Module:
         raise ValueError("method 'qlora' needs the model loaded in 4-bit (pass tuning.quantization_config())")
     if cfg.gradient_checkpointing:
         # use_reentrant=False works with frozen inputs (LoRA) without enable_input_require_grads tricks.
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})  # type: ignore[operator]
     if cfg.method == "full":
         _set_trainable(model, cfg)
         return model
@@ -430,7 +430,7 @@ def save_trained(model: nn.Module, out: Path) -> list[str]:
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out, safe_serialization=True)
+    model.save_pretrained(out, safe_serialization=True)  # type: ignore[operator]  # a PreTrainedModel or peft model
     return sorted(p.name for p in out.iterdir())
 
 

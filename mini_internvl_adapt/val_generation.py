@@ -85,7 +85,7 @@ class GenerationMetrics(pl.Callback):
         if step == 0 or step % self.every or not self.samples:
             return
         if trainer.is_global_zero:
-            model = pl_module.model  # type: ignore[attr-defined]
+            model: Any = pl_module.model
             was_training = model.training
             model.eval()
             try:

@@ -231,7 +231,7 @@ def _key_objects(frame: Frame) -> list[dict[str, Any]]:
                 "camera": parsed.camera,
                 "centre": (parsed.x, parsed.y),
                 "phrase": phrase,
-                "box": [float(v) for v in box] if valid else None,
+                "box": [float(v) for v in box] if valid and box is not None else None,
                 "source": "drivelm",
             }
         )

@@ -43,7 +43,7 @@ class Frame:
 
     def questions(self) -> list[Question]:
         """All QA pairs with challenge ids ``{scene}_{frame}_{i}`` (i over the four types, in order)."""
-        out = []
+        out: list[Question] = []
         for kind in QUESTION_TYPES:
             for qa in self.qa.get(kind) or []:
                 out.append(

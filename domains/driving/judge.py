@@ -131,7 +131,7 @@ class LocalJudge:
         )
         self.model.eval()
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.model.to(self.device)
+        self.model.to(self.device)  # type: ignore[arg-type]  # transformers' .to decorator stubs take a model
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
 
@@ -141,7 +141,9 @@ class LocalJudge:
             {"role": "user", "content": judge_prompt(answer, ground_truth)},
         ]
         if getattr(self.tokenizer, "chat_template", None):
-            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            return str(
+                self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            )
         return f"{SYSTEM_MESSAGE}\n{messages[1]['content']}\n"
 
     def rate_many(self, pairs: Sequence[tuple[str, str]], workers: int = 1) -> list[float]:

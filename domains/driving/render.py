@@ -21,7 +21,7 @@ def _label(camera: str) -> Image.Image:
     """The camera name as an RGBA stamp, rendered once (FreeType drawing per frame costs as much as a resize)."""
     font = _font()
     left, top, right, bottom = font.getbbox(camera, stroke_width=2)
-    stamp = Image.new("RGBA", (right + 2, bottom + 2), (0, 0, 0, 0))
+    stamp = Image.new("RGBA", (int(right) + 2, int(bottom) + 2), (0, 0, 0, 0))
     ImageDraw.Draw(stamp).text((0, 0), camera, fill=(255, 255, 255, 255), font=font, stroke_width=2,
                                stroke_fill=(0, 0, 0, 255))  # fmt: skip
     return stamp
@@ -33,8 +33,7 @@ def _tile(path: Path, exact: bool) -> Image.Image:
             # libjpeg decodes straight to the smallest DCT scale >= half the tile width (800x450 for a
             # 1600x900 view): a filtered downscale at a fraction of the cost of decode + resample.
             img.draft("RGB", (TILE_SIZE[0] // 2 + 1, TILE_SIZE[1] // 2 + 1))
-        img = img.convert("RGB")
-        return img.resize(TILE_SIZE, Image.Resampling.BILINEAR)
+        return img.convert("RGB").resize(TILE_SIZE, Image.Resampling.BILINEAR)
 
 
 def write_grid(

@@ -70,14 +70,16 @@ def parse_window(spec: str) -> tuple[str, float, float] | None:
         center, width = PRESETS[text]
         return f"preset:{text}", center, width
     parts = text.split(",")
+    values: list[float] = []
     try:
-        center, width = (float(p) for p in parts) if len(parts) == 2 else (None, None)
+        values = [float(p) for p in parts] if len(parts) == 2 else []
     except ValueError:
-        center = width = None
-    if center is None or width is None:
+        values = []
+    if len(values) != 2:
         raise ValueError(
             f"--window must be auto, one of {', '.join(PRESETS)}, or CENTER,WIDTH (e.g. -600,1500); got '{spec}'"
         )
+    center, width = values
     if width <= 0:
         raise ValueError(f"--window width must be positive, got {width:g}")
     return "explicit", center, width

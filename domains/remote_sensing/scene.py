@@ -85,6 +85,7 @@ class _LabelBook:
                 self.report.skip(path, str(e))
                 book = None
             else:
+                assert book is not None
                 self.report.read += len(book.features) + len(book.rejected)
                 for index, reason in book.rejected:
                     self.report.skip(f"{path}#features[{index}]", reason)
@@ -132,7 +133,12 @@ def _samples_for_chip(
     for label in sorted(by_class):
         pixel_boxes = sorted(by_class[label], key=lambda b: (b[1], b[0]))
         answer = grounding_answer(label, [normalize_box(b, width, height) for b in pixel_boxes])
-        common = {"images": [chip.image], "domain": DOMAIN, "widths": [width], "heights": [height]}
+        common: dict[str, Any] = {
+            "images": [chip.image],
+            "domain": DOMAIN,
+            "widths": [width],
+            "heights": [height],
+        }
         samples.append(
             Sample(
                 id=f"{scene}/{col}_{row}/{label}",

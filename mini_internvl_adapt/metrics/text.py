@@ -266,9 +266,9 @@ def rouge_l(references: Sequence[Sequence[str]], hypotheses: Sequence[str], beta
             lcs = _lcs(ref_words, words)
             precisions.append(lcs / len(words))
             recalls.append(lcs / len(ref_words) if ref_words else 0.0)
-        p, r = max(precisions), max(recalls)
-        if p and r:
-            total += (1 + beta**2) * p * r / (r + beta**2 * p)
+        best_p, best_r = max(precisions), max(recalls)
+        if best_p and best_r:
+            total += (1 + beta**2) * best_p * best_r / (best_r + beta**2 * best_p)
     return total / len(hypotheses)
 
 
