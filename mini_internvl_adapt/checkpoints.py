@@ -691,6 +691,10 @@ def export(
             for item in run.final_dir.iterdir():
                 if item.is_file() and (item.name.startswith("adapter_") or item.name == "base_model.json"):
                     shutil.copy2(item, tmp / item.name)
+            # peft records the base as this machine's cache path; a shared adapter should name the hub id.
+            adapter_config = _read_json(tmp / "adapter_config.json")
+            adapter_config["base_model_name_or_path"] = _hub_name(run.base_model)
+            atomic_write_json(tmp / "adapter_config.json", adapter_config)
         save_tokenizer_and_processor(tokenizer, run.processing, tmp)
         p = run.processing
         # The sidecar is a ModelInfo (so `load_model` reads the export's template and tiles) plus

@@ -197,6 +197,7 @@ def test_adapter_export_keeps_the_adapter_and_rebuild_facts(tmp_path: Path) -> N
     info = json.loads((out / "mini_internvl_adapt.json").read_text())
     assert info["base_model"] == "tiny-internlm2" and info["merged"] is False
     assert json.loads((out / "base_model.json").read_text())["name_or_path"] == "tiny-internlm2"
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == "tiny-internlm2"
     assert info["template"] == "internlm2-chat" and info["max_dynamic_patch"] == 2
     card = (out / "README.md").read_text()
     assert "library_name: peft" in card and "2410.16261" in card
