@@ -32,6 +32,8 @@ DEMO_DEFAULTS = {
     "train.log_every_n_steps": 1,
 }
 
+DEFAULT_TEST_FRACTION = 0.1
+
 TINY_MODEL_WARNING = (
     "NOTE: this demo trains a tiny RANDOM model for a few steps: its scores mean nothing. "
     "They only show that every stage runs. Use --model mini-internvl-1b (or a local checkpoint) for real work."
@@ -98,6 +100,19 @@ def _group_options(args: argparse.Namespace, parser: argparse.ArgumentParser, ki
     return {k: v for k, v in vars(args).items() if k in dests and v is not None}
 
 
+def _holds_out_test(
+    args: argparse.Namespace, parser: argparse.ArgumentParser, options: dict[str, Any]
+) -> bool:
+    """Whether to ask the converter for a test split: raw data, no --test, and a domain that can split."""
+    can_split = any(
+        a.dest == "test_fraction"
+        for g in parser._action_groups
+        if (g.title or "").startswith("conversion")
+        for a in g._group_actions
+    )
+    return args.source is not None and args.test is None and can_split and "test_fraction" not in options
+
+
 def cmd_job(argv: Sequence[str]) -> int:
     """Run the whole job; returns the process exit code."""
     from mini_internvl_adapt.checkpoints import export
@@ -130,6 +145,14 @@ def cmd_job(argv: Sequence[str]) -> int:
         source = domain.demo_source() if args.demo else args.source  # type: ignore[attr-defined]
         options = dict(getattr(domain, "demo_convert_options", dict)()) if args.demo else {}
         options.update(_group_options(args, parser, "conversion"))
+        if _holds_out_test(args, parser, options):
+            # The job evaluates on a test split: hold one out unless the user chose how.
+            options["test_fraction"] = DEFAULT_TEST_FRACTION
+            print(
+                f"holding out {DEFAULT_TEST_FRACTION:.0%} of the data as the test split "
+                "(--test-fraction F or --test FILE to choose)",
+                file=sys.stderr,
+            )
         dataset = out / "data"
         report = domain.convert(Path(source), dataset, **options)
         print(

@@ -77,3 +77,17 @@ def test_job_trains_on_a_plain_jsonl_and_evaluates_on_test(
 def test_job_needs_exactly_one_data_source(tmp_path: Path) -> None:
     with pytest.raises(SystemExit):
         main(["--domain", "medical", "--out", str(tmp_path / "x")])
+
+
+def test_raw_source_gets_a_held_out_test_split(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from mini_internvl_adapt.registry import get_domain
+
+    source = get_domain("driving").demo_source()
+    out = tmp_path / "run"
+    argv = ["--domain", "driving", "--source", str(source), "--model", "tiny", "--max-steps", "1"]
+    assert main([*argv, "--max-tiles", "1", "--max-new-tokens", "4", "--out", str(out), "--no-export"]) == 0
+    assert "holding out 10% of the data as the test split" in capsys.readouterr().err
+    train = (out / "data" / "train.jsonl").read_text().splitlines()
+    test = (out / "data" / "test.jsonl").read_text().splitlines()
+    assert train and test
+    assert json.loads((out / "eval" / "metrics.json").read_text())["samples"] == len(test)
