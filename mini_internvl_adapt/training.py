@@ -526,7 +526,28 @@ def _build_callbacks(run: Path, config: TrainConfig) -> list[Any]:
         def on_train_end(self, trainer: pl.Trainer, module: Any) -> None:
             self.end = time.perf_counter()
 
-    return [LastCheckpoint(config.train.checkpoint_every_n_steps), Throughput()]
+    callbacks: list[Any] = [LastCheckpoint(config.train.checkpoint_every_n_steps), Throughput()]
+    if config.train.progress_bar:
+        callbacks.append(_progress_bar(config.train.max_steps))
+    return callbacks
+
+
+def _progress_bar(max_steps: int) -> Any:
+    """Lightning's bar on stderr (stdout stays machine-readable), showing steps, not "Epoch 0/-2"."""
+    from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
+
+    class StepsBar(RichProgressBar):
+        def _get_train_description(self, current_epoch: int) -> str:
+            return (
+                f"train (max {max_steps} steps)"
+                if max_steps > 0
+                else super()._get_train_description(current_epoch)
+            )
+
+    try:
+        return StepsBar(console_kwargs={"stderr": True})
+    except ModuleNotFoundError:  # rich is optional in Lightning
+        return TQDMProgressBar()
 
 
 def _generation_callback(
