@@ -839,6 +839,18 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _is_export_of(folder: Path, run_dir: Path) -> bool:
+    """Whether `folder` holds a finished export of the run in `run_dir` (its sidecar says so)."""
+    sidecar = folder / RUN_INFO_FILE
+    if not sidecar.is_file():
+        return False
+    try:
+        source = str(json.loads(sidecar.read_text(encoding="utf-8")).get("source", ""))
+    except (OSError, json.JSONDecodeError):
+        return False
+    return source == f"export of {Path(run_dir).resolve()}"
+
+
 def export_main(argv: Sequence[str]) -> int:
     """``adapt export``: export a run, optionally push it; returns the exit status."""
     parser = argparse.ArgumentParser(
@@ -846,20 +858,26 @@ def export_main(argv: Sequence[str]) -> int:
     )
     add_export_arguments(parser)
     args = parser.parse_args(list(argv))
-    try:
-        metrics = _read_json(args.metrics) if args.metrics else None
-        out = export(
-            args.checkpoint,
-            args.out,
-            merge_lora=args.merge_lora,
-            dtype=args.dtype,
-            metrics=metrics,
-            overwrite=args.overwrite,
-        )
-    except (ExportError, FileNotFoundError) as e:
-        print(f"adapt export: error: {e}", file=sys.stderr)
-        return 2
-    print(f"exported {args.checkpoint} to {out}")
+    already = _is_export_of(args.out, args.checkpoint)
+    if already and args.push_to_hub and not args.overwrite:
+        # Pushing an export made earlier (e.g. offline): upload it as it is, no re-export.
+        out = args.out
+        print(f"pushing the existing export {out} (pass --overwrite to export again first)")
+    else:
+        try:
+            metrics = _read_json(args.metrics) if args.metrics else None
+            out = export(
+                args.checkpoint,
+                args.out,
+                merge_lora=args.merge_lora,
+                dtype=args.dtype,
+                metrics=metrics,
+                overwrite=args.overwrite,
+            )
+        except (ExportError, FileNotFoundError) as e:
+            print(f"adapt export: error: {e}", file=sys.stderr)
+            return 2
+        print(f"exported {args.checkpoint} to {out}")
     if args.push_to_hub:
         try:
             files = push_to_hub(

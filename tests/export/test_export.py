@@ -197,7 +197,9 @@ def test_adapter_export_keeps_the_adapter_and_rebuild_facts(tmp_path: Path) -> N
     info = json.loads((out / "mini_internvl_adapt.json").read_text())
     assert info["base_model"] == "tiny-internlm2" and info["merged"] is False
     assert json.loads((out / "base_model.json").read_text())["name_or_path"] == "tiny-internlm2"
-    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == "tiny-internlm2"
+    assert (
+        json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == "tiny-internlm2"
+    )
     assert info["template"] == "internlm2-chat" and info["max_dynamic_patch"] == 2
     card = (out / "README.md").read_text()
     assert "library_name: peft" in card and "2410.16261" in card
@@ -309,3 +311,53 @@ def test_export_command_push_dry_run_and_offline(tmp_path: Path, monkeypatch, ca
     err = capsys.readouterr().err
     assert rc == 3 and "HF_HUB_OFFLINE=1" in err and "intact" in err
     assert (tmp_path / "b" / "model.safetensors").is_file() and (tmp_path / "b" / "README.md").is_file()
+
+
+def test_push_later_uploads_the_existing_export_with_private_and_revision(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """An export made offline is pushed later as it is; the options reach huggingface_hub."""
+    import huggingface_hub
+
+    from mini_internvl_adapt.checkpoints import export_main
+
+    run = make_run(tmp_path, "qwen2")
+    out = export(run, tmp_path / "exp", merge_lora=False)
+    stamp = (out / "README.md").stat().st_mtime_ns
+    calls: list[tuple[str, dict]] = []
+
+    class FakeApi:
+        def __init__(self, token=None) -> None:
+            calls.append(("init", {"token": token}))
+
+        def create_repo(self, repo_id, **kwargs):
+            calls.append(("create_repo", {"repo_id": repo_id, **kwargs}))
+
+        def create_branch(self, repo_id, **kwargs):
+            calls.append(("create_branch", {"repo_id": repo_id, **kwargs}))
+
+        def upload_folder(self, **kwargs):
+            calls.append(("upload_folder", kwargs))
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    argv = [
+        "--checkpoint",
+        str(run),
+        "--out",
+        str(out),
+        "--push-to-hub",
+        "me/med",
+        "--private",
+        "--revision",
+        "v2",
+    ]
+    assert export_main(argv) == 0
+    assert "pushing the existing export" in capsys.readouterr().out
+    assert (out / "README.md").stat().st_mtime_ns == stamp  # not re-exported
+    by_name = dict(calls)
+    assert by_name["create_repo"]["repo_id"] == "me/med" and by_name["create_repo"]["private"] is True
+    assert by_name["create_branch"]["branch"] == "v2"
+    assert (
+        by_name["upload_folder"]["folder_path"] == str(out) and by_name["upload_folder"]["revision"] == "v2"
+    )
