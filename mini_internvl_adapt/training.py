@@ -1,7 +1,7 @@
-"""`adapt train`: configs, the run folder, and one call that fine-tunes a model under Lightning.
+"""`adapt train`: the run folder, and one call that fine-tunes a model under Lightning.
 
-A config is YAML with five sections (``model``, ``data``, ``tuning``, ``train``, ``out``); command-line
-flags and dotted ``section.key=value`` overrides are applied on top, and the resolved config is saved
+Configs live in `train_config` (YAML sections, overrides, the command-line options) and callbacks in
+`train_callbacks`; this module runs the training and writes the run folder. The resolved config is saved
 in the run folder. ``--resume RUN`` continues a stopped run from its last checkpoint.
 
 The run folder (``out``) describes itself, so evaluation and export need nothing else::
@@ -31,7 +31,6 @@ The run folder (``out``) describes itself, so evaluation and export need nothing
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import dataclasses
 import hashlib
@@ -41,330 +40,35 @@ import resource
 import shutil
 import sys
 import tempfile
-import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from mini_internvl_adapt.schema import DatasetError, atomic_write_json, atomic_write_text
-from mini_internvl_adapt.tuning import METHODS, TuningConfig
+from mini_internvl_adapt.train_callbacks import (  # noqa: F401 - re-exported for tests and tools
+    _atomic_checkpoint_io,
+    _build_callbacks,
+    _generation_callback,
+)
+from mini_internvl_adapt.train_config import (  # noqa: F401 - the config API, re-exported here
+    LAST_CHECKPOINT,
+    RUN_CONFIG,
+    DataSection,
+    ModelSection,
+    TrainConfig,
+    TrainSection,
+    add_train_arguments,
+    config_from_args,
+    config_from_dict,
+    load_config,
+    save_config,
+)
+from mini_internvl_adapt.tuning import TuningConfig
 
-RUN_CONFIG = "run_config.yaml"
-LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
 BASE_MODEL_FILE = "base_model.json"
-
-
-@dataclass
-class ModelSection:
-    """Which model to start from.
-
-    Attributes:
-        name: A variant name (mini-internvl-1b ...), a tiny name, a local folder or a hub id.
-        dtype: Weight dtype: "auto" (bfloat16 for a frozen base on GPU, else float32), "float32",
-            "bfloat16" or "float16".
-    """
-
-    name: str = "tiny"
-    dtype: str = "auto"
-
-
-@dataclass
-class DataSection:
-    """What to train on and how samples become tokens.
-
-    Attributes:
-        path: A converted dataset folder, an official JSONL file or an official meta JSON.
-        val: A validation set (same forms); default: val.jsonl of a dataset folder, if any.
-        template: Chat template (None: the model's own).
-        system_message: System message (None: the template's default).
-        max_tiles: Maximum tiles per image (official fine-tuning: 6).
-        min_tiles: Minimum tiles per image.
-        use_thumbnail: Append a thumbnail tile (None: the model's setting).
-        max_length: Maximum tokens per sample; longer samples that cannot be truncated are dropped.
-        num_workers: DataLoader worker processes.
-        group_by_length: Put samples of similar length into the same batch.
-    """
-
-    path: str | None = None
-    val: str | None = None
-    template: str | None = None
-    system_message: str | None = None
-    max_tiles: int = 6
-    min_tiles: int = 1
-    use_thumbnail: bool | None = None
-    max_length: int = 4096
-    num_workers: int = 0
-    group_by_length: bool = True
-
-
-@dataclass
-class TrainSection:
-    """The Lightning trainer and optimizer settings.
-
-    Attributes:
-        max_steps: Optimizer steps (-1: run max_epochs epochs).
-        max_epochs: Epochs when max_steps is -1.
-        batch_size: Samples per device per step.
-        accumulate_grad_batches: Gradient accumulation.
-        lr: Base learning rate.
-        weight_decay: AdamW weight decay.
-        warmup_ratio: Linear warmup fraction of the steps.
-        min_lr_ratio: Cosine floor as a fraction of lr.
-        gradient_clip_val: Gradient norm clip (0: none).
-        precision: "auto" (bf16-mixed on a GPU that supports it, else 32-true) or any Lightning precision.
-        accelerator: "auto", "cpu", "gpu" ...
-        devices: Number of devices or "auto".
-        num_nodes: Number of machines.
-        strategy: Any Lightning strategy name: "auto", "ddp", "fsdp", "deepspeed_stage_2" ...
-        seed: Seed for weights of new layers, data order and dropout.
-        val_every_n_steps: Validate every n steps (None: at the end of each epoch and of training).
-        val_generate_every_n_steps: Generate answers for a validation subset and score them with the
-            domain's metrics every n steps (None: never; needs a validation set).
-        val_generate_samples: Size of that subset (the first samples of the validation set).
-        val_generate_max_new_tokens: Longest generated answer there.
-        checkpoint_every_n_steps: How often checkpoints/last.ckpt is rewritten.
-        log_every_n_steps: Logging interval.
-        progress_bar: Show the progress bar.
-    """
-
-    max_steps: int = -1
-    max_epochs: int = 1
-    batch_size: int = 1
-    accumulate_grad_batches: int = 1
-    lr: float = 4e-5
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.03
-    min_lr_ratio: float = 0.0
-    gradient_clip_val: float = 1.0
-    precision: str = "auto"
-    accelerator: str = "auto"
-    devices: int | str = "auto"
-    num_nodes: int = 1
-    strategy: str = "auto"
-    seed: int = 42
-    val_every_n_steps: int | None = None
-    val_generate_every_n_steps: int | None = None
-    val_generate_samples: int = 16
-    val_generate_max_new_tokens: int = 64
-    checkpoint_every_n_steps: int = 100
-    log_every_n_steps: int = 10
-    progress_bar: bool = True
-
-
-@dataclass
-class TrainConfig:
-    """A whole training recipe (one YAML file)."""
-
-    model: ModelSection = field(default_factory=ModelSection)
-    data: DataSection = field(default_factory=DataSection)
-    tuning: TuningConfig = field(default_factory=TuningConfig)
-    train: TrainSection = field(default_factory=TrainSection)
-    out: str = "runs/run"
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-_SECTIONS: dict[str, type] = {
-    "model": ModelSection,
-    "data": DataSection,
-    "tuning": TuningConfig,
-    "train": TrainSection,
-}
-
-
-def _coerce(cls: type, key: str, value: Any, where: str) -> Any:
-    """Check a config value against the field's annotation (YAML gives strings, ints and floats)."""
-    annotation = str({f.name: f.type for f in fields(cls)}[key])
-    if value is None:
-        if "None" not in annotation:
-            raise ValueError(f"{where}: '{key}' cannot be null")
-        return None
-    if annotation.startswith("bool"):
-        if not isinstance(value, bool):
-            raise ValueError(f"{where}: '{key}' must be true or false, got {value!r}")
-        return value
-    if annotation.startswith("float"):
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise ValueError(f"{where}: '{key}' must be a number, got {value!r}")
-        try:
-            return float(value)
-        except ValueError:
-            raise ValueError(f"{where}: '{key}' must be a number, got {value!r}") from None
-    if annotation.startswith("int") and "str" not in annotation:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{where}: '{key}' must be an integer, got {value!r}")
-        return value
-    if annotation.startswith("str") and not isinstance(value, str):
-        return str(value)
-    return value
-
-
-def config_from_dict(obj: dict[str, Any], where: str = "config") -> TrainConfig:
-    """Build a TrainConfig from nested dicts; unknown sections or keys raise ValueError naming them."""
-    if not isinstance(obj, dict):
-        raise ValueError(f"{where}: a config is a mapping with sections {', '.join(_SECTIONS)}, out")
-    unknown = sorted(set(obj) - set(_SECTIONS) - {"out"})
-    if unknown:
-        raise ValueError(
-            f"{where}: unknown section(s) {', '.join(unknown)}; known: {', '.join(_SECTIONS)}, out"
-        )
-    config = TrainConfig()
-    for name, cls in _SECTIONS.items():
-        section = obj.get(name) or {}
-        if not isinstance(section, dict):
-            raise ValueError(f"{where}: section '{name}' must be a mapping")
-        known = {f.name for f in fields(cls)}
-        bad = sorted(set(section) - known)
-        if bad:
-            raise ValueError(
-                f"{where}: unknown key(s) in '{name}': {', '.join(bad)}; known: {', '.join(sorted(known))}"
-            )
-        values = {k: _coerce(cls, k, v, f"{where}: {name}") for k, v in section.items()}
-        setattr(config, name, dataclasses.replace(getattr(config, name), **values))
-    if "out" in obj:
-        config.out = str(obj["out"])
-    return config
-
-
-def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """Read a YAML config (or start from the defaults) and apply dotted overrides.
-
-    Args:
-        path: The YAML file, or None for the defaults.
-        overrides: ``{"train.lr": 1e-4, "out": "runs/x"}``; values win over the file.
-
-    Raises:
-        FileNotFoundError: When the file does not exist.
-        ValueError: On bad YAML, unknown keys or badly typed values, naming the file and the key.
-    """
-    raw: dict[str, Any] = {}
-    where = "overrides"
-    if path is not None:
-        path = Path(path)
-        where = str(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            raise ValueError(f"{path}: bad YAML: {e}") from None
-    for key, value in (overrides or {}).items():
-        parts = key.split(".")
-        if len(parts) == 1:
-            raw[key] = value
-        elif len(parts) == 2:
-            section = raw.setdefault(parts[0], {})
-            if not isinstance(section, dict):
-                raise ValueError(f"{where}: section '{parts[0]}' must be a mapping")
-            section[parts[1]] = value
-        else:
-            raise ValueError(f"override '{key}': use section.key=value (e.g. train.lr=1e-4)")
-    return config_from_dict(raw, where)
-
-
-def save_config(config: TrainConfig, path: Path) -> None:
-    """Write the config as YAML (atomically)."""
-    atomic_write_text(path, yaml.safe_dump(config.to_json(), sort_keys=False, allow_unicode=True))
-
-
-# -- the CLI ------------------------------------------------------------------------------------------
-
-# Flag -> dotted config key, for the flags the issue promises; everything else goes through key=value.
-_FLAGS: dict[str, str] = {
-    "data": "data.path",
-    "val": "data.val",
-    "model": "model.name",
-    "method": "tuning.method",
-    "out": "out",
-    "max_steps": "train.max_steps",
-    "max_epochs": "train.max_epochs",
-    "batch_size": "train.batch_size",
-    "lr": "train.lr",
-    "max_tiles": "data.max_tiles",
-    "max_length": "data.max_length",
-    "seed": "train.seed",
-    "strategy": "train.strategy",
-    "devices": "train.devices",
-    "accelerator": "train.accelerator",
-    "precision": "train.precision",
-    "num_workers": "data.num_workers",
-    "checkpoint_every": "train.checkpoint_every_n_steps",
-    "val_generate_every": "train.val_generate_every_n_steps",
-}
-
-
-def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the `adapt train` options to `parser`."""
-    parser.add_argument("--config", type=Path, help="YAML recipe, e.g. configs/driving/1b_lora.yaml")
-    parser.add_argument("--data", help="dataset folder, official-format JSONL file or official meta JSON")
-    parser.add_argument("--val", help="validation set (default: val.jsonl of the dataset folder, if any)")
-    parser.add_argument("--model", help="variant name (mini-internvl-1b, tiny ...), local folder or hub id")
-    parser.add_argument("--method", choices=METHODS, help="lora, qlora (4-bit LLM + LoRA) or full")
-    parser.add_argument("--out", help="the run folder to create")
-    parser.add_argument("--max-steps", type=int, help="optimizer steps (-1: whole epochs)")
-    parser.add_argument("--max-epochs", type=int, help="epochs when --max-steps is -1")
-    parser.add_argument("--batch-size", type=int, help="samples per device per step")
-    parser.add_argument("--lr", type=float, help="base learning rate")
-    parser.add_argument("--max-tiles", type=int, help="maximum 448-px tiles per image")
-    parser.add_argument("--max-length", type=int, help="maximum tokens per sample")
-    parser.add_argument("--seed", type=int, help="random seed")
-    parser.add_argument("--strategy", help="Lightning strategy: auto, ddp, fsdp, deepspeed_stage_2 ...")
-    parser.add_argument("--devices", help="number of devices or 'auto'")
-    parser.add_argument("--accelerator", help="auto, cpu or gpu")
-    parser.add_argument("--precision", help="auto, 32-true, bf16-mixed, bf16-true, 16-mixed")
-    parser.add_argument("--num-workers", type=int, help="DataLoader worker processes")
-    parser.add_argument("--checkpoint-every", type=int, help="rewrite checkpoints/last.ckpt every N steps")
-    parser.add_argument(
-        "--val-generate-every",
-        type=int,
-        metavar="N",
-        help="every N steps, generate answers for a validation subset and log the domain's metrics",
-    )
-    parser.add_argument(
-        "--resume",
-        type=Path,
-        metavar="RUN",
-        help="continue the run in folder RUN from checkpoints/last.ckpt (its run_config.yaml is the config)",
-    )
-    parser.add_argument(
-        "overrides",
-        nargs="*",
-        metavar="section.key=value",
-        help="any other config value, e.g. tuning.use_llm_lora=32 train.warmup_ratio=0.05",
-    )
-
-
-def _parse_value(text: str) -> Any:
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-
-
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The config that parsed `adapt train` arguments describe (file, then flags, then key=value)."""
-    overrides: dict[str, Any] = {}
-    for item in args.overrides:
-        if "=" not in item:
-            raise ValueError(f"override '{item}' must look like section.key=value")
-        key, value = item.split("=", 1)
-        overrides[key.strip()] = _parse_value(value)
-    for flag, key in _FLAGS.items():
-        value = getattr(args, flag, None)
-        if value is not None:
-            overrides[key] = _parse_value(value) if flag == "devices" else value
-    path = args.config
-    if args.resume is not None:
-        if path is None:
-            path = args.resume / RUN_CONFIG
-        overrides["out"] = str(args.resume)
-    return load_config(path, overrides)
 
 
 def train_main(argv: Sequence[str] | None = None) -> int:
@@ -467,144 +171,6 @@ def _merge_metrics(run: Path) -> None:
         tmp.seek(0)
         lines = tmp.readlines()
     atomic_write_text(run / "metrics.csv", "".join(lines))
-
-
-def _build_callbacks(run: Path, config: TrainConfig) -> list[Any]:
-    import lightning.pytorch as pl
-
-    class LastCheckpoint(pl.Callback):
-        """Rewrites checkpoints/last.ckpt every n optimizer steps (through the atomic checkpoint IO).
-
-        With gradient accumulation global_step stays put for accumulate_grad_batches - 1 more
-        micro-batches after an optimizer step; saving on those would record a data position past
-        gradients the checkpoint does not hold. So each step is saved once, on the micro-batch that
-        completed it (the first to see the new global_step).
-        """
-
-        def __init__(self, every: int) -> None:
-            self.every = max(1, every)
-            self.saved_step = -1
-
-        def on_train_start(self, trainer: pl.Trainer, module: Any) -> None:
-            # A resumed run starts on the step its checkpoint already holds.
-            self.saved_step = trainer.global_step
-
-        def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
-            step = trainer.global_step
-            if step > 0 and step % self.every == 0 and step != self.saved_step:
-                self.saved_step = step
-                # weights_only=False: the full training state (and no log line on every save).
-                trainer.save_checkpoint(run / LAST_CHECKPOINT, weights_only=False)
-
-    class Throughput(pl.Callback):
-        """Wall time of the training loop itself (no model loading or data setup)."""
-
-        def __init__(self) -> None:
-            self.start = self.end = 0.0
-            self.start_samples = self.start_tokens = 0
-            # After the first step (lazy imports, allocator warm-up) to the last one: the steady rate.
-            self.first: tuple[float, int, int] | None = None
-            self.last: tuple[float, int, int] | None = None
-
-        def on_train_start(self, trainer: pl.Trainer, module: Any) -> None:
-            self.start = time.perf_counter()
-            self.start_samples, self.start_tokens = module.samples_seen, module.tokens_seen
-
-        def on_train_batch_end(self, trainer: pl.Trainer, module: Any, *args: Any) -> None:
-            mark = (time.perf_counter(), module.samples_seen, module.tokens_seen)
-            if self.first is None:
-                self.first = mark
-            self.last = mark
-
-        def steady(self) -> tuple[float | None, float | None]:
-            """Samples/s and tokens/s after the first step (None with fewer than two steps)."""
-            if self.first is None or self.last is None or self.last[0] <= self.first[0]:
-                return None, None
-            seconds = self.last[0] - self.first[0]
-            return (self.last[1] - self.first[1]) / seconds, (self.last[2] - self.first[2]) / seconds
-
-        def on_train_end(self, trainer: pl.Trainer, module: Any) -> None:
-            self.end = time.perf_counter()
-
-    callbacks: list[Any] = [LastCheckpoint(config.train.checkpoint_every_n_steps), Throughput()]
-    if config.train.progress_bar:
-        callbacks.append(_progress_bar(config.train.max_steps))
-    return callbacks
-
-
-def _progress_bar(max_steps: int) -> Any:
-    """Lightning's bar on stderr (stdout stays machine-readable), showing steps, not "Epoch 0/-2"."""
-    from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
-
-    class StepsBar(RichProgressBar):
-        def _get_train_description(self, current_epoch: int) -> str:
-            return (
-                f"train (max {max_steps} steps)"
-                if max_steps > 0
-                else super()._get_train_description(current_epoch)
-            )
-
-    try:
-        return StepsBar(console_kwargs={"stderr": True})
-    except ModuleNotFoundError:  # rich is optional in Lightning
-        return TQDMProgressBar()
-
-
-def _generation_callback(
-    run: Path, config: TrainConfig, val_entries: Sequence[Any], tokenizer: Any, processing: Any
-) -> Any:
-    """The callback behind --val-generate-every: the first samples of the first validation source."""
-    from mini_internvl_adapt.val_generation import GenerationMetrics
-
-    if not val_entries:
-        raise ValueError(
-            "train.val_generate_every_n_steps needs a validation set: pass --val (e.g. DATASET/test.jsonl) "
-            "or add val.jsonl to the dataset folder"
-        )
-    source = val_entries[0].source
-    samples = [e.sample for e in val_entries if e.source is source][: config.train.val_generate_samples]
-    return GenerationMetrics(
-        samples,
-        source.root,
-        tokenizer,
-        processing,
-        run,
-        config.train.val_generate_every_n_steps or 1,
-        max_new_tokens=config.train.val_generate_max_new_tokens,
-        batch_size=config.train.batch_size,
-    )
-
-
-def _atomic_checkpoint_io() -> Any:
-    from lightning.pytorch.plugins.io import TorchCheckpointIO
-
-    class AtomicCheckpointIO(TorchCheckpointIO):
-        """Writes a checkpoint to a temp file in the same folder, fsyncs it, then renames it over the old one.
-
-        A kill at any moment leaves either the previous complete checkpoint or the new one, never half a file.
-        """
-
-        def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
-            path = Path(path)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    torch.save(checkpoint, f)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, path)
-                with contextlib.suppress(OSError):  # make the rename itself durable
-                    dir_fd = os.open(path.parent, os.O_RDONLY)
-                    try:
-                        os.fsync(dir_fd)
-                    finally:
-                        os.close(dir_fd)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
-
-    return AtomicCheckpointIO()
 
 
 def run_training(config: TrainConfig, *, resume: bool = False) -> Path:
