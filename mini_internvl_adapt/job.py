@@ -140,9 +140,10 @@ def cmd_job(argv: Sequence[str]) -> int:
         dataset = out / "data"
         print(f"resuming: reusing the converted dataset {dataset}", file=sys.stderr)
     elif args.demo or args.source is not None:
-        if args.demo and not hasattr(domain, "demo_source"):
+        demo_source = getattr(domain, "demo_source", None)  # an optional hook of the plugin contract
+        if args.demo and demo_source is None:
             parser.error(f"the '{domain.name}' domain ships no demo sample; use --source or --data")
-        source = domain.demo_source() if args.demo else args.source  # type: ignore[attr-defined]
+        source = demo_source() if args.demo and demo_source is not None else args.source
         options = dict(getattr(domain, "demo_convert_options", dict)()) if args.demo else {}
         options.update(_group_options(args, parser, "conversion"))
         if _holds_out_test(args, parser, options):
