@@ -123,7 +123,7 @@ def card_metadata(info: CardInfo) -> dict[str, Any]:
                         },
                         "dataset": {
                             "name": info.eval_dataset or "test split",
-                            "type": info.datasets[0] if info.datasets else (info.eval_dataset or "custom"),
+                            "type": info.datasets[0] if info.datasets else "custom",
                         },
                         "metrics": [
                             {"type": name, "name": name, "value": value} for name, value in numbers.items()
