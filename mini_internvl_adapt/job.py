@@ -89,44 +89,69 @@ def build_parser(argv: Sequence[str]) -> tuple[argparse.ArgumentParser, Domain |
     return parser, domain
 
 
-def _group_options(args: argparse.Namespace, parser: argparse.ArgumentParser, kind: str) -> dict[str, Any]:
-    """The values of the options a domain hook added to the group titled '<kind> options of ...'."""
-    dests = {
+def _group_dests(parser: argparse.ArgumentParser, kind: str) -> set[str]:
+    """The dests of the options a domain hook added to the group titled '<kind> options of ...'."""
+    return {
         a.dest
         for g in parser._action_groups
         if (g.title or "").startswith(f"{kind} options")
         for a in g._group_actions
     }
+
+
+def _group_options(args: argparse.Namespace, parser: argparse.ArgumentParser, kind: str) -> dict[str, Any]:
+    """The values given for a domain's '<kind>' options (conversion or scoring)."""
+    dests = _group_dests(parser, kind)
     return {k: v for k, v in vars(args).items() if k in dests and v is not None}
 
 
-def _holds_out_test(
-    args: argparse.Namespace, parser: argparse.ArgumentParser, options: dict[str, Any]
-) -> bool:
-    """Whether to ask the converter for a test split: raw data, no --test, and a domain that can split."""
-    can_split = any(
-        a.dest == "test_fraction"
-        for g in parser._action_groups
-        if (g.title or "").startswith("conversion")
-        for a in g._group_actions
+def _convert_stage(
+    args: argparse.Namespace, parser: argparse.ArgumentParser, domain: Domain, out: Path
+) -> Path:
+    """Stage 1: the dataset to train on (converted now, reused on resume, or given with --data)."""
+    if args.data is not None:
+        print(f"using the converted dataset {args.data}", file=sys.stderr)
+        return Path(args.data)
+    dataset = out / "data"
+    if args.resume is not None and dataset.is_dir():
+        print(f"resuming: reusing the converted dataset {dataset}", file=sys.stderr)
+        return dataset
+    demo_source = getattr(domain, "demo_source", None)  # an optional hook of the plugin contract
+    if args.demo and demo_source is None:
+        parser.error(f"the '{domain.name}' domain ships no demo sample; use --source or --data")
+    source = demo_source() if args.demo and demo_source is not None else args.source
+    options = dict(getattr(domain, "demo_convert_options", dict)()) if args.demo else {}
+    options.update(_group_options(args, parser, "conversion"))
+    can_split = "test_fraction" in _group_dests(parser, "conversion")
+    if args.source is not None and args.test is None and can_split and "test_fraction" not in options:
+        # The job evaluates on a test split: hold one out unless the user chose how.
+        options["test_fraction"] = DEFAULT_TEST_FRACTION
+        print(
+            f"holding out {DEFAULT_TEST_FRACTION:.0%} of the data as the test split "
+            "(--test-fraction F or --test FILE to choose)",
+            file=sys.stderr,
+        )
+    report = domain.convert(Path(source), dataset, **options)
+    print(
+        f"converted {report.converted}/{report.read} records from {source} -> {report.samples} samples "
+        f"({len(report.skipped)} skipped, reasons in {dataset / 'report.json'})",
+        file=sys.stderr,
     )
-    return args.source is not None and args.test is None and can_split and "test_fraction" not in options
+    return dataset
 
 
 def cmd_job(argv: Sequence[str]) -> int:
     """Run the whole job; returns the process exit code."""
     from mini_internvl_adapt.checkpoints import export
+    from mini_internvl_adapt.cli import CliError
     from mini_internvl_adapt.evaluation import evaluate, format_metrics_table
-    from mini_internvl_adapt.training import config_from_args, run_training
+    from mini_internvl_adapt.training import RUN_CONFIG, config_from_args, run_training
 
     parser, domain = build_parser(argv)
     args = parser.parse_intermixed_args(argv)  # section.key=value overrides may sit between flags
     assert domain is not None  # --domain is required, so build_parser found it
     if sum(x is not None and x is not False for x in (args.source, args.data, args.demo or None)) != 1:
         parser.error("give exactly one of --source RAW, --data DATASET or --demo")
-    from mini_internvl_adapt.cli import CliError
-    from mini_internvl_adapt.training import RUN_CONFIG
-
     default_out = f"runs/{domain.name}{'-demo' if args.demo else ''}"
     out = Path(args.resume or args.out or default_out).resolve()
     if args.resume is None and (out / RUN_CONFIG).exists():
@@ -136,34 +161,7 @@ def cmd_job(argv: Sequence[str]) -> int:
     started = time.perf_counter()
 
     _stage(1, "convert")
-    if (args.demo or args.source is not None) and args.resume is not None and (out / "data").is_dir():
-        dataset = out / "data"
-        print(f"resuming: reusing the converted dataset {dataset}", file=sys.stderr)
-    elif args.demo or args.source is not None:
-        demo_source = getattr(domain, "demo_source", None)  # an optional hook of the plugin contract
-        if args.demo and demo_source is None:
-            parser.error(f"the '{domain.name}' domain ships no demo sample; use --source or --data")
-        source = demo_source() if args.demo and demo_source is not None else args.source
-        options = dict(getattr(domain, "demo_convert_options", dict)()) if args.demo else {}
-        options.update(_group_options(args, parser, "conversion"))
-        if _holds_out_test(args, parser, options):
-            # The job evaluates on a test split: hold one out unless the user chose how.
-            options["test_fraction"] = DEFAULT_TEST_FRACTION
-            print(
-                f"holding out {DEFAULT_TEST_FRACTION:.0%} of the data as the test split "
-                "(--test-fraction F or --test FILE to choose)",
-                file=sys.stderr,
-            )
-        dataset = out / "data"
-        report = domain.convert(Path(source), dataset, **options)
-        print(
-            f"converted {report.converted}/{report.read} records from {source} -> {report.samples} samples "
-            f"({len(report.skipped)} skipped, reasons in {dataset / 'report.json'})",
-            file=sys.stderr,
-        )
-    else:
-        dataset = Path(args.data)
-        print(f"using the converted dataset {dataset}", file=sys.stderr)
+    dataset = _convert_stage(args, parser, domain, out)
     args.data = str(dataset)
 
     _stage(2, "train")
