@@ -23,24 +23,13 @@ from mini_internvl_adapt.domains.medical.dicom_render import RenderOptions, rend
 from PIL import Image  # noqa: E402
 from pydicom import examples  # noqa: E402
 from pydicom.data import get_testdata_file  # noqa: E402
-from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid  # noqa: E402
+from pydicom.dataset import Dataset  # noqa: E402
+from test_medical_render import write_dicom as write_synthetic_dicom  # noqa: E402
 
 
 def write_dicom(path: Path, pixels: np.ndarray, photometric: str, bits: int, **attrs: Any) -> Path:
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
-    ds.SOPClassUID = CTImageStorage
-    ds.SOPInstanceUID = generate_uid()
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.Modality = "CT"
-    for keyword, value in attrs.items():
-        setattr(ds, keyword, value)
-    ds.set_pixel_data(pixels, photometric, bits, generate_instance_uid=False)
-    ds.save_as(path, enforce_file_format=True)
-    return path
+    """A synthetic CT file (the checksums below were pinned on these)."""
+    return write_synthetic_dicom(path, pixels, photometric, bits, **{"Modality": "CT", **attrs})
 
 
 def ct_pixels(dtype: type, size: int = 96, seed: int = 0) -> np.ndarray:

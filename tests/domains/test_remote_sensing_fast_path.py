@@ -12,29 +12,14 @@ rasterio = pytest.importorskip("rasterio")
 from mini_internvl_adapt.domains.remote_sensing import raster as R  # noqa: E402
 from mini_internvl_adapt.domains.remote_sensing.chips import chip_windows, write_chips  # noqa: E402
 from PIL import Image  # noqa: E402
-from rasterio.transform import from_origin  # noqa: E402
+from test_remote_sensing_raster import write_raster  # noqa: E402
 
 
 def write_tiled(path: Path, data: np.ndarray, overviews: bool = False, **profile: object) -> Path:
-    count, height, width = data.shape
-    base = {
-        "driver": "GTiff",
-        "height": height,
-        "width": width,
-        "count": count,
-        "dtype": str(data.dtype),
-        "crs": "EPSG:32633",
-        "transform": from_origin(500000, 5600000, 10, 10),
-        "tiled": True,
-        "blockxsize": 256,
-        "blockysize": 256,
-    }
-    base.update(profile)
-    with rasterio.open(path, "w", **base) as dst:
-        dst.write(data)
-        if overviews:
-            dst.build_overviews([2, 4, 8])
-    return path
+    """A tiled (256 px blocks) GeoTIFF, as scenes usually are."""
+    return write_raster(
+        path, data, overviews, **{"tiled": True, "blockxsize": 256, "blockysize": 256, **profile}
+    )
 
 
 def gradient_scene(size: int = 2048, seed: int = 0) -> np.ndarray:

@@ -25,7 +25,8 @@ from mini_internvl_adapt.domains.remote_sensing.raster import (  # noqa: E402
 from rasterio.transform import from_origin  # noqa: E402
 
 
-def write_raster(path: Path, data: np.ndarray, **profile: object) -> Path:
+def write_raster(path: Path, data: np.ndarray, overviews: bool = False, **profile: object) -> Path:
+    """A GeoTIFF of `data` (bands, rows, cols) in EPSG:32633 at 10 m; `profile` overrides any creation option."""
     count, height, width = data.shape
     base = {
         "driver": "GTiff",
@@ -42,6 +43,8 @@ def write_raster(path: Path, data: np.ndarray, **profile: object) -> Path:
         dst.write(data)
         if descriptions:
             dst.descriptions = descriptions
+        if overviews:
+            dst.build_overviews([2, 4, 8])
     return path
 
 
