@@ -4,7 +4,7 @@ Writes N synthetic 512x512 CT slices (int16, rescale, a window in the file), the
   floor       dcmread + pixel_array for every file and nothing else: in one process, and in a pool of
               W processes (W = the converter's worker count), so each conversion can be compared with
               the floor at the same parallelism as well as with the single-process floor
-  convert     `MedicalDomain.convert` on a manifest of those files (render + PNG + JSONL), per worker count
+  convert     `MedicalDomain.convert` on a manifest of those files (render + grey PNG + JSONL), per worker count
   encode      one rendered slice through the PNG writer's deflate options (size and time), to show what
               the compression level costs
 Each timing is the best of --repeats runs (the machine may be shared); CPU seconds (all processes) are
@@ -123,7 +123,7 @@ def encode_options(path: Path) -> list[dict[str, object]]:
         ("Pillow PNG, compress_level 0", lambda: pillow_png(rgb, 0)),
         ("zlib level 0 on the raw RGB bytes (stored)", lambda: zlib.compress(rgb.data, 0)),
         ("zlib level 1 on the raw RGB bytes", lambda: zlib.compress(rgb.data, 1)),
-        (f"PNG writer ({deflate_name()}, Up filter)", lambda: encode_png(pixels)),
+        (f"PNG writer ({deflate_name()}, Up filter, stored grey)", lambda: encode_png(pixels)),
     ]:
         encode()
         start = time.perf_counter()
@@ -234,7 +234,7 @@ def write_results(entry: dict) -> None:
     lines = [
         "# Medical conversion speed",
         "",
-        "Conversion = decode + modality LUT + window + 8-bit RGB PNG + JSONL, on N synthetic CT slices; the",
+        "Conversion = decode + modality LUT + window + 8-bit PNG (grey) + JSONL, on N synthetic CT slices; the",
         "floor = pydicom `dcmread` + `pixel_array` on the same files and nothing else, in one process and in",
         "a pool of as many processes as the converter's workers (workers 0 runs in process). Times: best of",
         "the repeats; CPU = all processes. Goal (issue 5): conversion within 1.5x of the floor.",

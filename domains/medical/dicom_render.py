@@ -212,6 +212,9 @@ def decode_frame(ds: Any, index: int | None) -> np.ndarray:
         RenderError: Corrupt pixel data, or no installed decoder: names the transfer syntax and packages.
     """
     tsyntax = ds.file_meta.get("TransferSyntaxUID", None) if hasattr(ds, "file_meta") else None
+    native = _native_frame(ds, str(tsyntax), index)
+    if native is not None:
+        return native
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -232,6 +235,47 @@ def decode_frame(ds: Any, index: int | None) -> np.ndarray:
         raise RenderError(
             f"pixel data is truncated or inconsistent with the header ({type(e).__name__})"
         ) from None
+
+
+# Uncompressed little-endian transfer syntaxes: the pixel data is the array's own bytes.
+_NATIVE_LITTLE_ENDIAN = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
+
+
+def _native_frame(ds: Any, tsyntax: str, index: int | None) -> np.ndarray | None:
+    """A read-only view of one monochrome frame's stored values, for uncompressed little-endian data.
+
+    Gives exactly what ``pixel_array`` gives for such data (checked in tests) without its copy: the
+    8- or 16-bit samples viewed in place. Stored values outside the BitsStored range (bits an old file
+    uses for overlays) would need pydicom's masking, so then, and for anything else, None: pydicom decodes.
+    """
+    if tsyntax not in _NATIVE_LITTLE_ENDIAN or "PixelData" not in ds:
+        return None
+    try:
+        bits, stored = int(ds.BitsAllocated), int(ds.BitsStored)
+        signed, samples = int(ds.PixelRepresentation) == 1, int(ds.get("SamplesPerPixel", 1) or 1)
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    if (
+        bits not in (8, 16)
+        or samples != 1
+        or not 0 < stored <= bits
+        or (index is not None and index >= frames)
+    ):
+        return None
+    data = ds.PixelData
+    frame_size = rows * cols * bits // 8
+    if not isinstance(data, bytes) or len(data) < frame_size * frames or frame_size == 0:
+        return None
+    start = frame_size * (index or 0)
+    dtype = np.dtype(f"<{'i' if signed else 'u'}{bits // 8}")
+    pixels = np.frombuffer(data, dtype, rows * cols, start).reshape(rows, cols)
+    if stored < bits:
+        low, high = (-(1 << (stored - 1)), (1 << (stored - 1)) - 1) if signed else (0, (1 << stored) - 1)
+        if pixels.min() < low or pixels.max() > high:
+            return None
+    return pixels
 
 
 def _functional(ds: Any, index: int | None, sequence: str) -> Any:

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from mini_internvl_adapt.metrics.boxes import grounding_answer, normalize_box
 from mini_internvl_adapt.schema import ConversionReport, Sample, Turn
 
@@ -217,9 +219,17 @@ def convert_scene(
         scene_bands[scene] = bands
         # Only chips that will hold a feature are read and written.
         plan = []
+        # Features whose box touches a window, found for all features at once (a scene may hold
+        # thousands of features and chips: testing every pair in Python would dominate the conversion).
+        extents = np.array([box for _, box in feature_boxes], dtype=np.float64).reshape(-1, 4)
         for window in chip_windows(size[0], size[1], opts.chip_size, stride):
             chips["total"] += 1
-            inside = [(f, b) for f, b in ((f, box_in_chip(box, *window)) for f, box in feature_boxes) if b]
+            c0, r0, c1, r1 = window[0], window[1], window[0] + window[2], window[1] + window[3]
+            touching = np.flatnonzero(
+                (extents[:, 0] <= c1) & (extents[:, 2] >= c0) & (extents[:, 1] <= r1) & (extents[:, 3] >= r0)
+            )
+            candidates = (feature_boxes[i] for i in touching)
+            inside = [(f, b) for f, b in ((f, box_in_chip(box, *window)) for f, box in candidates) if b]
             if inside:
                 plan.append((window, inside))
             else:

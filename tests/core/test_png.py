@@ -16,9 +16,9 @@ from mini_internvl_adapt.png import encode_png, write_png
 
 
 def decode_png(data: bytes) -> np.ndarray:
+    """The RGB pixels any loader sees (``convert("RGB")``, as ours and the official scripts do)."""
     with Image.open(io.BytesIO(data)) as image:
-        assert image.mode == "RGB"
-        return np.asarray(image)
+        return np.asarray(image.convert("RGB"))
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (1, 7), (9, 1), (33, 17), (64, 64)])
@@ -27,9 +27,10 @@ def test_png_writer_round_trips_grey_broadcast_and_rgb(shape: tuple[int, int]) -
     grey = rng.integers(0, 256, size=shape, dtype=np.uint8)
     rgb = rng.integers(0, 256, size=(*shape, 3), dtype=np.uint8)
     broadcast = np.broadcast_to(grey[..., None], (*shape, 3))
-    for pixels in (broadcast, rgb):
+    for pixels, colour_type in ((broadcast, b"\x00"), (rgb, b"\x02")):
         data = encode_png(pixels)
-        assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[24:26] == b"\x08\x02"  # 8-bit, truecolour
+        # 8-bit; grey (type 0) for a grey plane broadcast to RGB, truecolour (type 2) for real RGB
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[24:26] == b"\x08" + colour_type
         assert np.array_equal(decode_png(data), pixels)
     # A non-contiguous RGB view (a crop) is encoded as what it shows.
     crop = rgb[:, ::-1]
@@ -66,10 +67,11 @@ def test_png_writer_is_lossless_for_rgb_and_grey() -> None:
     rgb = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
     rgb[10:20] = rgb[9]  # repeated rows: the Up filter gives zeros there
     grey = rng.integers(0, 256, (5, 7), dtype=np.uint8)
-    for pixels, mode in ((rgb, "RGB"), (grey, "L")):
+    broadcast = np.broadcast_to(grey[..., None], (*grey.shape, 3))
+    for pixels, mode in ((rgb, "RGB"), (grey, "L"), (broadcast, "L")):
         with Image.open(io.BytesIO(encode_png(pixels))) as im:
             assert im.mode == mode and im.size == (pixels.shape[1], pixels.shape[0])
-            assert (np.asarray(im) == pixels).all()
+            assert (np.asarray(im.convert("RGB") if pixels.ndim == 3 else im) == pixels).all()
     with pytest.raises(ValueError, match="8-bit: got dtype uint16"):
         encode_png(rgb.astype(np.uint16))
     with pytest.raises(ValueError, match=r"got shape \(4, 4, 4\)"):
