@@ -109,11 +109,13 @@ def write_chips(
     ) -> ChipResult:
         target = out_root / name
         target.parent.mkdir(parents=True, exist_ok=True)
-        image = to_image(stretch.planes(data, valid))
+        planes = stretch.planes(data, valid)
         if target.suffix == ".jpg":
-            image.save(target, quality=JPEG_QUALITY)
+            to_image(planes).save(target, quality=JPEG_QUALITY)
+        elif len(planes) == 1:  # one band: a grey PNG, which every loader reads back as R = G = B
+            write_png(target, planes[0])
         else:
-            write_png(target, np.asarray(image))
+            write_png(target, np.asarray(to_image(planes)))
         return ChipResult(window, fraction, name)
 
     results: list[ChipResult | BaseException | None] = [None] * len(windows)

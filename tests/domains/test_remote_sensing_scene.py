@@ -354,3 +354,34 @@ def test_a_chip_that_fails_to_read_drops_its_scene_and_its_written_chips(
     assert report.skipped[0].reason.startswith("read failed at window [128, 128, 128, 128]: RasterioIOError")
     assert report.read == report.converted + len(report.skipped) == 3
     assert not list((tmp_path / "ds" / "images").glob("*.png"))
+
+
+def test_one_band_chips_are_grey_pngs_read_back_as_equal_rgb(tmp_path: Path) -> None:
+    scene = make_scene(tmp_path)
+    labels = write_labels(tmp_path / "l.geojson", [("field", map_box(10, 20, 40, 50))])
+    report = convert(scene, tmp_path / "ds", labels=labels, bands="4", test_fraction=0.0)
+    (sample,) = all_samples(tmp_path / "ds")
+    (stretch,) = report.details["stretch"].values()
+    with Image.open(tmp_path / "ds" / sample.images[0]) as image:
+        assert image.mode == "L" and image.size == (128, 128)
+        rgb = np.asarray(image.convert("RGB"))
+    with rasterio.open(scene) as ds:
+        nir = ds.read(4, window=((0, 128), (0, 128))).astype(np.float64)
+    lo, hi = stretch["lo"][0], stretch["hi"][0]
+    expected = np.clip((nir - lo) / (hi - lo), 0, 1) * 255
+    assert (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all()
+    assert np.abs(rgb[..., 0] - expected).max() <= 1.0  # the percentile stretch of band 4, rounded
+
+
+def test_every_feature_reaches_its_chip_on_a_scene_with_many_of_both(tmp_path: Path) -> None:
+    # 36 features on a 6x6 grid of 40 px chips (stride 40): each lies in exactly one chip.
+    scene = make_scene(tmp_path, size=240)
+    features = [
+        ("car", map_box(40 * i + 5, 40 * j + 5, 40 * i + 25, 40 * j + 15)) for i in range(6) for j in range(6)
+    ]
+    labels = write_labels(tmp_path / "l.geojson", features)
+    convert(scene, tmp_path / "ds", labels=labels, chip_size=40, test_fraction=0.0)
+    samples = all_samples(tmp_path / "ds")
+    assert len(samples) == 36
+    for sample in samples:
+        assert sample.meta["boxes"] == [[5.0, 5.0, 25.0, 15.0]], sample.id
