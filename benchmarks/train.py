@@ -24,6 +24,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -255,7 +256,6 @@ InternVLProcessor(image_processor=images, tokenizer=tokenizer, video_processor=I
 
 def run_swift(venv: Path, data: Path, work: Path, steps: int, batch: int, max_tiles: int) -> dict[str, Any]:
     """The same LoRA run (tiny model, data, batch, tiles, steps, r=8 on the LLM) under ms-swift's `swift sft`."""
-    import shutil
 
     from mini_internvl_adapt.models.tiny import tiny_model_path
 
@@ -398,7 +398,12 @@ def main(argv: list[str] | None = None) -> int:
         "--peak-tflops", type=float, help="the device's dense peak (H100/H200 bf16: 989) for MFU"
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temp folder)")
+    parser.add_argument(
+        "--work",
+        type=Path,
+        default=None,
+        help="scratch folder, kept (default: a temp folder, removed at the end); run folders are always removed",
+    )
     parser.add_argument(
         "--swift-venv",
         type=Path,
@@ -425,6 +430,8 @@ def main(argv: list[str] | None = None) -> int:
             extra = ("tuning.freeze_backbone=true",) if model in REAL_LLMS and method == "full" else ()
             out = work / f"{model}-{method}-{time.time_ns()}"
             row = run_row(name, method, data, out, args, steps, batch, extra)
+            # A real-size full fine-tune checkpoint is GBs: only the timings are kept.
+            shutil.rmtree(out, ignore_errors=True)
             row["overrides"] = list(extra)
             row["model"] = model
             row["mfu"] = mfu(row, args.peak_tflops) if "error" not in row else None
@@ -458,6 +465,8 @@ def main(argv: list[str] | None = None) -> int:
             if "error" not in swift
             else None,
         }
+    if args.work is None:
+        shutil.rmtree(work, ignore_errors=True)
     args.out.mkdir(parents=True, exist_ok=True)
     suffix = "" if args.accelerator == "cpu" else f".{args.accelerator}"
     (args.out / f"train{suffix}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
