@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -262,8 +262,52 @@ _FLAGS: dict[str, str] = {
 }
 
 
+CONFIG_KEYS_TITLE = "config keys (YAML sections, or section.key=value on the command line; default in []):"
+
+
+def _attribute_docs(cls: type) -> dict[str, str]:
+    """The Google-style ``Attributes:`` entries of a class docstring, one line each."""
+    docs: dict[str, str] = {}
+    current = None
+    in_attributes = False
+    for line in (cls.__doc__ or "").splitlines():
+        text = line.strip()
+        if text == "Attributes:":
+            in_attributes = True
+        elif in_attributes and text:
+            name, sep, rest = text.partition(": ")
+            if sep and name.isidentifier() and line.startswith(" " * 8) and not line.startswith(" " * 12):
+                current, docs[name] = name, rest
+            elif current is not None:
+                docs[current] += " " + text
+    return docs
+
+
+def config_keys_help() -> str:
+    """Every config key with its default and meaning (the epilog of `adapt train --help`)."""
+    lines = [CONFIG_KEYS_TITLE]
+    for section, cls in _SECTIONS.items():
+        docs = _attribute_docs(cls)
+        for f in fields(cls):
+            default = f.default if f.default is not MISSING else "?"
+            lines.append(f"  {section}.{f.name} [{default}]: {docs.get(f.name, '')}".rstrip(": "))
+    lines.append("  out: the run folder to create")
+    return "\n".join(lines)
+
+
+class TrainHelpFormatter(argparse.HelpFormatter):
+    """Wraps the description as usual and prints the config-key list as written, a key per line."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text.startswith(CONFIG_KEYS_TITLE):
+            return "\n".join(indent + line for line in text.splitlines())
+        return super()._fill_text(text, width, indent)
+
+
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the `adapt train` options to `parser`."""
+    """Add the `adapt train` options to `parser`, and the list of config keys to its help."""
+    parser.epilog = config_keys_help()
+    parser.formatter_class = TrainHelpFormatter
     parser.add_argument("--config", type=Path, help="YAML recipe, e.g. configs/driving/1b_lora.yaml")
     parser.add_argument("--data", help="dataset folder, official-format JSONL file or official meta JSON")
     parser.add_argument("--val", help="validation set (default: val.jsonl of the dataset folder, if any)")

@@ -187,3 +187,22 @@ def test_local_paths_are_stored_absolute_and_names_as_typed(
     assert _absolute_if_local("mini-internvl-1b") == "mini-internvl-1b"
     assert _absolute_if_local("OpenGVLab/InternVL2-1B") == "OpenGVLab/InternVL2-1B"
     assert _absolute_if_local(None) is None
+
+
+def test_train_help_lists_every_config_key_with_its_default_and_meaning(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from dataclasses import fields
+
+    from mini_internvl_adapt.train_config import _SECTIONS
+    from mini_internvl_adapt.training import train_main
+
+    with pytest.raises(SystemExit):
+        train_main(["--help"])
+    lines = capsys.readouterr().out.splitlines()
+    for section, cls in _SECTIONS.items():
+        for f in fields(cls):
+            entry = next((line for line in lines if line.strip().startswith(f"{section}.{f.name} [")), None)
+            assert entry is not None, f"{section}.{f.name} missing from adapt train --help"
+            assert len(entry.split("]: ", 1)[-1]) > 10, f"{section}.{f.name} has no description"
+    assert any("tuning.drop_path_rate [0.0]: Stochastic depth in the ViT" in line for line in lines)

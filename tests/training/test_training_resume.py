@@ -67,6 +67,7 @@ def _args(data: Path, out: Path, accumulate: int) -> list[str]:
         str(EVERY),
         f"train.accumulate_grad_batches={accumulate}",
         "train.progress_bar=false",
+        "tuning.drop_path_rate=0.2",  # random masks in the ViT too: the resumed run must replay them
     ]
 
 
