@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
+from mini_internvl_adapt.packing import PackedDataset, pack_indices
 from mini_internvl_adapt.processing import (
     BudgetReport,
     ProcessedSample,
@@ -290,6 +291,8 @@ class InternVLDataModule(pl.LightningDataModule):
         group_by_length: Group similar lengths into batches.
         seed: Sampler seed.
         pad_token_id: Padding id for input_ids.
+        packing: Train on packs of samples up to the processor's max_length tokens (packing.py); a
+            batch is then `batch_size` packs. Validation stays unpacked.
     """
 
     def __init__(
@@ -304,13 +307,21 @@ class InternVLDataModule(pl.LightningDataModule):
         group_by_length: bool = True,
         seed: int = 0,
         pad_token_id: int = 0,
+        packing: bool = False,
     ) -> None:
         super().__init__()
         if not train:
             raise ValueError("no training samples left (all missing or over the token budget)")
-        self.train_set = SampleDataset(train, processor)
+        samples = SampleDataset(train, processor)
         self.val_set = SampleDataset(val, processor)
-        self.train_lengths = [lengths.get(e.sample.id, 0) for e in train]
+        # Samples over max_length that the budget check kept train truncated to it.
+        sample_lengths = [min(lengths.get(e.sample.id, 0), processor.config.max_length) for e in train]
+        self.train_set: Dataset = samples
+        self.train_lengths = sample_lengths
+        if packing:
+            packs = pack_indices(sample_lengths, processor.config.max_length)
+            self.train_set = PackedDataset(samples, packs)
+            self.train_lengths = [sum(sample_lengths[i] for i in pack) for pack in packs]
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.group_by_length = group_by_length

@@ -46,6 +46,9 @@ class ProcessedSample:
     labels: torch.Tensor
     pixel_values: torch.Tensor
     num_tiles: list[int] = field(default_factory=list)
+    # A pack of several samples (packing.py): positions restart per sample; members are their ids.
+    position_ids: torch.Tensor | None = None
+    members: list[str] = field(default_factory=list)
 
 
 class SampleTooLongError(ValueError):
@@ -230,10 +233,16 @@ def collate(
 
     Returns:
         input_ids, attention_mask, labels (padded with -100), pixel_values (all tiles concatenated, or None
-        when the batch has no image), num_tiles and ids.
+        when the batch has no image), num_tiles, ids (of every sample, packed ones included) and tokens
+        (the real, unpadded count). For packs
+        (samples with position_ids): position_ids instead of an attention mask (None), the padding of a
+        row being a segment of its own, so transformers keeps every sample's attention to itself.
     """
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side must be 'left' or 'right', got '{padding_side}'")
+    packed = any(s.position_ids is not None for s in batch)
+    if packed and padding_side != "right":
+        raise ValueError("packed samples are for training: pad them on the right")
     length = max(len(s.input_ids) for s in batch)
     input_ids = torch.full((len(batch), length), pad_token_id, dtype=torch.long)
     labels = torch.full((len(batch), length), IGNORE_INDEX, dtype=torch.long)
@@ -245,14 +254,23 @@ def collate(
         labels[row, span] = s.labels
         attention_mask[row, span] = 1
     tiles = [s.pixel_values for s in batch if s.pixel_values.shape[0] > 0]
-    return {
+    out: dict[str, Any] = {
         "input_ids": input_ids,
         "attention_mask": attention_mask,
         "labels": labels,
         "pixel_values": torch.cat(tiles) if tiles else None,
         "num_tiles": [s.num_tiles for s in batch],
-        "ids": [s.id for s in batch],
+        "ids": [i for s in batch for i in (s.members or [s.id])],
+        "tokens": sum(len(s.input_ids) for s in batch),  # real (unpadded) tokens
     }
+    if packed:
+        position_ids = torch.arange(length, dtype=torch.long).repeat(len(batch), 1)
+        for row, s in enumerate(batch):
+            n = len(s.input_ids)
+            position_ids[row, :n] = s.position_ids if s.position_ids is not None else torch.arange(n)
+            position_ids[row, n:] -= n  # the padding restarts at 0: a segment apart from the samples
+        out["position_ids"], out["attention_mask"] = position_ids, None
+    return out
 
 
 @dataclass

@@ -102,6 +102,11 @@ class InternVLTask(pl.LightningModule):
 
     def forward(self, batch: dict[str, Any]) -> Any:
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "labels")}
+        if batch.get("position_ids") is not None:
+            # Packs: no mask, positions restart per sample; transformers derives the per-sample attention
+            # from the positions only when no KV cache is being built.
+            inputs["position_ids"] = batch["position_ids"]
+            inputs["use_cache"] = False
         pixel_values = batch.get("pixel_values")
         if pixel_values is not None:
             # Tiles come as float32; a bf16 / 4-bit-compute model wants its own dtype.
@@ -125,7 +130,7 @@ class InternVLTask(pl.LightningModule):
         self.last_loss = value
         self.samples_seen += len(batch["ids"])
         self.seen_ids += batch["ids"]
-        self.tokens_seen += int(batch["attention_mask"].sum())
+        self.tokens_seen += int(batch["tokens"])
         self.log(
             "train_loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(batch["ids"])
         )

@@ -51,6 +51,8 @@ class DataSection:
         max_length: Maximum tokens per sample; longer samples that cannot be truncated are dropped.
         num_workers: DataLoader worker processes.
         group_by_length: Put samples of similar length into the same batch.
+        packing: Pack several samples into each sequence of up to max_length tokens, each attending only
+            to itself (the official domain-adaptation recipe trains packed); batch_size then counts packs.
     """
 
     path: str | None = None
@@ -63,6 +65,7 @@ class DataSection:
     max_length: int = 4096
     num_workers: int = 0
     group_by_length: bool = True
+    packing: bool = False
 
 
 @dataclass

@@ -266,6 +266,7 @@ def run_training(config: TrainConfig, *, resume: bool = False) -> Path:
         group_by_length=config.data.group_by_length,
         seed=config.train.seed,
         pad_token_id=loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else 0,
+        packing=config.data.packing,
     )
     task = InternVLTask(
         model,

@@ -51,7 +51,10 @@ def _dataset(root: Path, n: int = 40) -> Path:
     return root
 
 
-def _args(data: Path, out: Path, accumulate: int) -> list[str]:
+def _args(data: Path, out: Path, accumulate: int, packing: bool = False) -> list[str]:
+    # Packed: two ~970-token samples per 2048-token pack, 20 packs an epoch, so the resumed run also
+    # crosses into the second epoch.
+    packed = ["data.packing=true", "--max-length", "2048"] if packing else []
     return [
         "--config",
         str(REPO / "configs" / "tiny" / "lora.yaml"),
@@ -68,6 +71,7 @@ def _args(data: Path, out: Path, accumulate: int) -> list[str]:
         f"train.accumulate_grad_batches={accumulate}",
         "train.progress_bar=false",
         "tuning.drop_path_rate=0.2",  # random masks in the ViT too: the resumed run must replay them
+        *packed,
     ]
 
 
@@ -78,14 +82,20 @@ def _inode(path: Path) -> int | None:
         return None
 
 
-@pytest.mark.parametrize("accumulate", [1, 2], ids=["no-accumulation", "accumulate-2"])
-def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path: Path, accumulate: int) -> None:
+@pytest.mark.parametrize(
+    ("accumulate", "packing"),
+    [(1, False), (2, False), (1, True)],
+    ids=["no-accumulation", "accumulate-2", "packed"],
+)
+def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(
+    tmp_path: Path, accumulate: int, packing: bool
+) -> None:
     steps = STEPS[accumulate]
     data = _dataset(tmp_path / "data")
     killed = tmp_path / "killed"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mini_internvl_adapt.training", *_args(data, killed, accumulate)],
+        [sys.executable, "-m", "mini_internvl_adapt.training", *_args(data, killed, accumulate, packing)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         env=env,
@@ -124,13 +134,15 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path: Pa
     # The datamodule restores the data position, so Lightning's "not resumable" warning is silenced.
     assert not [w for w in caught if "not resumable" in str(w.message)]
     uninterrupted = tmp_path / "straight"
-    assert train_main(_args(data, uninterrupted, accumulate)) == 0
+    assert train_main(_args(data, uninterrupted, accumulate, packing)) == 0
 
     resumed_summary = json.loads((killed / "summary.json").read_text())
     straight_summary = json.loads((uninterrupted / "summary.json").read_text())
     assert resumed_summary["resumed"] is True
     assert resumed_summary["steps"] == straight_summary["steps"] == steps
-    assert resumed_summary["samples"] == straight_summary["samples"] == steps * accumulate
+    assert resumed_summary["samples"] == straight_summary["samples"]
+    # A step trains accumulate batches of one sample, or one pack of two samples.
+    assert straight_summary["samples"] == steps * accumulate * (2 if packing else 1)
     a = load_file(killed / "final" / "adapter_model.safetensors")
     b = load_file(uninterrupted / "final" / "adapter_model.safetensors")
     assert a.keys() == b.keys()
