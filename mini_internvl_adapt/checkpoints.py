@@ -466,13 +466,17 @@ def _read_json(path: Path) -> dict[str, Any]:
 def _flat_hyperparameters(config: Mapping[str, Any]) -> dict[str, Any]:
     """Scalar training settings from run_config.yaml, dotted (``tuning.method``), for the card."""
     out: dict[str, Any] = {}
-    for section in ("model", "tuning", "train"):
+    for section in ("model", "data", "tuning", "train"):
         block = config.get(section)
         if isinstance(block, Mapping):
             for key, value in block.items():
-                if isinstance(value, (str, int, float, bool)):
+                # Data paths are the trainer's local folders, not settings (the card names the dataset).
+                if isinstance(value, (str, int, float, bool)) and (section, key) not in _PATH_KEYS:
                     out[f"{section}.{key}"] = value
     return out
+
+
+_PATH_KEYS = {("data", "path"), ("data", "val")}
 
 
 def _dataset_domain(path: str | None) -> str | None:

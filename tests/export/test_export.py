@@ -203,6 +203,9 @@ def test_adapter_export_keeps_the_adapter_and_rebuild_facts(tmp_path: Path) -> N
     assert info["template"] == "internlm2-chat" and info["max_dynamic_patch"] == 2
     card = (out / "README.md").read_text()
     assert "library_name: peft" in card and "2410.16261" in card
+    # The card reports the data settings the run trained with, never its local data paths.
+    assert "| data.max_tiles | 2 |" in card and "| data.max_length | 4096 |" in card
+    assert "data.path" not in card and str(tmp_path) not in card
     # The adapter export is a --model on its own: same weights and processing as the run.
     from mini_internvl_adapt.evaluation import load_eval_model
 
