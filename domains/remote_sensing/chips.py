@@ -140,7 +140,7 @@ def write_chips(
                 results[index] = e
                 bar.update(1)
                 continue
-            fraction = float(valid.mean())
+            fraction = np.count_nonzero(valid) / valid.size
             if fraction < min_valid:
                 results[index] = ChipResult(window, fraction, None)
                 bar.update(1)

@@ -218,14 +218,24 @@ def _integer_nodata(ds: Any, bands: list[int]) -> list[int | None] | None:
 
 def _read_valid(ds: Any, bands: list[int], data: np.ndarray, **read_kw: Any) -> np.ndarray:
     """Validity of values just read with `read_kw` (window or out_shape), from nodata or GDAL's masks."""
-    nodata = _integer_nodata(ds, bands)
+    # The mask facts are the same for every window of a file: looked up once per handle, file and bands
+    # (rasterio's properties cost more than the comparisons below on a 448-px chip). The file name is in
+    # the key because a closed handle's id can come back for another file.
+    key = (id(ds), str(ds.name), tuple(bands))
+    if key not in _NODATA_CACHE:
+        _NODATA_CACHE.clear()  # one scene at a time
+        _NODATA_CACHE[key] = _integer_nodata(ds, bands)
+    nodata = _NODATA_CACHE[key]
     if nodata is None:
         return _valid(data, ds.read_masks(bands, **read_kw))
-    valid = np.ones(data.shape[1:], dtype=bool)
+    valid: np.ndarray | None = None
     for band, value in zip(data, nodata):
         if value is not None:
-            valid &= band != value
-    return valid
+            valid = band != value if valid is None else np.logical_and(valid, band != value, out=valid)
+    return np.ones(data.shape[1:], dtype=bool) if valid is None else valid
+
+
+_NODATA_CACHE: dict[tuple[int, str, tuple[int, ...]], list[int | None] | None] = {}
 
 
 @dataclass
