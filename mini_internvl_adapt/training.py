@@ -321,6 +321,12 @@ def run_training(config: TrainConfig, *, resume: bool = False) -> Path:
         rank_zero_info(
             f"{len(train_budget.too_long)} training sample(s) over max_length dropped (token_budget.json)"
         )
+    if config.data.packing:
+        packs, capacity = datamodule.train_lengths, config.data.max_length
+        rank_zero_info(
+            f"packing: {len(train_entries)} samples in {len(packs)} packs of up to {capacity} tokens "
+            f"({sum(packs) / (len(packs) * capacity):.0%} full)"
+        )
 
     with warnings.catch_warnings():
         # Lightning cannot see that our datamodule restores the mid-epoch data position itself (its
