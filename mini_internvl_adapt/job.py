@@ -221,6 +221,8 @@ def _summary(
 ) -> None:
     print(f"\n== done in {seconds:.0f} s ==", file=sys.stderr)
     rows = [("dataset", dataset), ("run", run), ("training summary", run / "summary.json")]
+    if (run / "loss.png").is_file():
+        rows.append(("training curve", run / "loss.png"))
     if metrics:
         rows += [
             ("predictions", run / "eval" / "predictions.jsonl"),

@@ -28,7 +28,8 @@ TEXT_LINES = 9
 COLOURS = ("#ff3b30", "#34c759", "#007aff", "#ffcc00", "#af52de", "#ff9500", "#5ac8fa", "#ff2d55")
 
 
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+def sized_font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """Pillow's default font at `size` pixels (its fixed bitmap font on Pillow < 10.1)."""
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1 has no sized default font
@@ -65,7 +66,9 @@ def render_sample(sample: Sample, root: Path, width: int = PANEL_WIDTH) -> Image
                 colour = COLOURS[k % len(COLOURS)]
                 x1, y1, x2, y2 = denormalize_box(box, image.width, image.height)
                 draw.rectangle([x1, y1, x2, y2], outline=colour, width=line)
-                draw.text((x1 + line, y1 + line), ref, fill=colour, font=_font(max(12, image.width // 60)))
+                draw.text(
+                    (x1 + line, y1 + line), ref, fill=colour, font=sized_font(max(12, image.width // 60))
+                )
         for k, (ident, camera, x, y, on_grid) in enumerate(tags):
             if on_grid and len(images) == 1:
                 px, py = x / 1000 * image.width, y / 1000 * image.height
@@ -76,13 +79,13 @@ def render_sample(sample: Sample, root: Path, width: int = PANEL_WIDTH) -> Image
             colour = COLOURS[k % len(COLOURS)]
             r = max(6, image.width // 90)
             draw.ellipse([px - r, py - r, px + r, py + r], outline=colour, width=line)
-            draw.text((px + r + 2, py - r), ident, fill=colour, font=_font(max(12, image.width // 45)))
+            draw.text((px + r + 2, py - r), ident, fill=colour, font=sized_font(max(12, image.width // 45)))
         drawn.append(image)
     strip_height = 0
     if drawn:
         scale = width / sum(im.width for im in drawn)
         strip_height = max(1, round(max(im.height for im in drawn) * scale))
-    font = _font(13)
+    font = sized_font(13)
     question = textwrap.wrap("Q: " + sample.question.replace("\n", " "), 95)[: TEXT_LINES // 2 + 1]
     answer = textwrap.wrap("A: " + sample.answer.replace("\n", " "), 95)[: TEXT_LINES // 2]
     lines = [f"{sample.id}  [{sample.task or '-'}]", *question, *answer]

@@ -12,6 +12,7 @@ The run folder (``out``) describes itself, so evaluation and export need nothing
       token_budget.json          the token count of every sample and the ones dropped as too long
       parameters.json            trainable / total parameters per component
       metrics.csv                train_loss, lr, val_loss per step (all sessions of a resumed run)
+      loss.png                   the training curve (train and validation loss against the step)
       logs/version_N/            the CSV logger's files, one version per session
       tensorboard/               TensorBoard event files
       checkpoints/last.ckpt      trainable weights + optimizer + schedule + RNG + data position (atomic)
@@ -47,6 +48,7 @@ from typing import Any
 
 import torch
 
+from mini_internvl_adapt.curves import plot_training_curve
 from mini_internvl_adapt.schema import DatasetError, atomic_write_json, atomic_write_text
 from mini_internvl_adapt.train_callbacks import (  # noqa: F401 - re-exported for tests and tools
     _atomic_checkpoint_io,
@@ -355,6 +357,8 @@ def run_training(config: TrainConfig, *, resume: bool = False) -> Path:
     if trainer.is_global_zero:
         _save_final(run, task.model, loaded, trained_info, config, tuning_cfg, dtype, processing)
         _merge_metrics(run)
+        if (run / "metrics.csv").is_file():
+            plot_training_curve(run / "metrics.csv", run / "loss.png", title=f"training loss: {run.name}")
         val_loss = trainer.callback_metrics.get("val_loss")
         atomic_write_json(
             run / "summary.json",

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from PIL import Image
 from safetensors.torch import load_file
 
 from mini_internvl_adapt import task as task_mod
@@ -112,6 +113,8 @@ def test_lora_run_folder_describes_itself(lora_run: tuple[Path, Path]) -> None:
     assert budget["train"]["samples"] == 8 and budget["val"]["samples"] == 2
     params = json.loads((run / "parameters.json").read_text())
     assert params["lora"]["trainable"] == params["total"]["trainable"] > 0
+    with Image.open(run / "loss.png") as curve:  # the training curve, drawn from metrics.csv
+        assert curve.format == "PNG" and curve.size == (900, 520)
 
 
 def test_lora_run_loads_back_for_inference(lora_run: tuple[Path, Path]) -> None:
