@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from mini_internvl_adapt import png as png_module
@@ -76,3 +77,14 @@ def test_png_writer_is_lossless_for_rgb_and_grey() -> None:
         encode_png(rgb.astype(np.uint16))
     with pytest.raises(ValueError, match=r"got shape \(4, 4, 4\)"):
         encode_png(np.zeros((4, 4, 4), dtype=np.uint8))
+
+
+def test_a_grey_png_tiles_exactly_like_the_rgb_png_it_stands_for(tmp_path: Path) -> None:
+    from mini_internvl_adapt.tiling import tile_image
+
+    grey = np.random.default_rng(1).integers(0, 256, (300, 500), dtype=np.uint8)
+    write_png(tmp_path / "grey.png", np.broadcast_to(grey[..., None], (300, 500, 3)))
+    Image.fromarray(np.repeat(grey[..., None], 3, axis=2), "RGB").save(tmp_path / "rgb.png")
+    with Image.open(tmp_path / "grey.png") as g, Image.open(tmp_path / "rgb.png") as c:
+        assert g.mode == "L" and c.mode == "RGB"
+        assert torch.equal(tile_image(g, max_tiles=6), tile_image(c, max_tiles=6))
