@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,3 +17,37 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is not present")
     return SHARED_DATA
+
+
+@pytest.fixture
+def sentencepiece_model(tmp_path: Path) -> Callable[..., Path]:
+    """Train a tiny Llama-style SentencePiece BPE model (as InternLM2 and Phi-3 ship one) on given lines.
+
+    Call it with (lines, vocab_size, symbols): it returns the path of the trained ``.model`` file, with
+    ``symbols`` as user-defined pieces. Identity normalisation and byte fallback, as LLaMA / InternLM2
+    tokenizers: newlines are kept, unknown bytes fall back to byte pieces.
+    """
+
+    def train(lines: list[str], vocab_size: int, symbols: list[str]) -> Path:
+        import sentencepiece as spm
+
+        corpus = tmp_path / "sp_corpus.txt"
+        corpus.write_text("\n".join(lines))
+        spm.SentencePieceTrainer.train(
+            input=str(corpus),
+            model_prefix=str(tmp_path / "sp"),
+            vocab_size=vocab_size,
+            model_type="bpe",
+            character_coverage=1.0,
+            normalization_rule_name="identity",
+            remove_extra_whitespaces=False,
+            byte_fallback=True,
+            bos_id=1,
+            eos_id=2,
+            unk_id=0,
+            pad_id=-1,
+            user_defined_symbols=symbols,
+        )
+        return tmp_path / "sp.model"
+
+    return train

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -201,48 +202,32 @@ def _expanded(text: str, tiles: list[int]) -> str:
     return out
 
 
-def _sentencepiece_tokenizer(tmp_path: Path):
+def _sentencepiece_tokenizer(tmp_path: Path, sentencepiece_model: Callable[..., Path]):
     """A Llama-style SentencePiece tokenizer (as InternLM2 and Phi-3 ship), trained here."""
     import shutil
 
-    import sentencepiece as spm
     from transformers import LlamaTokenizer
 
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text(
-        "\n".join(["What is it? A red square.", "The car is to the front left.", "Same colour? No."] * 50)
-    )
-    spm.SentencePieceTrainer.train(
-        input=str(corpus),
-        model_prefix=str(tmp_path / "sp"),
-        vocab_size=320,
-        model_type="bpe",
-        character_coverage=1.0,
-        normalization_rule_name="identity",  # as LLaMA / InternLM2 tokenizers: keep newlines, bytes as fallback
-        remove_extra_whitespaces=False,
-        byte_fallback=True,
-        bos_id=1,
-        eos_id=2,
-        unk_id=0,
-        pad_id=-1,
-        user_defined_symbols=["<img>", "</img>", "<IMG_CONTEXT>", "<|im_start|>", "<|im_end|>"],
-    )
+    special = ["<img>", "</img>", "<IMG_CONTEXT>", "<|im_start|>", "<|im_end|>"]
+    lines = ["What is it? A red square.", "The car is to the front left.", "Same colour? No."] * 50
+    model = sentencepiece_model(lines, 320, special)
     (tmp_path / "tok").mkdir()
-    shutil.copy(tmp_path / "sp.model", tmp_path / "tok" / "tokenizer.model")
+    shutil.copy(model, tmp_path / "tok" / "tokenizer.model")
     tok = LlamaTokenizer.from_pretrained(tmp_path / "tok")  # converted from tokenizer.model, as for InternLM2
     assert len(tok("A red square.")["input_ids"]) > 3
-    tok.add_special_tokens(
-        {"additional_special_tokens": ["<img>", "</img>", "<IMG_CONTEXT>", "<|im_start|>", "<|im_end|>"]}
-    )
+    tok.add_special_tokens({"additional_special_tokens": special})
     return tok
 
 
 @pytest.mark.parametrize("kind", ["qwen2", "internlm2", "phi3", "sentencepiece"])
 def test_ids_equal_tokenizing_the_whole_prompt_at_once(
-    kind: str, tokenizers: dict, root: Path, tmp_path: Path
+    kind: str, tokenizers: dict, root: Path, tmp_path: Path, sentencepiece_model: Callable[..., Path]
 ) -> None:
     """Our ids are exactly what the official preprocessing gets by tokenizing the whole expanded prompt."""
-    tok = _sentencepiece_tokenizer(tmp_path) if kind == "sentencepiece" else tokenizers[kind]
+    if kind == "sentencepiece":
+        tok = _sentencepiece_tokenizer(tmp_path, sentencepiece_model)
+    else:
+        tok = tokenizers[kind]
     template = "internlm2-chat" if kind == "sentencepiece" else FAMILY_TEMPLATE[kind]
     proc = SampleProcessor(tok, ProcessingConfig(template=template, max_tiles=4, system_message="Be brief."))
     sample = Sample(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -102,34 +103,19 @@ def test_missing_tokenizer_names_the_folder(tmp_path: Path) -> None:
         load_tokenizer(tmp_path)
 
 
-def test_internlm2_sentencepiece_model_is_rebuilt_without_remote_code(tmp_path: Path) -> None:
+def test_internlm2_sentencepiece_model_is_rebuilt_without_remote_code(
+    tmp_path: Path, sentencepiece_model: Callable[..., Path]
+) -> None:
     """Hub InternLM2 checkpoints ship only tokenizer.model (SentencePiece) and a remote-code class."""
     import sentencepiece as spm
 
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text(
-        "\n".join(["What are the important objects in the scene?", "A car is to the front."] * 40)
-    )
     chat = ["<|im_start|>", "<|im_end|>"]
-    spm.SentencePieceTrainer.train(
-        input=str(corpus),
-        model_prefix=str(tmp_path / "sp"),
-        vocab_size=300,
-        model_type="bpe",
-        character_coverage=1.0,
-        normalization_rule_name="identity",
-        remove_extra_whitespaces=False,
-        byte_fallback=True,
-        bos_id=1,
-        eos_id=2,
-        unk_id=0,
-        pad_id=-1,
-        user_defined_symbols=chat,
-    )
+    lines = ["What are the important objects in the scene?", "A car is to the front."] * 40
+    model = sentencepiece_model(lines, 300, chat)
     folder = tmp_path / "ckpt"
     folder.mkdir()
-    (folder / "tokenizer.model").write_bytes((tmp_path / "sp.model").read_bytes())
-    sp = spm.SentencePieceProcessor(model_file=str(tmp_path / "sp.model"))
+    (folder / "tokenizer.model").write_bytes(model.read_bytes())
+    sp = spm.SentencePieceProcessor(model_file=str(model))
     added = {str(sp.piece_to_id(t)): {"content": t, "special": True} for t in chat}
     added.update(
         {str(300 + i): {"content": t, "special": True} for i, t in enumerate(INTERNVL_SPECIAL_TOKENS)}
