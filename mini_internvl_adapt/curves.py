@@ -10,8 +10,10 @@ import csv
 import math
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageDraw
 
+from mini_internvl_adapt.png import write_png
 from mini_internvl_adapt.preview import sized_font
 
 SIZE = (900, 520)
@@ -102,7 +104,5 @@ def plot_training_curve(metrics_csv: Path, out_png: Path, title: str = "training
         draw.rectangle([legend_x, top - 31, legend_x + 12, top - 21], fill=colour)
         draw.text((legend_x + 16, top - 26), text, fill="black", font=small, anchor="lm")
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_png.with_name(f".{out_png.name}.tmp")
-    image.save(tmp, format="PNG")
-    tmp.replace(out_png)
+    write_png(out_png, np.asarray(image))
     return out_png
