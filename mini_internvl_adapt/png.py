@@ -32,7 +32,7 @@ _GREY, _RGB = 0, 2  # PNG colour types
 
 
 @functools.cache
-def _deflate() -> tuple[str, Callable[[bytes], bytes]]:
+def _deflate() -> tuple[str, Callable[[memoryview], bytes]]:
     try:
         from isal import isal_zlib
     except ImportError:
@@ -72,6 +72,21 @@ def encode_png(pixels: np.ndarray) -> bytes:
     Raises:
         ValueError: The array is not uint8, not grey / RGB, or empty.
     """
+    return b"".join(_png_parts(pixels))
+
+
+def write_png(path: Path, pixels: np.ndarray) -> None:
+    """Write `pixels` (see encode_png) to `path` atomically (a temporary file, then a rename)."""
+    path = Path(path)
+    parts = _png_parts(pixels)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.writelines(parts)  # the compressed data is written as it is, never copied into one bytes
+    os.replace(tmp, path)
+
+
+def _png_parts(pixels: np.ndarray) -> list[bytes]:
+    """The PNG file as a list of byte strings (signature, chunk headers, data, CRCs), in order."""
     if pixels.dtype != np.uint8:
         raise ValueError(f"PNG images are 8-bit: got dtype {pixels.dtype}")
     if not (pixels.ndim == 2 or (pixels.ndim == 3 and pixels.shape[2] == 3)) or 0 in pixels.shape[:2]:
@@ -79,19 +94,11 @@ def encode_png(pixels: np.ndarray) -> bytes:
     height, width = pixels.shape[:2]
     lines, colour_type = _scanlines(pixels)
     header = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)
-    data = _deflate()[1](lines.tobytes())
-    return b"".join((SIGNATURE, _chunk(b"IHDR", header), _chunk(b"IDAT", data), _chunk(b"IEND", b"")))
+    data = _deflate()[1](lines.data)  # deflate reads the array's buffer: no copy to bytes first
+    return [SIGNATURE, *_chunk(b"IHDR", header), *_chunk(b"IDAT", data), *_chunk(b"IEND", b"")]
 
 
-def write_png(path: Path, pixels: np.ndarray) -> None:
-    """Write `pixels` (see encode_png) to `path` atomically (a temporary file, then a rename)."""
-    path = Path(path)
-    data = encode_png(pixels)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def _chunk(tag: bytes, data: bytes) -> bytes:
+def _chunk(tag: bytes, data: bytes) -> tuple[bytes, bytes, bytes]:
+    """A PNG chunk as (length + tag, data, CRC), so large data is never concatenated."""
     crc = zlib.crc32(data, zlib.crc32(tag))
-    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", crc)
+    return struct.pack(">I", len(data)) + tag, data, struct.pack(">I", crc)

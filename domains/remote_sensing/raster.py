@@ -283,7 +283,8 @@ class Stretch:
             out = np.clip(data, 0, 255).astype(np.uint8) if data.dtype != np.uint8 else data.copy()
         else:
             out = self._scale(data)
-        out *= valid  # invalid -> 0 (black); a multiply beats boolean-mask assignment
+        if not valid.all():  # most chips are wholly valid: skip a pass over every byte
+            out *= valid  # invalid -> 0 (black); a multiply beats boolean-mask assignment
         return out
 
     def apply(self, data: np.ndarray, valid: np.ndarray) -> np.ndarray:
