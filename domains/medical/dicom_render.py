@@ -376,7 +376,7 @@ def _render_grey(
             key = raw.view(unsigned) - np.array(low).astype(raw.dtype).view(unsigned)
             table_values = modality_values(ds, domain, index)
             table, window = _window_grey(ds, table_values, index, options, invert, lambda: table_values[key])
-            return np.take(table, key), window
+            return np.take(table, key, mode="clip"), window  # keys are in range: clip skips the bounds checks
     values = modality_values(ds, raw, index)
     return _window_grey(ds, values, index, options, invert, lambda: values)
 
