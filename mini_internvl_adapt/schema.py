@@ -355,6 +355,7 @@ def write_dataset(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     name = name or out.name
+    _remove_stale_splits(out, set(splits))
     meta: dict[str, Any] = {}
     for split, samples in splits.items():
         n = write_samples(out / f"{split}.jsonl", samples)
@@ -371,6 +372,21 @@ def write_dataset(
     atomic_write_json(out / "meta.json", meta)
     atomic_write_json(out / "report.json", report.to_json())
     return out
+
+
+def _remove_stale_splits(out: Path, splits: set[str]) -> None:
+    """Delete the split files an earlier conversion into `out` listed in its meta.json and this one does not
+    write, so a stale ``val.jsonl`` is never trained on. Files meta.json does not list are left alone."""
+    try:
+        old = json.loads((out / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    if not isinstance(old, dict):
+        return
+    for entry in old.values():
+        split = entry.get("split") if isinstance(entry, dict) else None
+        if isinstance(split, str) and split not in splits and Path(split).name == split:
+            (out / f"{split}.jsonl").unlink(missing_ok=True)
 
 
 @dataclass

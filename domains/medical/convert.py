@@ -115,9 +115,9 @@ def render_job(path: str, images_dir: str, options: Any) -> RenderResult:
     names, sizes = [], []
     for image in rendered.images:
         name = f"images/{image.stem}.png"
-        target = Path(images_dir) / f"{image.stem}.png"
-        if not target.exists():
-            write_png(target, image.pixels)
+        # Always written, even when the name exists: the name comes from the SOPInstanceUID alone, so a
+        # file left by an earlier conversion into this folder may hold other options' pixels (a window).
+        write_png(Path(images_dir) / f"{image.stem}.png", image.pixels)
         names.append(name)
         sizes.append((int(image.pixels.shape[1]), int(image.pixels.shape[0])))
     return RenderResult(path, tuple(names), tuple(sizes), rendered.meta, rendered.group)

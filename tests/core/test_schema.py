@@ -183,6 +183,18 @@ def test_write_dataset_writes_meta_and_report_and_reads_back(tmp_path: Path) -> 
     assert not list(out.glob(".*.tmp"))  # atomic writes leave no temp files
 
 
+def test_writing_a_dataset_again_drops_the_splits_it_no_longer_has(tmp_path: Path) -> None:
+    out = tmp_path / "ds"
+    _image(out, "images/a.jpg")
+    sample = Sample("s1", [Turn("human", "<image>\nQ"), Turn("gpt", "A")], ["images/a.jpg"])
+    write_dataset(out, {"train": [sample], "val": [sample]}, ConversionReport(domain="d", source="raw"))
+    (out / "predictions.jsonl").write_text("{}\n")  # not a split of the dataset: never touched
+    write_dataset(out, {"train": [sample]}, ConversionReport(domain="d", source="raw"))
+    assert sorted(p.name for p in out.glob("*.jsonl")) == ["predictions.jsonl", "train.jsonl"]
+    assert [s.split for s in resolve_sources(out, "train")] == ["train"]
+    assert list(json.loads((out / "meta.json").read_text())) == ["ds_train"]
+
+
 def test_sources_from_folder_jsonl_and_official_meta(tmp_path: Path) -> None:
     root = tmp_path / "data"
     _image(root, "images/a.jpg")

@@ -256,6 +256,32 @@ def test_keep_source_paths_is_an_explicit_opt_in(tmp_path: Path, capsys: pytest.
     assert "unrecognized arguments: --redact-paths" in capsys.readouterr().err
 
 
+def test_converting_again_into_the_same_folder_renders_with_the_new_options(tmp_path: Path) -> None:
+    # Image names come from the SOPInstanceUID alone: a second conversion with another window must
+    # replace the first one's pixels, not keep them because the name exists.
+    source = write_manifest(
+        tmp_path / "m.csv", [{"image": get_testdata_file("CT_small.dcm", download=False), "label": "ct"}]
+    )
+    out, fresh = tmp_path / "out", tmp_path / "fresh"
+
+    def pixels(dataset: Path) -> np.ndarray:
+        (sample,) = [s for split in ("train", "test") for s in _samples(dataset, split)]
+        with Image.open(dataset / sample.images[0]) as im:
+            return np.asarray(im.convert("RGB"))
+
+    MedicalDomain().convert(source, out, window="lung", workers=0, test_fraction=0)
+    lung = pixels(out)
+    MedicalDomain().convert(source, out, window="bone", workers=0, test_fraction=0)
+    MedicalDomain().convert(source, fresh, window="bone", workers=0, test_fraction=0)
+    assert not np.array_equal(pixels(out), lung)
+    assert np.array_equal(pixels(out), pixels(fresh))
+
+
+def _samples(dataset: Path, split: str) -> list:
+    path = dataset / f"{split}.jsonl"
+    return read_samples(path) if path.exists() else []
+
+
 def test_burned_in_files_are_skipped_unless_allowed(tmp_path: Path) -> None:
     write_dicom(tmp_path / "a.dcm", np.zeros((8, 8), np.uint16), BurnedInAnnotation="YES", PatientID="P1")
     write_dicom(tmp_path / "b.dcm", np.ones((8, 8), np.uint16), PatientID="P2")
