@@ -6,6 +6,7 @@ feature converts when it lands (at least half of its box) in a written chip.
 
 from __future__ import annotations
 
+import random
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -182,7 +183,7 @@ def convert_scene(
     chips = {"total": 0, "written": 0, "low_valid": 0, "unlabelled": 0}
     stretches: dict[str, Any] = {}
     scene_bands: dict[str, list[int]] = {}  # reported: the default may have picked them
-    grouped: list[tuple[str, Sample]] = []
+    converted: list[_Chip] = []
     for raster in rasters:
         scene = _scene_key(source, raster)
         report.read += 1
@@ -229,7 +230,9 @@ def convert_scene(
                 (extents[:, 0] <= c1) & (extents[:, 2] >= c0) & (extents[:, 1] <= r1) & (extents[:, 3] >= r0)
             )
             candidates = (feature_boxes[i] for i in touching)
-            inside = [(f, b) for f, b in ((f, box_in_chip(box, *window)) for f, box in candidates) if b]
+            # The half-inside rule and the clipping use the chip's part of the scene, never its padding.
+            in_scene = (c0, r0, min(c1, size[0]) - c0, min(r1, size[1]) - r0)
+            inside = [(f, b) for f, b in ((f, box_in_chip(box, *in_scene)) for f, box in candidates) if b]
             if inside:
                 plan.append((window, inside))
             else:
@@ -246,7 +249,7 @@ def convert_scene(
             report.skip(raster, f"read failed at window {list(window)}: {describe_error(failure)}")
             book.scene_skipped(label_path, raster)
             continue
-        scene_samples = []
+        scene_chips = []
         for result, (_, inside) in zip(results, plan):
             assert isinstance(result, ChipResult)
             if result.image is None:
@@ -254,15 +257,23 @@ def convert_scene(
                 continue
             chips["written"] += 1
             report.images += 1
-            book.placed.update(f.source for f, _ in inside)
             group = scene if len(rasters) > 1 else f"{scene}/row{result.window[1]}"
-            for sample in _samples_for_chip(scene, result, [(f.label, b) for f, b in inside], info, opts):
-                scene_samples.append((group, sample))
-        if scene_samples:
+            samples = _samples_for_chip(scene, result, [(f.label, b) for f, b in inside], info, opts)
+            scene_chips.append(
+                _Chip(group, result.window, result.image, samples, {f.source for f, _ in inside})
+            )
+        if scene_chips:
             report.converted += 1
-            grouped.extend(scene_samples)
+            converted.extend(scene_chips)
         else:
             report.skip(raster, "no chip with a labelled feature passed --min-valid")
+    splits = _split_chips(converted, len(rasters) == 1 and stride < opts.chip_size, opts, chips)
+    for chip in converted:
+        if chip.dropped:
+            (out / chip.image).unlink(missing_ok=True)
+            report.images -= 1
+        else:
+            book.placed.update(chip.sources)
     book.finish()
     report.details.update(
         {
@@ -273,8 +284,51 @@ def convert_scene(
             "stride": stride,
         }
     )
-    test_groups = grouped_test_set((g for g, _ in grouped), opts.test_fraction, opts.seed)
+    return splits
+
+
+@dataclass
+class _Chip:
+    """A written chip: its split group, window, image, samples and the features it holds."""
+
+    group: str
+    window: tuple[int, int, int, int]
+    image: str
+    samples: list[Sample]
+    sources: set[str]
+    dropped: bool = False
+
+
+def _split_chips(
+    converted: list[_Chip], overlapping_rows: bool, opts: SceneOptions, chips: dict[str, int]
+) -> dict[str, list[Sample]]:
+    """Split written chips by group (scene, or chip row of a single scene) so no pixel is in both splits.
+
+    When the rows of a single scene overlap (a stride under the chip size), the test rows are one
+    contiguous run at a seeded place, and the train chips that share pixels with a test chip are dropped
+    (counted in ``chips.dropped_overlapping_test``): otherwise the same features would train and test.
+    """
+    if overlapping_rows:
+        rows = sorted({chip.window[1] for chip in converted})
+        # As many rows as grouped_test_set would pick, but side by side: only the run's two edges cost chips.
+        n_test = len(grouped_test_set([str(r) for r in rows], opts.test_fraction, opts.seed))
+        start = random.Random(opts.seed).randrange(len(rows) - n_test + 1)
+        test_rows = set(rows[start : start + n_test])
+        test_groups = {chip.group for chip in converted if chip.window[1] in test_rows}
+    else:
+        test_groups = grouped_test_set((chip.group for chip in converted), opts.test_fraction, opts.seed)
+    test = np.array([c.window for c in converted if c.group in test_groups], dtype=np.int64).reshape(-1, 4)
     splits: dict[str, list[Sample]] = {"train": [], "test": []}
-    for group, sample in grouped:
-        splits["test" if group in test_groups else "train"].append(sample)
+    dropped = 0
+    for chip in converted:
+        split = "test" if chip.group in test_groups else "train"
+        col, row, width, height = chip.window
+        if split == "train" and overlapping_rows:
+            shares = (np.abs(test[:, 0] - col) < width) & (np.abs(test[:, 1] - row) < height)
+            if shares.any():
+                chip.dropped, dropped = True, dropped + 1
+                continue
+        splits[split].extend(chip.samples)
+    if overlapping_rows:
+        chips["dropped_overlapping_test"] = dropped
     return splits

@@ -385,3 +385,54 @@ def test_every_feature_reaches_its_chip_on_a_scene_with_many_of_both(tmp_path: P
     assert len(samples) == 36
     for sample in samples:
         assert sample.meta["boxes"] == [[5.0, 5.0, 25.0, 15.0]], sample.id
+
+
+def test_a_feature_in_an_edge_chips_padding_is_skipped_not_boxed_on_black(tmp_path: Path) -> None:
+    # 200 px scene, 128 px chips: the right chip column covers scene columns 128-199 and pads 200-255.
+    scene = make_scene(tmp_path, size=200)
+    labels = write_labels(
+        tmp_path / "labels.geojson",
+        [
+            ("padding", map_box(210, 20, 240, 50)),  # wholly past the scene's right edge
+            ("edge", map_box(170, 60, 210, 90)),  # three quarters in the scene: assigned
+            ("mostly_out", map_box(190, 100, 230, 120)),  # a quarter in the scene: not assigned
+        ],
+    )
+    report = convert(scene, tmp_path / "out", labels=labels, test_fraction=0)
+    boxes = {
+        s.meta["label"]: s.meta["boxes"] for s in all_samples(tmp_path / "out") if s.task == "rs-grounding"
+    }
+    assert boxes == {
+        "edge": [[42.0, 60.0, 72.0, 90.0]]
+    }  # clipped at the scene edge (x 200 -> 72 in the chip)
+    skips = {Path(s.source).name: s.reason for s in report.skipped}
+    assert "lies outside the scene" in skips["labels.geojson#features[0]"]
+    assert "less than half" in skips["labels.geojson#features[2]"]
+    assert report.read == report.converted + len(report.skipped)
+
+
+def test_overlapping_chips_never_put_a_feature_in_both_splits(tmp_path: Path) -> None:
+    # A stride under the chip size: neighbouring chip rows share pixels. Test rows are one seeded run,
+    # and train chips sharing pixels with a test chip are dropped (and counted), so nothing leaks.
+    scene = make_scene(tmp_path, size=256)
+    features = [
+        (f"f{r}_{c}", map_box(c + 40, r + 40, c + 56, r + 56)) for r in range(0, 256, 64) for c in (0, 128)
+    ]
+    labels = write_labels(tmp_path / "labels.geojson", features)
+    out = tmp_path / "out"
+    report = convert(scene, out, labels=labels, stride=64, test_fraction=0.34, seed=3)
+    split_of: dict[str, set[str]] = {}
+    windows: dict[str, list[list[int]]] = {"train": [], "test": []}
+    for split in ("train", "test"):
+        for s in read_samples(out / f"{split}.jsonl"):
+            split_of.setdefault(s.meta["label"], set()).add(split)
+            windows[split].append(s.meta["window"])
+    assert windows["train"] and windows["test"]
+    assert all(len(splits) == 1 for splits in split_of.values()), split_of
+    for c, r, w, h in windows["train"]:
+        assert all(abs(c - tc) >= w or abs(r - tr) >= h for tc, tr, _, _ in windows["test"])
+    chips = report.details["chips"]
+    assert chips["dropped_overlapping_test"] > 0
+    referenced = {s.images[0] for s in all_samples(out)}
+    assert {f"images/{p.name}" for p in (out / "images").iterdir()} == referenced  # dropped chips removed
+    assert report.images == len(referenced)
