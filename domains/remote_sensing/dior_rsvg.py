@@ -59,6 +59,7 @@ def convert_dior_rsvg(
     staged: list[tuple[int, str, Sample]] = []
     jobs: dict[str, Path] = {}
     index = 0
+    unreadable: Path | None = None  # the first XML that could not be parsed
     for xml in xmls:
         try:
             root = ET.parse(xml).getroot()
@@ -66,14 +67,24 @@ def convert_dior_rsvg(
             # Its objects cannot be counted, so the file is one record.
             report.read += 1
             report.skip(xml, f"bad XML: {e}")
+            unreadable = unreadable or xml
             continue
         filename = _text(root, "filename") or f"{xml.stem}.jpg"
         size = root.find("size")
         image = next(
             (source / d / filename for d in IMAGE_FOLDERS if (source / d / filename).is_file()), None
         )
-        for obj in root.findall("object"):
+        for k, obj in enumerate(root.findall("object")):
             report.read += 1
+            if assignment and unreadable is not None:
+                # The split files list global object indices, which an unreadable file before this one
+                # has made unknowable: placing the object anyway could move a test object into train.
+                report.skip(
+                    f"{xml.name}#object[{k}]",
+                    f"object index unknown: {unreadable.name} could not be read, so the split files cannot "
+                    "place this object (repair that file)",
+                )
+                continue
             where, i = f"{xml.name}#object[{index}]", index
             index += 1
             box_node = obj.find("bndbox")

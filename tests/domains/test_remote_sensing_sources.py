@@ -202,6 +202,29 @@ def test_dior_rsvg_split_files_index_objects_globally(tmp_path: Path) -> None:
     assert scores["grounding"]["acc@0.5"] == 1.0
 
 
+def test_dior_rsvg_objects_after_an_unreadable_xml_are_not_placed_by_shifted_indices(tmp_path: Path) -> None:
+    # 00002.xml is truncated: its objects (global 2, 3) cannot be counted, so 00003's objects (4, 5, listed
+    # in test.txt) would become 2, 3 and train. They are skipped with the reason instead.
+    src = tmp_path / "DIOR_RSVG"
+    (src / "Annotations").mkdir(parents=True)
+    for name in ("00001", "00002", "00003"):
+        png(src / "JPEGImages" / f"{name}.jpg", size=(800, 800))
+        objects = "".join(
+            OBJ.format(cls="ship", b=(10, 10, 50, 60), desc=f"ship {name} {k}") for k in range(2)
+        )
+        (src / "Annotations" / f"{name}.xml").write_text(VOC.format(name=name, objects=objects))
+    (src / "Annotations" / "00002.xml").write_text(VOC.format(name="00002", objects="<object>")[:-20])
+    (src / "train.txt").write_text("0\n1\n2\n3\n")
+    (src / "test.txt").write_text("4\n5\n")
+    report = RemoteSensingDomain().convert(src, tmp_path / "ds")
+    train = read_samples(tmp_path / "ds" / "train.jsonl")
+    assert [s.question.split("\n")[1] for s in train] == ["Detect ship 00001 0", "Detect ship 00001 1"]
+    assert not (tmp_path / "ds" / "test.jsonl").exists() or not read_samples(tmp_path / "ds" / "test.jsonl")
+    reasons = {s.source: s.reason for s in report.skipped}
+    assert reasons["00003.xml#object[0]"].startswith("object index unknown: 00002.xml could not be read")
+    assert report.read == 2 + 1 + 2 and report.converted == 2 and len(report.skipped) == 3
+
+
 def test_geochat_boxes_scale_and_rotation() -> None:
     assert geochat_box_to_internvl(10, 20, 30, 40) == [100, 200, 300, 400]
     # 90 degrees about the centre (20, 30): a 20x20 square stays itself; a 20x10 box turns into 10x20.
@@ -211,6 +234,18 @@ def test_geochat_boxes_scale_and_rotation() -> None:
     x = 5 * 2**0.5
     expected = f"[[100, 200, 300, 400], [{round((55 - x) * 10)}, {round((55 - x) * 10)}, {round((55 + x) * 10)}, {round((55 + x) * 10)}]]"
     assert convert_text(text) == f"<ref>two planes</ref> <box>{expected}</box>"
+    # The reference writes the angle in brackets, ``|<theta>``: the same box as ``|theta``.
+    assert (
+        convert_text("{<50><50><60><60>|<45>}")
+        == convert_text("{<50><50><60><60>|45}")
+        != "{<50><50><60><60>|<45>}"
+    )
+
+
+def test_geochat_rotation_turns_the_box_in_pixels_on_a_non_square_image() -> None:
+    # 800x400 image: <40><40><60><60> is 160x80 px centred at (400, 200); turned 90 degrees it is 80x160 px.
+    assert geochat_box_to_internvl(40, 40, 60, 60, 90, aspect=2.0) == [450, 300, 550, 700]
+    assert convert_text("{<40><40><60><60>|<90>}", aspect=2.0) == "<box>[[450, 300, 550, 700]]</box>"
 
 
 def test_geochat_conversion(tmp_path: Path) -> None:
@@ -239,11 +274,22 @@ def test_geochat_conversion(tmp_path: Path) -> None:
             "conversations": [{"from": "human", "value": "x"}, {"from": "gpt", "value": "y"}],
         },
         {"id": "P10"},
+        {
+            "id": "P0002_0000",
+            "image": "wide.png",
+            "conversations": [
+                {"from": "human", "value": "<image>\n[refer] Where is the ship?"},
+                {"from": "gpt", "value": "<p>ship</p> {<40><40><60><60>|<90>}"},
+            ],
+        },
     ]
+    png(src / "wide.png", size=(800, 400))
     (src / "geochat.json").write_text(json.dumps(entries))
     report = RemoteSensingDomain().convert(src / "geochat.json", tmp_path / "ds", test_fraction=0)
-    assert report.read == 4 and report.converted == 2 and len(report.skipped) == 2
-    grounding, vqa = read_samples(tmp_path / "ds" / "train.jsonl")
+    assert report.read == 5 and report.converted == 3 and len(report.skipped) == 2
+    grounding, vqa, ship = read_samples(tmp_path / "ds" / "train.jsonl")
+    assert ship.task == "rs-grounding" and ship.answer == "<ref>ship</ref> <box>[[450, 300, 550, 700]]</box>"
+    assert np.allclose(ship.meta["boxes"], [[360, 120, 440, 280]])
     assert (
         grounding.task == "rs-grounding"
         and grounding.answer == "<ref>small car</ref> <box>[[100, 200, 300, 400]]</box>"
