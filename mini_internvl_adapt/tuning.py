@@ -325,6 +325,7 @@ def apply_tuning(model: nn.Module, config: TuningConfig) -> nn.Module:
             model, llm=bool(cfg.use_llm_lora), vision=bool(cfg.use_backbone_lora)
         ),
         rank_pattern=_rank_pattern(cfg),
+        alpha_pattern=_alpha_pattern(cfg),
         modules_to_save=_trained_modules(model, cfg) or None,
         bias="none",
     )
@@ -338,6 +339,13 @@ def _rank_pattern(cfg: TuningConfig) -> dict[str, int]:
     """Different ranks on the LLM and the ViT (peft keys are regexes over module names)."""
     if cfg.use_llm_lora and cfg.use_backbone_lora and cfg.use_llm_lora != cfg.use_backbone_lora:
         return {r".*vision_tower\..*": cfg.use_backbone_lora}
+    return {}
+
+
+def _alpha_pattern(cfg: TuningConfig) -> dict[str, int]:
+    """The ViT's own alpha 2r when its rank differs (the official wrap_backbone_lora), unless alpha is set."""
+    if cfg.lora_alpha is None and _rank_pattern(cfg):
+        return {r".*vision_tower\..*": 2 * cfg.use_backbone_lora}
     return {}
 
 

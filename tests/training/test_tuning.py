@@ -119,6 +119,13 @@ def test_lora_with_trainable_projector_lm_head_and_vit_lora() -> None:
     ranks = {n: p.shape[0] for n, p in model.named_parameters() if "lora_A" in n}
     assert {r for n, r in ranks.items() if "vision_tower" in n} == {2}
     assert {r for n, r in ranks.items() if "language_model" in n} == {4}
+    # Each part scales by its own alpha 2r / r = 2 (the official wrap_backbone_lora / wrap_llm_lora).
+    scalings = {
+        n: m.scaling["default"]
+        for n, m in model.named_modules()
+        if isinstance(getattr(m, "scaling", None), dict)
+    }
+    assert scalings and set(scalings.values()) == {2.0}
 
 
 def test_full_freeze_flags_and_last_vit_layers() -> None:
