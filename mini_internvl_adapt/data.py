@@ -93,7 +93,8 @@ def split_sources(
         if not train:
             raise DatasetError(path, "no training entry (every entry is a val or test split)")
     if val is not None:
-        val_sources = resolve_sources(val)
+        # A dataset folder given as the validation set means its val.jsonl, never all of its splits.
+        val_sources = resolve_sources(val, "val") if Path(val).is_dir() else resolve_sources(val)
     return train, val_sources
 
 

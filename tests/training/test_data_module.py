@@ -61,6 +61,12 @@ def test_folder_splits_into_train_and_val(tmp_path: Path) -> None:
     assert [s.annotation.name for s in val] == ["val.jsonl"]
     train, val = split_sources(tmp_path / "train.jsonl")
     assert len(train) == 1 and val == []
+    # --val FOLDER means the folder's val.jsonl: never its training (or test) split.
+    (tmp_path / "test.jsonl").write_text((tmp_path / "val.jsonl").read_text())
+    train, val = split_sources(tmp_path / "train.jsonl", val=tmp_path)
+    assert [s.annotation.name for s in val] == ["val.jsonl"]
+    with pytest.raises(DatasetError, match="no val.jsonl in this dataset folder"):
+        split_sources(tmp_path, val=write_dataset(tmp_path / "other", n_val=0))
 
 
 def test_meta_json_repeat_time_and_val_entries(tmp_path: Path) -> None:
