@@ -417,7 +417,9 @@ def _save_final(
         except (ExportError, ImportError) as e:
             loaded.tokenizer.save_pretrained(tmp)
             rank_zero_warn(f"final/ holds the tokenizer but no transformers processor: {e}")
-        atomic_write_json(tmp / SIDECAR, info.to_json())
+        # The processing block (system message, tiles) as exports write it: `adapt eval --model RUN/final`
+        # must prompt exactly as training did.
+        atomic_write_json(tmp / SIDECAR, {**info.to_json(), "processing": dataclasses.asdict(processing)})
         if tuning_mod.is_peft_model(model):
             atomic_write_json(
                 tmp / BASE_MODEL_FILE,

@@ -73,8 +73,16 @@ def _batch(data: Path) -> dict:
 def lora_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("lora")
     data = make_dataset(root / "data")
-    assert _train("lora", data, root / "run", "--max-steps", "12") == 0
+    assert _train("lora", data, root / "run", "--max-steps", "12", "data.system_message=Answer briefly.") == 0
     return root / "run", data
+
+
+def test_run_and_its_final_folder_prompt_with_the_trained_system_message(lora_run: tuple[Path, Path]) -> None:
+    from mini_internvl_adapt.evaluation import load_eval_model
+
+    run, _ = lora_run
+    for model in (run, run / "final"):
+        assert load_eval_model(model, device="cpu").processing.system_message == "Answer briefly.", model
 
 
 def test_lora_run_folder_describes_itself(lora_run: tuple[Path, Path]) -> None:
