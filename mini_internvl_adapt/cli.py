@@ -87,6 +87,8 @@ def cmd_convert(argv: Sequence[str]) -> int:
 
 def read_predictions(path: Path) -> dict[str, str]:
     """Read predictions: JSONL lines {"id", "answer"} or a JSON list [{"id", "answer", ...}]."""
+    if path.is_dir():
+        raise DatasetError(path, f"a folder; pass the predictions file, e.g. {path / 'predictions.jsonl'}")
     text = path.read_text(encoding="utf-8")
     stripped = text.lstrip()
     rows: list[Any]

@@ -221,9 +221,11 @@ def iter_samples(
         check_files: Also check that every image file exists.
 
     Raises:
-        DatasetError: On the first bad line, naming file, line number and problem.
+        DatasetError: On the first bad line, naming file, line number and problem (or a folder given).
     """
     path = Path(path)
+    if path.is_dir():
+        raise DatasetError(path, f"a folder, not a JSONL file; pass one split, e.g. {path / 'test.jsonl'}")
     root_dir = Path(root) if root is not None else path.parent
     with open(path, encoding="utf-8") as f:
         for number, line in enumerate(f, start=1):

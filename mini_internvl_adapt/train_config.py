@@ -357,18 +357,33 @@ def _parse_value(text: str) -> Any:
         return text
 
 
+def _parse_override(key: str, text: str) -> Any:
+    """A key=value override's value: the text itself for a text field, else read as YAML (numbers, bools).
+
+    A system message such as "Note: be brief." or "#1 assistant" must not go through YAML, which would
+    turn it into a mapping or a comment; `null` still clears an optional text field.
+    """
+    section, _, name = key.partition(".")
+    cls = _SECTIONS.get(section)
+    types = {f.name: str(f.type) for f in fields(cls)} if cls is not None else {}
+    annotation = types.get(name, "str" if key == "out" else "")
+    if annotation in ("str", "str | None"):
+        return None if annotation == "str | None" and text.strip() == "null" else text
+    return _parse_value(text)
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The config that parsed `adapt train` arguments describe (file, then flags, then key=value)."""
     overrides: dict[str, Any] = {}
-    for item in args.overrides:
-        if "=" not in item:
-            raise ValueError(f"override '{item}' must look like section.key=value")
-        key, value = item.split("=", 1)
-        overrides[key.strip()] = _parse_value(value)
     for flag, key in _FLAGS.items():
         value = getattr(args, flag, None)
         if value is not None:
             overrides[key] = _parse_value(value) if flag == "devices" else value
+    for item in args.overrides:  # after the flags: key=value wins, as the docstring promises
+        if "=" not in item:
+            raise ValueError(f"override '{item}' must look like section.key=value")
+        key, value = item.split("=", 1)
+        overrides[key.strip()] = _parse_override(key.strip(), value)
     path = args.config
     if args.resume is not None:
         if path is None:

@@ -103,9 +103,16 @@ TEMPLATES: dict[str, ChatTemplate] = {
 }
 
 
+class UnknownTemplateError(KeyError, ValueError):
+    """A template name that is not one of TEMPLATES (a ValueError too, so the CLIs print it as one line)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""  # KeyError would quote the message
+
+
 def get_template(name: str) -> ChatTemplate:
     """Look up a template by its official name; the error lists the known ones."""
     try:
         return TEMPLATES[name]
     except KeyError:
-        raise KeyError(f"unknown chat template '{name}'; known: {', '.join(TEMPLATES)}") from None
+        raise UnknownTemplateError(f"unknown chat template '{name}'; known: {', '.join(TEMPLATES)}") from None

@@ -251,6 +251,17 @@ def test_cli_convert_and_score_end_to_end(tmp_path: Path, capsys: pytest.Capture
     # The judge-free share tops out at 0.5, and the output says so next to the number.
     assert printed["final_without_gpt_max"] == 0.5 and printed["final_without_gpt"] <= 0.5
     assert printed["counts"]["missing_predictions"] == 0
+    # A folder where a file belongs: one line naming it and what to pass, no traceback.
+    for argv, wanted in (
+        (
+            ["--data", str(out), "--predictions", str(tmp_path / "pred.json")],
+            f"{out}: a folder, not a JSONL file",
+        ),
+        (["--data", str(out / "test.jsonl"), "--predictions", str(tmp_path)], f"{tmp_path}: a folder; pass"),
+    ):
+        assert main(["score", "--domain", "driving", *argv]) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and wanted in err, err
 
 
 def _constant_judge(folder: Path) -> Path:

@@ -18,7 +18,7 @@ SIZES = {"1b": "mini-internvl-1b", "2b": "mini-internvl-2b", "4b": "mini-internv
 def _parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     add_train_arguments(parser)
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)  # as `adapt train` parses
 
 
 def test_every_domain_size_method_has_a_config() -> None:
@@ -111,6 +111,43 @@ def test_flags_and_dotted_overrides_win_over_the_file(tmp_path: Path) -> None:
     assert (config.data.max_tiles, config.train.seed, config.train.devices) == (2, 5, 2)
     assert config.train.warmup_ratio == 0.5 and config.data.use_thumbnail is False
     assert config.data.max_length == 4096  # untouched values come from the file
+
+
+@pytest.mark.parametrize(
+    "text", ["Note: answer with one word.", "#1 radiology assistant", "Yes", "3.5", "[draft] be brief"]
+)
+def test_text_overrides_keep_their_text(text: str) -> None:
+    # Text fields take the override as typed: YAML would make a mapping, a comment (None), True or 3.5.
+    config = config_from_args(_parse([f"data.system_message={text}"]))
+    assert config.data.system_message == text
+    assert config_from_args(_parse(["data.system_message=null"])).data.system_message is None
+    assert config_from_args(_parse(["train.lr=2e-4", "data.use_thumbnail=no"])).train.lr == 2e-4
+
+
+def test_key_value_overrides_win_over_flags() -> None:
+    config = config_from_args(
+        _parse(["--lr", "1e-4", "train.lr=2e-4", "--max-steps", "5", "train.max_steps=9"])
+    )
+    assert (config.train.lr, config.train.max_steps) == (2e-4, 9)
+
+
+def test_unknown_template_is_one_line_naming_the_known_ones(capsys: pytest.CaptureFixture[str]) -> None:
+    from mini_internvl_adapt.training import train_main
+
+    code = train_main(
+        [
+            "--config",
+            str(REPO / "configs/tiny/lora.yaml"),
+            "--data",
+            str(REPO / "nowhere"),
+            "data.template=hermes-2",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert err.splitlines()[-1] == (
+        "adapt train: error: unknown chat template 'hermes-2'; known: Hermes-2, internlm2-chat, phi3-chat, internvl2_5"
+    )
 
 
 def test_resume_reads_the_run_config(tmp_path: Path) -> None:
