@@ -61,6 +61,7 @@ class Entry:
 
     sample: Sample
     source: DatasetSource
+    tokens: int | None = None  # set by budget_check: ids may repeat across sources, so counts live here
 
 
 def split_sources(
@@ -169,13 +170,19 @@ def budget_check(
     """
     report = BudgetReport(processor.config.max_length, {}, [], {})
     kept: list[Entry] = []
+    owners: dict[str, str] = {}
     dataset = SampleDataset([], processor)
     for entry in tqdm(entries, desc="token budget", unit="sample", disable=not progress):
         try:
             one = check_token_budget([entry.sample], entry.source.root, dataset.processor_of(entry))
         except (ValueError, OSError) as e:
             raise _sample_error(entry, e) from e
-        report.counts.update(one.counts)
+        entry.tokens = one.counts[entry.sample.id]
+        # token_budget.json keys counts by id; an id another source already used gets its source's name.
+        key = entry.sample.id
+        if owners.setdefault(key, entry.source.name) != entry.source.name:
+            key = f"{entry.source.name}/{key}"
+        report.counts[key] = entry.tokens
         if one.too_long:
             report.too_long += one.too_long
             report.reasons.update(one.reasons)
@@ -286,7 +293,8 @@ class InternVLDataModule(pl.LightningDataModule):
         train: Training entries (after `budget_check`).
         val: Validation entries (may be empty).
         processor: The sample processor.
-        lengths: Token count per training sample id (from the budget report) for length grouping.
+        lengths: Token count per training sample id (from the budget report), for entries that
+            `budget_check` did not measure (their own `tokens` wins: ids may repeat across sources).
         batch_size: Per-device batch size.
         num_workers: DataLoader worker processes.
         group_by_length: Group similar lengths into batches.
@@ -316,7 +324,12 @@ class InternVLDataModule(pl.LightningDataModule):
         samples = SampleDataset(train, processor)
         self.val_set = SampleDataset(val, processor)
         # Samples over max_length that the budget check kept train truncated to it.
-        sample_lengths = [min(lengths.get(e.sample.id, 0), processor.config.max_length) for e in train]
+        sample_lengths = [
+            min(
+                e.tokens if e.tokens is not None else lengths.get(e.sample.id, 0), processor.config.max_length
+            )
+            for e in train
+        ]
         self.train_set: Dataset = samples
         self.train_lengths = sample_lengths
         if packing:

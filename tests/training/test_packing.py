@@ -115,3 +115,32 @@ def test_adapt_train_with_packing_trains_every_sample_in_fewer_steps(tmp_path: P
     assert _train("lora", data, out, *argv) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["samples"] == 12 and summary["steps"] == 5
+
+
+def test_samples_sharing_ids_across_sources_keep_their_own_token_counts(tmp_path: Path) -> None:
+    # Two official-format files whose ids are both 0..3 (as official JSONL often are): one holds
+    # 1344x448 images (many tiles), the other 48x48. Packs must be built from each entry's own count.
+    from PIL import Image
+
+    from mini_internvl_adapt.data import InternVLDataModule, budget_check, expand_sources, split_sources
+    from mini_internvl_adapt.models.tokenizer import build_tiny_tokenizer
+    from mini_internvl_adapt.processing import ProcessingConfig, SampleProcessor
+
+    meta = {}
+    for name, size in (("big", (1344, 448)), ("small", (48, 48))):
+        (tmp_path / name).mkdir()
+        Image.new("RGB", size, "blue").save(tmp_path / name / "x.png")
+        turns = [{"from": "human", "value": "<image>\nWhat?"}, {"from": "gpt", "value": "A thing."}]
+        rows = [{"id": i, "image": "x.png", "conversations": turns} for i in range(4)]
+        (tmp_path / name / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        meta[name] = {"root": str(tmp_path / name), "annotation": str(tmp_path / name / "train.jsonl")}
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    processor = SampleProcessor(
+        build_tiny_tokenizer("qwen2"), ProcessingConfig(template="Hermes-2", max_tiles=6, max_length=2048)
+    )
+    train, _ = split_sources(tmp_path / "meta.json")
+    entries, report = budget_check(expand_sources(train, seed=0), processor, progress=False)
+    assert len(report.counts) == 8 and report.counts["0"] > 1000 > report.counts["small/0"]
+    module = InternVLDataModule(entries, [], processor, report.counts, batch_size=1, packing=True)
+    for i, believed in enumerate(module.train_lengths):
+        assert len(module.train_set[i].input_ids) == believed <= 2048
