@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -224,6 +225,24 @@ HANDLERS = {
 }
 
 
+_NEGATIVE_VALUE = re.compile(r"-\d")
+
+
+def glue_negative_values(argv: Sequence[str]) -> list[str]:
+    """``--window -600,1500`` -> ``--window=-600,1500``.
+
+    argparse takes a value starting with '-' for an option unless it is a plain number, so a CT window
+    with a negative centre (``-600,1500``) would be refused; glued to its option it is read as the value.
+    """
+    out: list[str] = []
+    for arg in argv:
+        if out and _NEGATIVE_VALUE.match(arg) and out[-1].startswith("--") and "=" not in out[-1]:
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `adapt` command."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -235,6 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "Run 'adapt <command> --help' for a command's options."
         )
         return 0
+    argv = glue_negative_values(argv)
     command = argv[0]
     handler = HANDLERS.get(command)
     try:

@@ -104,15 +104,36 @@ def render_source(path: Path, options: RenderOptions) -> Rendered:
     """Render a DICOM file, a series folder or a plain image file.
 
     Raises:
-        RenderError: Not DICOM, truncated, no decoder, burned-in text, bad frame ... (message names no PHI).
+        RenderError: Not DICOM, truncated, no decoder, burned-in text, bad frame, a malformed header
+            value ... (the message names no PHI: attribute names and error types, never values).
     """
+    render: Callable[[Path, RenderOptions], Rendered]
     if path.is_dir():
-        return _render_series(path, options)
-    if not path.is_file():
+        render = _render_series
+    elif not path.is_file():
         raise RenderError("image file not found")
-    if path.suffix.lower() in PLAIN_IMAGE_SUFFIXES:
+    elif path.suffix.lower() in PLAIN_IMAGE_SUFFIXES:
         return _render_plain(path)
-    return _render_file(path, options)
+    else:
+        render = _render_file
+    try:
+        return render(path, options)
+    except RenderError:
+        raise
+    except (ValueError, TypeError, AttributeError, IndexError, KeyError, OverflowError) as e:
+        # A header pydicom parsed but whose values make no sense: this record's skip, never an abort.
+        raise RenderError(f"malformed header values ({type(e).__name__})") from None
+
+
+def header_number(item: Any, keyword: str, default: float) -> float:
+    """A numeric attribute (DS / IS / US ...) or `default` when absent; RenderError names a malformed one."""
+    value = item.get(keyword, None)
+    if value is None or value == "":
+        return default
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise RenderError(f"{keyword} is not a number") from None
 
 
 def _render_plain(path: Path) -> Rendered:
@@ -155,7 +176,7 @@ def _render_file(path: Path, options: RenderOptions) -> Rendered:
     _check_burned_in(ds, options)
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise RenderError(f"no pixel data (Modality {_code(ds, 'Modality')})")
-    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    n_frames = max(1, int(header_number(ds, "NumberOfFrames", 1)))
     if options.frames == "middle":
         indices = [n_frames // 2]
     elif options.frames == "all":
@@ -281,10 +302,10 @@ def _native_frame(ds: Any, tsyntax: str, index: int | None) -> np.ndarray | None
 def _functional(ds: Any, index: int | None, sequence: str) -> Any:
     """An item of a functional group macro for a frame (per-frame first, then shared), or None."""
     groups = []
-    if index is not None and "PerFrameFunctionalGroupsSequence" in ds:
+    if "PerFrameFunctionalGroupsSequence" in ds:  # index None: the file's only frame, item 0
         per_frame = ds.PerFrameFunctionalGroupsSequence
-        if index < len(per_frame):
-            groups.append(per_frame[index])
+        if (index or 0) < len(per_frame):
+            groups.append(per_frame[index or 0])
     if "SharedFunctionalGroupsSequence" in ds and len(ds.SharedFunctionalGroupsSequence):
         groups.append(ds.SharedFunctionalGroupsSequence[0])
     for group in groups:
@@ -299,8 +320,8 @@ def modality_values(ds: Any, raw: np.ndarray, index: int | None) -> np.ndarray:
     if "ModalityLUTSequence" in ds:
         return dpx.apply_modality_lut(raw, ds).astype(np.float32)
     source = _functional(ds, index, "PixelValueTransformationSequence") or ds
-    slope = float(source.get("RescaleSlope", 1) or 1)
-    intercept = float(source.get("RescaleIntercept", 0) or 0)
+    slope = header_number(source, "RescaleSlope", 1) or 1.0
+    intercept = header_number(source, "RescaleIntercept", 0)
     values = raw.astype(np.float32)
     if slope != 1 or intercept != 0:
         values = values * slope + intercept
@@ -317,7 +338,10 @@ def _window_values(item: Any, options: RenderOptions) -> tuple[float, float, str
     if i >= min(len(centers), len(widths)):
         raise RenderError(f"--window-index {i} but the file has {min(len(centers), len(widths))} window(s)")
     function = str(item.get("VOILUTFunction", "LINEAR") or "LINEAR").upper()
-    return float(centers[i]), float(widths[i]), function
+    try:
+        return float(centers[i]), float(widths[i]), function
+    except (TypeError, ValueError):
+        raise RenderError("WindowCenter / WindowWidth is not a number") from None
 
 
 def _apply_voi_lut_sequence(ds: Any, values: np.ndarray, options: RenderOptions) -> np.ndarray:
@@ -442,6 +466,12 @@ def _render_series(folder: Path, options: RenderOptions) -> Rendered:
             headers.append((path, ds))
     if not headers:
         raise RenderError("series folder holds no DICOM slice")
+    frames = max(int(header_number(ds, "NumberOfFrames", 1)) for _, ds in headers)
+    if frames > 1:
+        raise RenderError(
+            f"series folder holds a multi-frame file ({frames} frames); a series is single-frame slices: "
+            "list a multi-frame file in the manifest itself (--frames picks its frames)"
+        )
     series = {str(ds.SeriesInstanceUID) for _, ds in headers}
     if len(series) > 1:
         raise RenderError(
@@ -476,9 +506,12 @@ def _render_series(folder: Path, options: RenderOptions) -> Rendered:
 
 def _slice_position(ds: Any) -> tuple[float, float]:
     """Sort key: position along the slice normal (ImagePositionPatient . normal), else InstanceNumber."""
-    instance = float(ds.get("InstanceNumber", 0) or 0)
+    instance = header_number(ds, "InstanceNumber", 0)
     orientation, position = ds.get("ImageOrientationPatient"), ds.get("ImagePositionPatient")
     if orientation is not None and position is not None and len(orientation) == 6 and len(position) == 3:
-        normal = np.cross(np.array(orientation[:3], float), np.array(orientation[3:], float))
-        return float(np.dot(normal, np.array(position, float))), instance
+        try:
+            normal = np.cross(np.array(orientation[:3], float), np.array(orientation[3:], float))
+            return float(np.dot(normal, np.array(position, float))), instance
+        except (TypeError, ValueError):
+            raise RenderError("ImagePositionPatient / ImageOrientationPatient is not numeric") from None
     return instance, instance

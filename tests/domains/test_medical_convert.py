@@ -461,6 +461,40 @@ def test_manifest_tasks_and_prompts(tmp_path: Path) -> None:
     assert "Patient: female, aged 40-49." in question
 
 
+def test_a_malformed_header_skips_its_record_and_the_cli_takes_a_negative_window(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pydicom.dataelem import RawDataElement
+    from pydicom.tag import Tag
+
+    bad = write_dicom(tmp_path / "bad.dcm", np.arange(64, dtype=np.uint16).reshape(8, 8))
+    ds = pydicom.dcmread(bad)
+    ds[0x00281053] = RawDataElement(Tag(0x00281053), "DS", 4, b"1,0 ", 0, False, True)  # RescaleSlope "1,0"
+    ds.save_as(bad)
+    shutil.copy(get_testdata_file("CT_small.dcm", download=False), tmp_path / "good.dcm")
+    write_manifest(
+        tmp_path / "m.csv", [{"image": "good.dcm", "label": "a"}, {"image": "bad.dcm", "label": "b"}]
+    )
+    # `--window -600,1500` as typed (argparse alone would read "-600,1500" as an option).
+    argv = [
+        "convert",
+        "--domain",
+        "medical",
+        "--source",
+        str(tmp_path / "m.csv"),
+        "--out",
+        str(tmp_path / "out"),
+    ]
+    assert main([*argv, "--window", "-600,1500", "--workers", "0", "--test-fraction", "0"]) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["read"] == 2 and report["converted"] == 1
+    assert [s["reason"] for s in report["skips"]] == [
+        f"image sha256:{digest('bad.dcm')}: RescaleSlope is not a number"
+    ]
+    (sample,) = read_samples(tmp_path / "out" / "train.jsonl")
+    assert sample.meta["window"]["center"] == -600.0 and sample.meta["window"]["width"] == 1500.0
+
+
 def test_format_detection_errors(tmp_path: Path) -> None:
     write_manifest(tmp_path / "m.csv", [{"image": "a.png", "label": "x"}])
     (tmp_path / "q.json").write_text(json.dumps([{"image_name": "a.png", "question": "q", "answer": "a"}]))

@@ -311,3 +311,57 @@ def test_enhanced_multiframe_uses_functional_groups(tmp_path: Path) -> None:
     assert [w["center"] for w in rendered.meta["window"]] == [1000.0, 1500.0]
     assert abs(grey(rendered, 0)[0, 0] - 128) <= 1
     assert grey(rendered, 1)[0, 0] == 255
+    # A one-frame enhanced file keeps its rescale and window in the same per-frame group.
+    one = write_dicom(
+        tmp_path / "e1.dcm", frames[0], NumberOfFrames=1, PerFrameFunctionalGroupsSequence=[group(2.0, 1500)]
+    )
+    rendered = render_source(one, RenderOptions())
+    assert rendered.meta["window"]["center"] == 1500.0 and grey(rendered)[0, 0] == 255
+
+
+def _set_raw(path: Path, tag: int, vr: str, raw: bytes) -> Path:
+    """Put a malformed value in a written file as a real export would carry it (pydicom keeps it raw)."""
+    from pydicom.dataelem import RawDataElement
+    from pydicom.tag import Tag
+
+    ds = pydicom.dcmread(path)
+    ds[tag] = RawDataElement(Tag(tag), vr, len(raw), raw, 0, False, True)
+    ds.save_as(path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("tag", "vr", "raw", "named"),
+    [
+        (0x00280008, "IS", b"1.5x", "NumberOfFrames is not a number"),
+        (0x00281053, "DS", b"1,0 ", "RescaleSlope is not a number"),
+        (0x00281050, "DS", b"40HU", "WindowCenter / WindowWidth is not a number"),
+    ],
+)
+def test_a_malformed_header_value_is_a_render_error_naming_the_attribute(
+    tmp_path: Path, tag: int, vr: str, raw: bytes, named: str
+) -> None:
+    path = write_dicom(tmp_path / "bad.dcm", np.arange(64, dtype=np.uint16).reshape(8, 8), WindowWidth=100)
+    _set_raw(path, tag, vr, raw)
+    with pytest.raises(RenderError) as info:
+        render_source(path, RenderOptions())
+    assert str(info.value) == named  # the attribute's name, never its value
+
+
+def test_series_with_a_malformed_position_or_a_multiframe_file_is_a_render_error(tmp_path: Path) -> None:
+    uid = generate_uid()
+    common = {"SeriesInstanceUID": uid, "ImageOrientationPatient": [1, 0, 0, 0, 1, 0]}
+    for i in range(2):
+        write_dicom(
+            tmp_path / "s" / f"{i}.dcm", np.zeros((4, 4), np.uint16), ImagePositionPatient=[0, 0, i], **common
+        )
+    _set_raw(tmp_path / "s" / "1.dcm", 0x00200032, "DS", b"0\\0\\a ")
+    with pytest.raises(RenderError, match="ImagePositionPatient / ImageOrientationPatient is not numeric"):
+        render_source(tmp_path / "s", RenderOptions())
+    for i in range(2):
+        write_dicom(
+            tmp_path / "m" / f"{i}.dcm", np.zeros((4, 4), np.uint16), ImagePositionPatient=[0, 0, i], **common
+        )
+    write_dicom(tmp_path / "m" / "2.dcm", np.zeros((3, 4, 4), np.uint16), NumberOfFrames=3, **common)
+    with pytest.raises(RenderError, match=r"multi-frame file \(3 frames\)"):
+        render_source(tmp_path / "m", RenderOptions())
