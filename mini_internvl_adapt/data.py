@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from mini_internvl_adapt.packing import PackedDataset, pack_indices
 from mini_internvl_adapt.processing import (
+    IGNORE_INDEX,
     BudgetReport,
     ProcessedSample,
     SampleProcessor,
@@ -208,6 +209,8 @@ class LengthGroupedSampler(Sampler[int]):
         seed: Base seed; the epoch is added so every epoch has a new order.
         shuffle: Shuffle at all (False: dataset order, for validation).
         group_by_length: Sort mega-batches by length.
+        mark_padding: Yield the padding copies as index + len(lengths), for a `MaskedPadding` dataset
+            (validation: every sample counts once in the loss).
     """
 
     def __init__(
@@ -220,6 +223,7 @@ class LengthGroupedSampler(Sampler[int]):
         seed: int = 0,
         shuffle: bool = True,
         group_by_length: bool = True,
+        mark_padding: bool = False,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -232,6 +236,7 @@ class LengthGroupedSampler(Sampler[int]):
         self.seed = seed
         self.shuffle = shuffle
         self.group_by_length = group_by_length
+        self.mark_padding = mark_padding
         self.epoch = 0
         self._skip = 0
 
@@ -265,9 +270,12 @@ class LengthGroupedSampler(Sampler[int]):
                 grouped += sorted(chunk, key=lambda i: -self.lengths[i])
             order = grouped
         total = self.batches_per_epoch() * self.batch_size * self.num_replicas
-        while order and len(order) < total:
-            order += order[: total - len(order)]
-        return order
+        # Padding copies repeat the first indices; marked ones come as index + n (see MaskedPadding).
+        offset = n if self.mark_padding else 0
+        padding: list[int] = []
+        while order and len(order) + len(padding) < total:
+            padding += [i + offset for i in order[: total - len(order) - len(padding)]]
+        return order + padding
 
     def __iter__(self) -> Iterator[int]:
         order = self._global_order()
@@ -284,6 +292,27 @@ class LengthGroupedSampler(Sampler[int]):
         # skipped batches and ends the epoch when that counter reaches len(loader); a shortened length
         # would end the resumed epoch early (and shrink an epoch-based cosine schedule).
         return self.batches_per_epoch() * self.batch_size
+
+
+class MaskedPadding(Dataset):
+    """A dataset whose indices past its end are padding copies with every label ignored.
+
+    Samplers pad the last batch (and, under DDP, even out the ranks) by repeating samples; for
+    validation those copies must not count twice, so they come with no trained token.
+    """
+
+    def __init__(self, base: Dataset) -> None:
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> ProcessedSample:
+        n = len(self)
+        if index < n:
+            return self.base[index]
+        item = self.base[index - n]
+        return replace(item, labels=torch.full_like(item.labels, IGNORE_INDEX))
 
 
 class InternVLDataModule(pl.LightningDataModule):
@@ -390,9 +419,15 @@ class InternVLDataModule(pl.LightningDataModule):
         world, rank = self._world()
         lengths = [0] * len(self.val_set)
         sampler = LengthGroupedSampler(
-            lengths, self.batch_size, num_replicas=world, rank=rank, shuffle=False, group_by_length=False
+            lengths,
+            self.batch_size,
+            num_replicas=world,
+            rank=rank,
+            shuffle=False,
+            group_by_length=False,
+            mark_padding=True,
         )
-        return self._loader(self.val_set, sampler)
+        return self._loader(MaskedPadding(self.val_set), sampler)
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         # Count batches the training loop really consumed (workers prefetch ahead of it).

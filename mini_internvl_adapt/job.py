@@ -165,8 +165,12 @@ def cmd_job(argv: Sequence[str]) -> int:
     args.data = str(dataset)
 
     _stage(2, "train")
-    if args.demo:  # demo defaults first, so the user's own overrides and flags still win
-        args.overrides = [f"{key}={value}" for key, value in DEMO_DEFAULTS.items()] + list(args.overrides)
+    if args.demo:  # demo defaults first and only where no flag sets them, so the user's own values win
+        from mini_internvl_adapt.train_config import flag_keys
+
+        flagged = flag_keys(args)
+        defaults = [f"{key}={value}" for key, value in DEMO_DEFAULTS.items() if key not in flagged]
+        args.overrides = defaults + list(args.overrides)
     config = config_from_args(args)
     run = run_training(config, resume=args.resume is not None)
 

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mini_internvl_adapt.processing import IGNORE_INDEX
 from mini_internvl_adapt.tuning import TuningConfig, parameter_groups
 
 RNG_KEY = "mini_internvl_adapt_rng"
@@ -99,6 +100,7 @@ class InternVLTask(pl.LightningModule):
         self.first_loss: float | None = None
         self.last_loss: float | None = None
         self.seen_ids: list[str] = []  # this session's training samples, in order (DDP diagnostics)
+        self._val_totals = torch.zeros(2, dtype=torch.float64)
 
     def forward(self, batch: dict[str, Any]) -> Any:
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "labels")}
@@ -137,18 +139,25 @@ class InternVLTask(pl.LightningModule):
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
         return loss
 
+    def on_validation_epoch_start(self) -> None:
+        self._val_totals = torch.zeros(2, dtype=torch.float64, device=self.device)  # loss sum, tokens
+
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        # Every rank runs every batch (FSDP's forward gathers weights across ranks), padding copies too;
+        # their labels are all ignored (data.InternVLDataModule), so they add no tokens to the sums.
         loss = self(batch).loss
-        self.log(
-            "val_loss",
-            loss,
-            on_step=False,
-            on_epoch=True,
-            prog_bar=True,
-            sync_dist=True,
-            batch_size=len(batch["ids"]),
-        )
+        tokens = int((batch["labels"][..., 1:] != IGNORE_INDEX).sum())
+        if tokens:
+            self._val_totals += torch.stack(
+                [loss.detach().double() * tokens, loss.new_tensor(tokens).double()]
+            )
         return loss
+
+    def on_validation_epoch_end(self) -> None:
+        # val_loss: the token mean over the validation set, each sample counted once (on every rank count).
+        totals = self.trainer.strategy.reduce(self._val_totals, reduce_op="sum")
+        if float(totals[1]) > 0:
+            self.log("val_loss", (totals[0] / totals[1]).float(), prog_bar=True, sync_dist=False)
 
     def configure_optimizers(self) -> dict[str, Any]:  # type: ignore[override]  # Lightning accepts this dict
         groups = parameter_groups(self.model, self.tuning, self.optim.lr, self.optim.weight_decay)

@@ -350,6 +350,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def flag_keys(args: argparse.Namespace) -> set[str]:
+    """The dotted config keys the given flags set (e.g. {"train.max_steps"} for --max-steps)."""
+    return {key for flag, key in _FLAGS.items() if getattr(args, flag, None) is not None}
+
+
 def _parse_value(text: str) -> Any:
     try:
         return yaml.safe_load(text)

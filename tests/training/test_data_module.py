@@ -168,3 +168,40 @@ def test_datamodule_position_survives_a_checkpoint(tmp_path: Path, processor: Sa
     rest = list(resumed.train_dataloader())
     assert [b["ids"] for b in rest] == [batches[2]["ids"]]
     assert torch.equal(rest[0]["input_ids"], batches[2]["input_ids"])
+
+
+def test_validation_loss_counts_every_sample_once(tmp_path: Path, processor: SampleProcessor) -> None:
+    # 3 validation samples in batches of 2: the last batch is padded with a copy of the first, whose
+    # labels are all ignored, so val_loss is the token mean over the 3 samples, each once.
+    import lightning.pytorch as pl
+
+    from mini_internvl_adapt.processing import IGNORE_INDEX, collate
+    from mini_internvl_adapt.task import InternVLTask, OptimConfig
+    from mini_internvl_adapt.tuning import TuningConfig
+
+    write_dataset(tmp_path, n_train=2, n_val=3)
+    train, val = split_sources(tmp_path)
+    train_entries, report = budget_check(expand_sources(train, seed=0), processor, progress=False)
+    val_entries, _ = budget_check(expand_sources(val, seed=0), processor, progress=False)
+    module = InternVLDataModule(train_entries, val_entries, processor, report.counts, batch_size=2)
+    batches = list(module.val_dataloader())
+    assert [b["ids"] for b in batches] == [["s2", "s3"], ["s4", "s2"]]
+    assert (batches[1]["labels"][1] == IGNORE_INDEX).all() and (batches[0]["labels"][0] != IGNORE_INDEX).any()
+
+    model = load_model("tiny").model
+    task = InternVLTask(model, TuningConfig(method="full"), OptimConfig())
+    trainer = pl.Trainer(
+        accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False
+    )
+    logged = trainer.validate(task, datamodule=module, verbose=False)[0]["val_loss"]
+    model.eval()
+    total = tokens = 0.0
+    with torch.no_grad():
+        for entry in val_entries:
+            batch = collate([processor(entry.sample, entry.source.root)], pad_token_id=0)
+            n = int((batch["labels"][..., 1:] != IGNORE_INDEX).sum())
+            loss = model(
+                **{k: batch[k] for k in ("input_ids", "attention_mask", "labels", "pixel_values")}
+            ).loss
+            total, tokens = total + float(loss) * n, tokens + n
+    assert logged == pytest.approx(total / tokens, rel=1e-5)
