@@ -38,7 +38,10 @@ def _build_callbacks(run: Path, config: TrainConfig) -> list[Any]:
 
         def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
             step = trainer.global_step
-            if step > 0 and step % self.every == 0 and step != self.saved_step:
+            # The last step is saved here too, inside the loop: a checkpoint Lightning writes after fit()
+            # records the epoch as finished, and extending the run with --resume would skip its rest.
+            last = 0 < trainer.max_steps <= step
+            if step > 0 and (step % self.every == 0 or last) and step != self.saved_step:
                 self.saved_step = step
                 # weights_only=False: the full training state (and no log line on every save).
                 trainer.save_checkpoint(run / LAST_CHECKPOINT, weights_only=False)

@@ -335,7 +335,8 @@ def run_training(config: TrainConfig, *, resume: bool = False) -> Path:
         # state_dict / sampler skip), so it warns that the dataloader is "not resumable": it is.
         warnings.filterwarnings("ignore", message=r".*your dataloader is\s+not resumable")
         trainer.fit(task, datamodule=datamodule, ckpt_path=str(checkpoint) if resume else None)
-    trainer.save_checkpoint(run / LAST_CHECKPOINT, weights_only=False)
+    if callbacks[0].saved_step != trainer.global_step:  # ended by max_epochs: the epoch is done
+        trainer.save_checkpoint(run / LAST_CHECKPOINT, weights_only=False)
     if val_entries:
         trainer.validate(task, datamodule=datamodule, verbose=False)
     throughput = callbacks[1]

@@ -159,3 +159,47 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(
         }
     late = [s for s in straight_losses if s > saved_at]
     assert late and all(abs(resumed_losses[s] - straight_losses[s]) < 1e-4 for s in late)
+
+
+@pytest.mark.parametrize("first", [3, 4], ids=["ended-mid-epoch", "ended-at-epoch-end"])
+def test_extending_a_finished_run_continues_its_data_exactly(tmp_path: Path, first: int) -> None:
+    # A run that ended at --max-steps 3 (mid-epoch: 8 samples, batches of 2) or 4 (the epoch's end) is
+    # extended to 8 steps with --resume; it must train what an uninterrupted 8-step run trains (constant
+    # lr, so the schedule's length does not matter), not skip the rest of its epoch or the next one.
+    data = _dataset(tmp_path / "data", n=8)
+
+    def args(out: Path, steps: int) -> list[str]:
+        return [
+            "--config",
+            str(REPO / "configs" / "tiny" / "lora.yaml"),
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--max-steps",
+            str(steps),
+            "--batch-size",
+            "2",
+            "--checkpoint-every",
+            "100",
+            "train.warmup_ratio=0",
+            "train.min_lr_ratio=1",
+            "train.progress_bar=false",
+        ]
+
+    assert train_main(args(tmp_path / "extended", first)) == 0
+    assert (
+        train_main(["--resume", str(tmp_path / "extended"), "train.max_steps=8", "train.progress_bar=false"])
+        == 0
+    )
+    assert train_main(args(tmp_path / "straight", 8)) == 0
+
+    def losses(run: Path) -> dict[int, float]:
+        with open(run / "metrics.csv", newline="") as f:
+            return {int(r["step"]): float(r["train_loss"]) for r in csv.DictReader(f) if r.get("train_loss")}
+
+    extended, straight = losses(tmp_path / "extended"), losses(tmp_path / "straight")
+    assert sorted(extended) == sorted(straight) and len(straight) == 8
+    assert all(abs(extended[s] - straight[s]) < 1e-4 for s in straight), (extended, straight)
+    summary = json.loads((tmp_path / "extended" / "summary.json").read_text())
+    assert summary["steps"] == 8 and summary["samples"] == 16
