@@ -51,10 +51,8 @@ def _dataset(root: Path, n: int = 40) -> Path:
     return root
 
 
-def _args(data: Path, out: Path, accumulate: int, packing: bool = False) -> list[str]:
-    # Packed: two ~970-token samples per 2048-token pack, 20 packs an epoch, so the resumed run also
-    # crosses into the second epoch.
-    packed = ["data.packing=true", "--max-length", "2048"] if packing else []
+def _run_args(data: Path, out: Path, steps: int, batch_size: int, every: int, *extra: str) -> list[str]:
+    """`adapt train` arguments for a tiny LoRA run of `steps` steps (no progress bar)."""
     return [
         "--config",
         str(REPO / "configs" / "tiny" / "lora.yaml"),
@@ -63,16 +61,30 @@ def _args(data: Path, out: Path, accumulate: int, packing: bool = False) -> list
         "--out",
         str(out),
         "--max-steps",
-        str(STEPS[accumulate]),
+        str(steps),
         "--batch-size",
-        "1",
+        str(batch_size),
         "--checkpoint-every",
-        str(EVERY),
-        f"train.accumulate_grad_batches={accumulate}",
+        str(every),
         "train.progress_bar=false",
+        *extra,
+    ]
+
+
+def _args(data: Path, out: Path, accumulate: int, packing: bool = False) -> list[str]:
+    # Packed: two ~970-token samples per 2048-token pack, 20 packs an epoch, so the resumed run also
+    # crosses into the second epoch.
+    packed = ["data.packing=true", "--max-length", "2048"] if packing else []
+    return _run_args(
+        data,
+        out,
+        STEPS[accumulate],
+        1,
+        EVERY,
+        f"train.accumulate_grad_batches={accumulate}",
         "tuning.drop_path_rate=0.2",  # random masks in the ViT too: the resumed run must replay them
         *packed,
-    ]
+    )
 
 
 def _inode(path: Path) -> int | None:
@@ -169,23 +181,7 @@ def test_extending_a_finished_run_continues_its_data_exactly(tmp_path: Path, fir
     data = _dataset(tmp_path / "data", n=8)
 
     def args(out: Path, steps: int) -> list[str]:
-        return [
-            "--config",
-            str(REPO / "configs" / "tiny" / "lora.yaml"),
-            "--data",
-            str(data),
-            "--out",
-            str(out),
-            "--max-steps",
-            str(steps),
-            "--batch-size",
-            "2",
-            "--checkpoint-every",
-            "100",
-            "train.warmup_ratio=0",
-            "train.min_lr_ratio=1",
-            "train.progress_bar=false",
-        ]
+        return _run_args(data, out, steps, 2, 100, "train.warmup_ratio=0", "train.min_lr_ratio=1")
 
     assert train_main(args(tmp_path / "extended", first)) == 0
     assert (
