@@ -463,6 +463,15 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
+# What eval writes next to its scores that describes the run, not the model's quality.
+_EVAL_PROVENANCE = ("processing", "model")
+
+
+def card_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """The scores of an eval metrics.json, without its provenance blocks (processing, model)."""
+    return {k: v for k, v in metrics.items() if k not in _EVAL_PROVENANCE}
+
+
 def _flat_hyperparameters(config: Mapping[str, Any]) -> dict[str, Any]:
     """Scalar training settings from run_config.yaml, dotted (``tuning.method``), for the card."""
     out: dict[str, Any] = {}
@@ -518,6 +527,8 @@ def read_run(run_dir: str | Path) -> RunInfo:
     if not info_file.is_file():
         raise ExportError(f"{run_dir}: no {RUN_INFO_FILE}; is this a run folder written by `adapt train`?")
     info = _read_json(info_file)
+    if info.get("format") == "peft-adapter":
+        return _read_adapter_export(run_dir, info)
     final_dir = run_dir / "final"
     if not final_dir.is_dir():
         raise ExportError(
@@ -558,7 +569,7 @@ def read_run(run_dir: str | Path) -> RunInfo:
     eval_dataset = None
     for candidate in (run_dir / "eval" / "metrics.json", run_dir / "metrics.json"):
         if candidate.is_file():
-            metrics = {k: v for k, v in _read_json(candidate).items() if k not in ("processing", "model")}
+            metrics = card_metrics(_read_json(candidate))
             eval_dataset = "the run's test split"
             break
     if isinstance(metrics.get("samples"), int):
@@ -571,12 +582,33 @@ def read_run(run_dir: str | Path) -> RunInfo:
         processing=processing,
         llm_family=str(info.get("llm_family", "")),
         domain=config.get("domain") or _dataset_domain(data.get("path")),
-        # Hub metadata names hub datasets; a local folder's path would only leak the machine's layout.
-        datasets=[str(data["path"])] if data.get("path") and not Path(str(data["path"])).exists() else [],
         data_counts=counts,
         hyperparameters=_flat_hyperparameters(config) or {"method": method},
         metrics=metrics,
         eval_dataset=eval_dataset,
+    )
+
+
+def _read_adapter_export(folder: Path, info: Mapping[str, Any]) -> RunInfo:
+    """RunInfo of an adapter export (its sidecar and base_model.json describe it), so it can be merged."""
+    if not (folder / "adapter_config.json").is_file() or not (folder / "base_model.json").is_file():
+        raise ExportError(f"{folder}: an adapter export needs adapter_config.json and base_model.json")
+    saved = info.get("card")
+    card: Mapping[str, Any] = saved if isinstance(saved, Mapping) else {}
+    method = str(info.get("method") or "lora")
+    return RunInfo(
+        run_dir=folder,
+        final_dir=folder,
+        method=method,
+        base_model=str(info.get("base_model") or _read_json(folder / "base_model.json")["name_or_path"]),
+        processing=processing_config_from(info.get("processing") or {}),
+        llm_family=str(info.get("llm_family", "")),
+        domain=info.get("domain"),
+        datasets=list(card.get("datasets") or []),
+        data_counts=dict(card.get("data_counts") or {}),
+        hyperparameters=dict(card.get("hyperparameters") or {"method": method}),
+        metrics=card_metrics(card.get("metrics") or {}),
+        eval_dataset=card.get("eval_dataset"),
     )
 
 
@@ -615,7 +647,13 @@ def _run_tokenizer(run: RunInfo) -> Any:
     raise ExportError(f"{run.run_dir}: no tokenizer saved with the run")
 
 
-def _card_info(run: RunInfo, out: Path, merged: bool, metrics: Mapping[str, Any] | None) -> CardInfo:
+def _card_info(
+    run: RunInfo,
+    out: Path,
+    merged: bool,
+    metrics: Mapping[str, Any] | None,
+    datasets: Sequence[str] | None,
+) -> CardInfo:
     return CardInfo(
         model_name=out.name
         if out.name != "export"
@@ -624,13 +662,25 @@ def _card_info(run: RunInfo, out: Path, merged: bool, metrics: Mapping[str, Any]
         domain=run.domain,
         method=run.method,
         merged=merged,
-        datasets=run.datasets,
+        datasets=list(datasets) if datasets is not None else run.datasets,
         data_counts=run.data_counts,
         hyperparameters=run.hyperparameters,
         processing=asdict(run.processing),
-        metrics=dict(metrics if metrics is not None else run.metrics),
+        metrics=card_metrics(metrics) if metrics is not None else run.metrics,
         eval_dataset=run.eval_dataset,
     )
+
+
+def _card_facts(card: CardInfo) -> dict[str, Any]:
+    """What the card reports that the run folder holds but the export does not: kept in the sidecar so
+    that re-exporting an export (merging an adapter) writes the same card."""
+    return {
+        "datasets": card.datasets,
+        "data_counts": card.data_counts,
+        "hyperparameters": card.hyperparameters,
+        "metrics": card.metrics,
+        "eval_dataset": card.eval_dataset,
+    }
 
 
 def _hub_name(base_model: str) -> str:
@@ -650,16 +700,18 @@ def export(
     merge_lora: bool = False,
     dtype: str = "bf16",
     metrics: Mapping[str, Any] | None = None,
+    datasets: Sequence[str] | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Export a run folder (see the module docstring for what each form holds).
 
     Args:
-        run_dir: The run folder written by `adapt train`.
+        run_dir: The run folder written by `adapt train`, or an adapter export (to merge it).
         out_dir: The export folder to create.
         merge_lora: Merge LoRA/QLoRA adapters into the base (full fine-tunes are always exported whole).
         dtype: "bf16", "fp16" or "fp32" for the saved weights.
         metrics: Eval metrics for the card (default: RUN/eval/metrics.json when present).
+        datasets: Hub dataset ids for the card's ``datasets`` (a run's local data folder never goes there).
         overwrite: Replace an existing non-empty `out_dir`.
 
     Returns:
@@ -725,7 +777,9 @@ def export(
                 "domain": run.domain,
             },
         )
-        atomic_write_text(tmp / "README.md", render_model_card(_card_info(run, out, merged, metrics)))
+        card = _card_info(run, out, merged, metrics, datasets)
+        atomic_write_json(tmp / RUN_INFO_FILE, {**_read_json(tmp / RUN_INFO_FILE), "card": _card_facts(card)})
+        atomic_write_text(tmp / "README.md", render_model_card(card))
         if out.exists():
             old = out.with_name(f".{out.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -818,7 +872,10 @@ def push_to_hub(
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the options of ``adapt export`` to `parser`."""
     parser.add_argument(
-        "--checkpoint", required=True, type=Path, help="the run folder written by `adapt train`"
+        "--checkpoint",
+        required=True,
+        type=Path,
+        help="the run folder written by `adapt train`, or an adapter export to merge",
     )
     parser.add_argument("--out", required=True, type=Path, help="the export folder to create")
     parser.add_argument(
@@ -831,6 +888,12 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--metrics", type=Path, help="metrics.json for the model card (default: RUN/eval/metrics.json)"
+    )
+    parser.add_argument(
+        "--datasets",
+        metavar="ID[,ID]",
+        type=lambda text: [d.strip() for d in text.split(",") if d.strip()],
+        help="hub dataset ids the model was trained on, for the card's metadata (default: none)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing export folder")
     parser.add_argument(
@@ -876,6 +939,7 @@ def export_main(argv: Sequence[str]) -> int:
                 merge_lora=args.merge_lora,
                 dtype=args.dtype,
                 metrics=metrics,
+                datasets=args.datasets,
                 overwrite=args.overwrite,
             )
         except (ExportError, FileNotFoundError) as e:

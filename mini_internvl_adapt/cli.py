@@ -110,6 +110,8 @@ def read_predictions(path: Path) -> dict[str, str]:
     for i, row in enumerate(rows, start=1):
         if not isinstance(row, dict) or "id" not in row or "answer" not in row:
             raise DatasetError(path, "each prediction needs 'id' and 'answer'", i)
+        if str(row["id"]) in predictions:
+            raise DatasetError(path, f"a second prediction for id '{row['id']}'", i)
         predictions[str(row["id"])] = str(row["answer"])
     return predictions
 
@@ -120,7 +122,7 @@ def print_metrics(metrics: dict[str, Any]) -> None:
 
 
 def cmd_score(argv: Sequence[str]) -> int:
-    from mini_internvl_adapt.schema import read_samples
+    from mini_internvl_adapt.schema import check_unique_ids, read_samples
 
     parser = _parser_with_domain(
         "adapt score",
@@ -134,6 +136,7 @@ def cmd_score(argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
     domain = get_domain(args.domain)
     samples = read_samples(args.data, check_files=False)
+    check_unique_ids(samples, args.data)
     predictions = read_predictions(args.predictions)
     metrics = domain.score(samples, predictions, **_options(args, {"domain", "data", "predictions", "out"}))
     out = args.out or args.predictions.with_name(args.predictions.stem + ".metrics.json")

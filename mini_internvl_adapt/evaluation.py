@@ -20,7 +20,13 @@ from typing import Any
 import torch
 
 from mini_internvl_adapt import processing
-from mini_internvl_adapt.schema import Sample, atomic_write_json, atomic_write_text, read_samples
+from mini_internvl_adapt.schema import (
+    Sample,
+    atomic_write_json,
+    atomic_write_text,
+    check_unique_ids,
+    read_samples,
+)
 
 PREDICTIONS_FILE = "predictions.jsonl"
 METRICS_FILE = "metrics.json"
@@ -295,8 +301,9 @@ def evaluate(
     """
     from mini_internvl_adapt.registry import get_domain
 
+    where: str | Path = "the samples given"
     if isinstance(samples, (str, Path)):
-        data_file = Path(samples)
+        where = data_file = Path(samples)
         root = Path(root) if root is not None else data_file.parent
         samples = read_samples(data_file, root)
     if root is None:
@@ -305,6 +312,7 @@ def evaluate(
     samples = list(samples)
     if not samples:
         raise ValueError("no samples to evaluate")
+    check_unique_ids(samples, where)
     scorer = get_domain(domain) if isinstance(domain, str) else domain
     eval_model = (
         model_dir_or_run

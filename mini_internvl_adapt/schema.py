@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -248,6 +249,16 @@ def iter_samples(
 def read_samples(path: str | Path, root: str | Path | None = None, check_files: bool = True) -> list[Sample]:
     """Read a whole JSONL file (see `iter_samples`)."""
     return list(iter_samples(path, root, check_files))
+
+
+def check_unique_ids(samples: Sequence[Sample], path: str | Path) -> None:
+    """Raise DatasetError naming the repeated sample ids: predictions and scores are keyed by id, so a
+    repeated id in a test set would let one sample's answer stand for another's."""
+    counts = Counter(s.id for s in samples)
+    repeated = [f"'{i}' ({n}x)" for i, n in counts.items() if n > 1]
+    if repeated:
+        shown = ", ".join(repeated[:5]) + (f" and {len(repeated) - 5} more" if len(repeated) > 5 else "")
+        raise DatasetError(path, f"repeated sample ids {shown}; an evaluation set needs one id per sample")
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -113,7 +113,7 @@ def multiple_choice(
     out: dict[str, list[dict[str, Any]]] = {kind: list(items) for kind, items in selected.items()}
     left_open = 0
     for kind, rule in (("perception", MOVING_CHOICES), ("behavior", BEHAVIOR_CHOICES)):
-        for i, item in enumerate(out[kind]):
+        for i, item in enumerate(out.get(kind, [])):
             if kind == "perception" and MOVING_STATUS not in item["Q"].lower():
                 continue
             rewritten = _rewrite(item["Q"], item["A"], rule, rng)

@@ -82,9 +82,12 @@ def _camera_paths(frame: Frame, base: Path) -> dict[str, Path]:
     return {c: (base / frame.image_paths[c]).resolve() for c in CAMERAS}
 
 
-def _evaluation_questions(frame: Frame, opts: Options, rng: random.Random) -> tuple[list[Question], int]:
-    """The challenge selection of a train-format frame, ids counted over the selection."""
-    selected = select_challenge(frame)
+def _evaluation_questions(
+    frame: Frame, tagged: bool, opts: Options, rng: random.Random
+) -> tuple[list[Question], int]:
+    """A test frame's questions: the challenge selection of a train-format frame (a tagged file is that
+    selection already), rewritten as multiple choice when asked, ids counted over the selection."""
+    selected = frame.qa if tagged else select_challenge(frame)
     left_open = 0
     if opts.multiple_choice:
         selected, left_open = multiple_choice(selected, rng)
@@ -115,16 +118,14 @@ def _plan(
                 raise ValueError(problem)
             cameras = _camera_paths(frame, base)
             split = "test" if frame.scene in test_scenes else "train"
-            if split == "test" and not tagged:
-                questions, n_open = _evaluation_questions(frame, opts, choice_rng)
+            if split == "test":
+                questions, n_open = _evaluation_questions(frame, tagged, opts, choice_rng)
                 left_open += n_open
             else:
                 questions = frame.questions()
             for q in questions:
                 check_tags(q.question)
                 check_tags(q.answer)
-            for tag in frame.key_objects:
-                check_tags(tag)
         except (ValueError, TagError) as e:
             report.skip(source, str(e), id=frame.id)
             continue

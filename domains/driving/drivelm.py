@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .tags import ObjectTag, TagError
+
 QUESTION_TYPES = ("perception", "prediction", "planning", "behavior")
 
 
@@ -36,6 +38,7 @@ class Frame:
     image_paths: dict[str, str]
     key_objects: dict[str, dict[str, Any]] = field(default_factory=dict)
     scene_description: str | None = None
+    problem: str | None = None  # why the frame as read cannot be converted (its fields are then empty)
 
     @property
     def id(self) -> str:
@@ -50,8 +53,8 @@ class Frame:
                     Question(
                         id=f"{self.scene}_{self.token}_{len(out)}",
                         question_type=kind,
-                        question=str(qa["Q"]),
-                        answer=str(qa["A"]),
+                        question=qa["Q"],
+                        answer=qa["A"],
                         tag=list(qa["tag"]) if qa.get("tag") is not None else None,
                     )
                 )
@@ -84,33 +87,78 @@ def load_drivelm(path: Path) -> list[Frame]:
         )
     frames = []
     for scene, scene_data in data.items():
-        for token, frame in scene_data["key_frames"].items():
-            frame = frame if isinstance(frame, Mapping) else {}
+        for token, raw in scene_data["key_frames"].items():
+            problem = _raw_frame_problem(raw)
+            ok = problem is None
             frames.append(
                 Frame(
                     scene=str(scene),
                     token=str(token),
-                    qa=dict(frame.get("QA") or {}),
-                    image_paths=dict(frame.get("image_paths") or {}),
-                    key_objects=dict(frame.get("key_object_infos") or {}),
+                    qa=dict(raw.get("QA") or {}) if ok else {},
+                    image_paths=dict(raw.get("image_paths") or {}) if ok else {},
+                    key_objects=dict(raw.get("key_object_infos") or {}) if ok else {},
                     scene_description=scene_data.get("scene_description"),
+                    problem=problem,
                 )
             )
     return frames
 
 
-def frame_problem(frame: Frame) -> str | None:
-    """Why a frame cannot be converted (None when it can): no QA, bad QA entries, missing cameras."""
-    if not any(frame.qa.get(kind) for kind in QUESTION_TYPES):
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _qa_problem(qa: Any) -> str | None:
+    """What is wrong with a frame's ``QA`` object (None when every entry is usable)."""
+    if not isinstance(qa, Mapping):
+        return f"QA must be an object of question types, got {type(qa).__name__}"
+    if not any(qa.get(kind) for kind in QUESTION_TYPES):
         return "frame has no QA"
     for kind in QUESTION_TYPES:
-        entries = frame.qa.get(kind) or []
+        entries = qa.get(kind) or []
         if not isinstance(entries, list):
             return f"QA '{kind}' is not a list"
-        for i, qa in enumerate(entries):
-            if not isinstance(qa, Mapping) or "Q" not in qa or "A" not in qa:
+        for i, item in enumerate(entries):
+            if not isinstance(item, Mapping) or "Q" not in item or "A" not in item:
                 return f"QA '{kind}' entry {i} lacks Q or A"
+            if not isinstance(item["Q"], str) or not isinstance(item["A"], str):
+                return f"QA '{kind}' entry {i}: Q and A must be text, got {item['Q']!r} and {item['A']!r}"
+            tag = item.get("tag")
+            if tag is not None and not (isinstance(tag, list) and all(_is_number(t) for t in tag)):
+                return f"QA '{kind}' entry {i}: tag must be a list of metric numbers, got {tag!r}"
     return None
+
+
+def _key_objects_problem(objects: Any) -> str | None:
+    """What is wrong with a frame's ``key_object_infos`` (None when every object is usable)."""
+    if not isinstance(objects, Mapping):
+        return f"key_object_infos must be an object of tag -> info, got {type(objects).__name__}"
+    for tag, info in objects.items():
+        try:
+            ObjectTag.parse(tag)
+        except TagError as e:
+            return f"key object: {e}"
+        if not isinstance(info, Mapping):
+            return f"key object {tag}: info must be an object, got {type(info).__name__}"
+        box = info.get("2d_bbox")
+        if box is not None and not (isinstance(box, list) and len(box) == 4 and all(map(_is_number, box))):
+            return f"key object {tag}: 2d_bbox must be [x1, y1, x2, y2], got {box!r}"
+    return None
+
+
+def _raw_frame_problem(raw: Any) -> str | None:
+    """Why a key frame as read from JSON cannot be converted (None when it can)."""
+    if not isinstance(raw, Mapping):
+        return f"key frame must be an object, got {type(raw).__name__}"
+    paths = raw.get("image_paths") or {}
+    if not isinstance(paths, Mapping) or not all(isinstance(v, str) for v in paths.values()):
+        return "image_paths must be an object of camera -> image path"
+    return _qa_problem(raw.get("QA") or {}) or _key_objects_problem(raw.get("key_object_infos") or {})
+
+
+def frame_problem(frame: Frame) -> str | None:
+    """Why a frame cannot be converted (None when it can): bad QA, key objects or image paths."""
+    return frame.problem or _qa_problem(frame.qa) or _key_objects_problem(frame.key_objects)
 
 
 def has_tags(frames: list[Frame]) -> bool:

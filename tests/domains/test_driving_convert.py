@@ -6,6 +6,7 @@ import json
 import random
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -190,6 +191,88 @@ def test_broken_records_are_skipped_with_reasons(tmp_path: Path) -> None:
     assert reasons[f"{scenes[1]}_{frames1[0]}"] == "frame has no QA"
     rows = _jsonl(tmp_path / "out" / "train.jsonl")
     assert {r["meta"]["frame"] for r in rows} == {frames1[1]}
+
+
+def _first_frame(data: dict) -> dict:
+    return next(iter(next(iter(data.values()))["key_frames"].values()))
+
+
+def _set_tag(frame: dict, value: object) -> None:
+    frame["QA"]["perception"][0]["tag"] = value
+
+
+def _bad_key_object(frame: dict, tag: str, info: object) -> None:
+    frame["key_object_infos"] = {tag: info}
+
+
+def _bad_box(frame: dict, box: object) -> None:
+    info = next(iter(frame["key_object_infos"].values()))
+    info["2d_bbox"] = box
+
+
+BROKEN_FRAMES = [
+    (lambda f: f.update(QA=["not", "a", "mapping"]), "QA must be an object of question types, got list"),
+    (lambda f: f["QA"].update(planning={"Q": "x"}), "QA 'planning' is not a list"),
+    (lambda f: f["QA"]["perception"][0].update(A=None), "QA 'perception' entry 0: Q and A must be text"),
+    (lambda f: f["QA"]["behavior"][0].update(Q=3), "QA 'behavior' entry 0: Q and A must be text"),
+    (lambda f: _set_tag(f, 0), "QA 'perception' entry 0: tag must be a list of metric numbers, got 0"),
+    (lambda f: f.update(image_paths=["a"]), "image_paths must be an object of camera -> image path"),
+    (lambda f: f.update(key_object_infos="c1"), "key_object_infos must be an object of tag -> info, got str"),
+    (
+        lambda f: _bad_key_object(f, "obj1,CAM_BACK,1,2", {}),
+        "key object: malformed object tag 'obj1,CAM_BACK,1,2'",
+    ),
+    (
+        lambda f: _bad_key_object(f, "<c1,CAM_TOP,1,2>", {}),
+        "key object: object tag '<c1,CAM_TOP,1,2>' names an unknown camera 'CAM_TOP'",
+    ),
+    (lambda f: _bad_box(f, [1, None, 3, 4]), "2d_bbox must be [x1, y1, x2, y2], got [1, None, 3, 4]"),
+    (lambda f: _bad_box(f, "1,2,3,4"), "2d_bbox must be [x1, y1, x2, y2], got '1,2,3,4'"),
+    (lambda f: f.clear() or f.update(x=1), "frame has no QA"),
+]
+
+
+@pytest.mark.parametrize("tagged", [False, True], ids=["train-format", "challenge-format"])
+@pytest.mark.parametrize(("breaks", "reason"), BROKEN_FRAMES, ids=[r for _, r in BROKEN_FRAMES])
+def test_malformed_frame_fields_skip_that_frame(
+    tmp_path: Path, breaks: Callable[[dict], None], reason: str, tagged: bool
+) -> None:
+    qa = _copy_demo(tmp_path)
+    data = json.loads(qa.read_text())
+    if tagged:  # every question tagged, as in the challenge test file
+        for scene in data.values():
+            for frame in scene["key_frames"].values():
+                for entries in frame["QA"].values():
+                    for item in entries:
+                        item["tag"] = [0]
+    broken = _first_frame(data)
+    breaks(broken)
+    qa.write_text(json.dumps(data))
+    report = DrivingDomain().convert(qa, tmp_path / "out", tasks="qa,grounding", workers=1)
+    saved = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert saved["read"] == 4 and saved["converted"] == 3 == report.converted
+    assert len(saved["skips"]) == 1 and reason in saved["skips"][0]["reason"]
+    scene, token = next(iter(data)), next(iter(data[next(iter(data))]["key_frames"]))
+    assert saved["skips"][0]["id"] == f"{scene}_{token}"
+
+
+def test_multiple_choice_applies_to_a_challenge_format_file(shared_data: Path, tmp_path: Path) -> None:
+    # The official flow: extract_data.py writes the tagged test file, convert_data.py rewrites it.
+    tagged = shared_data / "drivelm" / "QA" / "test_sample.json"
+    report = DrivingDomain().convert(tagged, tmp_path / "mc", multiple_choice=True, seed=3, workers=1)
+    rows = _jsonl(tmp_path / "mc" / "test.jsonl")
+    rewritten = [r for r in rows if "Please select the correct answer" in r["meta"]["question"]]
+    behavior = [r for r in rows if r["meta"]["question_type"] == "behavior"]
+    assert behavior and all(r in rewritten for r in behavior)
+    assert all(len(r["meta"]["answer"]) == 1 and r["meta"]["answer"] in "ABCD" for r in rewritten)
+    assert report.details["multiple_choice_left_open"] == 0
+    # Same seed, same options as rewriting the selection of the train-format file.
+    train = shared_data / "drivelm" / "QA" / "train_sample.json"
+    DrivingDomain().convert(
+        train, tmp_path / "sel", split="challenge", multiple_choice=True, seed=3, workers=1
+    )
+    selected = {r["id"]: r["meta"]["question"] for r in _jsonl(tmp_path / "sel" / "test.jsonl")}
+    assert {r["id"]: r["meta"]["question"] for r in rows} == selected
 
 
 def test_image_root_override_and_bad_options(tmp_path: Path) -> None:

@@ -160,3 +160,25 @@ def test_eval_command(dataset: Path, tmp_path: Path, capsys) -> None:
     printed = json.loads(capsys.readouterr().out)
     assert printed["samples"] == 2 and printed["processing"]["template"] == "phi3-chat"
     assert len((tmp_path / "res" / "predictions.jsonl").read_text().splitlines()) == 2
+
+
+def test_repeated_ids_are_refused_before_any_generation(dataset: Path, tmp_path: Path, capsys) -> None:
+    from mini_internvl_adapt.cli import main
+    from mini_internvl_adapt.schema import DatasetError
+
+    lines = dataset.read_text().splitlines()
+    repeated = dataset.with_name("repeated.jsonl")
+    repeated.write_text("\n".join([*lines, lines[0], lines[0]]) + "\n")
+    # No model is loaded: the model name does not exist, and the id check must come first.
+    with pytest.raises(DatasetError, match=r"repeated\.jsonl: repeated sample ids 'q0' \(3x\)"):
+        evaluate("no-such-model", repeated, None, ExactDomain.name, tmp_path / "res")
+    assert not (tmp_path / "res").exists()
+    predictions = tmp_path / "pred.jsonl"
+    predictions.write_text('{"id": "q0", "answer": "x"}\n{"id": "q1", "answer": "y"}\n')
+    argv = ["score", "--domain", ExactDomain.name, "--data", str(repeated), "--predictions", str(predictions)]
+    assert main(argv) != 0
+    assert "repeated sample ids 'q0' (3x)" in capsys.readouterr().err
+    # Two answers for one id: which one counts would be an accident of order.
+    predictions.write_text('{"id": "q0", "answer": "x"}\n{"id": "q0", "answer": "y"}\n')
+    assert main([*argv[:4], str(dataset), *argv[5:]]) != 0
+    assert "pred.jsonl:2: a second prediction for id 'q0'" in capsys.readouterr().err

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from mini_internvl_adapt.checkpoints import ExportError, export, read_run
@@ -216,6 +217,52 @@ def test_adapter_export_keeps_the_adapter_and_rebuild_facts(tmp_path: Path) -> N
         want = run_model(run)(input_ids=ids).logits
         got = rebuilt.model(input_ids=ids).logits
     assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_adapter_export_merges_later_with_the_same_card(tmp_path: Path) -> None:
+    from mini_internvl_adapt.checkpoints import export_main
+
+    run = make_run(tmp_path, "qwen2")
+    # An eval metrics.json as `adapt eval` writes it: scores plus its provenance blocks.
+    scores = {"accuracy": 0.5, "samples": 4, "processing": {"max_tiles": 2}, "model": {"source": "x"}}
+    (tmp_path / "metrics.json").write_text(json.dumps(scores))
+    argv = ["--metrics", str(tmp_path / "metrics.json"), "--datasets", "me/drive-qa"]
+    assert export_main(["--checkpoint", str(run), "--out", str(tmp_path / "adapter"), *argv]) == 0
+    adapter_card = (tmp_path / "adapter" / "README.md").read_text()
+    # The card's own advice: merge the adapter export into a plain transformers model.
+    assert "adapt export --checkpoint adapter --out merged --merge-lora" in adapter_card
+    rc = export_main(
+        [
+            "--checkpoint",
+            str(tmp_path / "adapter"),
+            "--out",
+            str(tmp_path / "merged"),
+            "--merge-lora",
+            "--dtype",
+            "fp32",
+        ]
+    )
+    assert rc == 0
+    model, _ = load_plain(tmp_path / "merged")
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        assert torch.allclose(model(input_ids=ids).logits, run_model(run)(input_ids=ids).logits, atol=1e-4)
+    for card in (adapter_card, (tmp_path / "merged" / "README.md").read_text()):
+        meta = yaml.safe_load(card.split("---\n")[1])
+        assert meta["datasets"] == ["me/drive-qa"]
+        names = [m["name"] for m in meta["model-index"][0]["results"][0]["metrics"]]
+        assert names == ["accuracy"]  # not processing.max_tiles, model.*, nor the sample count
+        assert "| train | 10 |" in card and "| tuning.use_llm_lora | 4 |" in card
+    assert "library_name: transformers" in (tmp_path / "merged" / "README.md").read_text()
+
+
+def test_card_datasets_never_name_the_local_data_folder(tmp_path: Path) -> None:
+    run = make_run(tmp_path, "qwen2")
+    config = (run / "run_config.yaml").read_text()
+    # A data path that is gone by export time still must not reach the hub metadata.
+    (run / "run_config.yaml").write_text(config.replace("path: null", "path: data/gone"))
+    card = (export(run, tmp_path / "out") / "README.md").read_text()
+    assert "datasets" not in yaml.safe_load(card.split("---\n")[1]) and "data/gone" not in card
 
 
 def test_qlora_merges_into_a_full_precision_base(tmp_path: Path) -> None:
