@@ -44,7 +44,7 @@ def detect_format(source: Path) -> str:
     )
     for path in candidates:
         if path.suffix.lower() == ".csv":
-            from mini_internvl_adapt.domains.medical.manifest import read_header
+            from mini_internvl_adapt.domains.medical.records import read_header
 
             header = read_header(path)
             if "figure_path" in header:

@@ -6,6 +6,7 @@ Rendering keeps the source resolution: tiling happens at training time.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -120,8 +121,17 @@ def render_source(path: Path, options: RenderOptions) -> Rendered:
         return render(path, options)
     except RenderError:
         raise
-    except (ValueError, TypeError, AttributeError, IndexError, KeyError, OverflowError) as e:
-        # A header pydicom parsed but whose values make no sense: this record's skip, never an abort.
+    except (
+        ValueError,
+        TypeError,
+        AttributeError,
+        IndexError,
+        KeyError,
+        ArithmeticError,
+        NotImplementedError,
+    ) as e:
+        # A header pydicom parsed but whose values make no sense, or an element it decodes only on first
+        # access and cannot (an unknown VR is NotImplementedError): this record's skip, never an abort.
         raise RenderError(f"malformed header values ({type(e).__name__})") from None
 
 
@@ -131,9 +141,12 @@ def header_number(item: Any, keyword: str, default: float) -> float:
     if value is None or value == "":
         return default
     try:
-        return float(value)
+        number = float(value)
     except (TypeError, ValueError):
         raise RenderError(f"{keyword} is not a number") from None
+    if not math.isfinite(number):
+        raise RenderError(f"{keyword} is not a finite number")
+    return number
 
 
 def _render_plain(path: Path) -> Rendered:
@@ -145,11 +158,26 @@ def _render_plain(path: Path) -> Rendered:
 
         with Image.open(BytesIO(data)) as im:
             # Re-encoding drops EXIF / text chunks, which can carry names.
-            pixels = np.asarray(im.convert("RGB"))
+            pixels = _plain_pixels(im)
+    except Image.DecompressionBombError:
+        raise RenderError(
+            f"image larger than Pillow's decompression-bomb limit ({Image.MAX_IMAGE_PIXELS} pixels)"
+        ) from None
     except (UnidentifiedImageError, OSError) as e:
         raise RenderError(f"not a readable image ({type(e).__name__})") from None
     stem = deid.digest(hashlib_bytes(data))
     return Rendered([RenderedImage(pixels, stem)], {"frames": [0]}, group=stem)
+
+
+def _plain_pixels(im: Any) -> np.ndarray:
+    """RGB uint8 pixels of a plain image; 16-bit and float greys (an exported X-ray, a CT slice) get the
+    no-window rule of DICOM, their 0.5th..99.5th percentiles onto 0..255, where Pillow's own conversion
+    would clip everything above 255 to white."""
+    if im.mode in ("I", "F") or im.mode.startswith("I;16"):
+        values = np.asarray(im).astype(np.float32)
+        grey = to_uint8(percentile_unit(values)[0])
+        return np.broadcast_to(grey[..., None], (*grey.shape, 3))
+    return np.asarray(im.convert("RGB"))
 
 
 def hashlib_bytes(data: bytes) -> str:
@@ -177,6 +205,7 @@ def _render_file(path: Path, options: RenderOptions) -> Rendered:
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise RenderError(f"no pixel data (Modality {_code(ds, 'Modality')})")
     n_frames = max(1, int(header_number(ds, "NumberOfFrames", 1)))
+    _check_frame_count(ds, n_frames)
     if options.frames == "middle":
         indices = [n_frames // 2]
     elif options.frames == "all":
@@ -203,6 +232,28 @@ def _render_file(path: Path, options: RenderOptions) -> Rendered:
         }
     )
     return Rendered(images, meta, group=_group(ds, uid_digest))
+
+
+def _check_frame_count(ds: Any, n_frames: int) -> None:
+    """RenderError when NumberOfFrames promises more frames than the pixel data can hold (checked before
+    `--frames all` lists them: a corrupt count must not allocate billions of entries)."""
+    if "PixelData" not in ds or n_frames == 1:
+        return
+    data = ds.PixelData
+    if not isinstance(data, bytes):
+        return
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        samples, bits = int(ds.get("SamplesPerPixel", 1) or 1), int(ds.BitsAllocated)
+    except (AttributeError, TypeError, ValueError):
+        raise RenderError("Rows / Columns / BitsAllocated missing or not numbers") from None
+    meta = getattr(ds, "file_meta", {})
+    tsyntax = pydicom.uid.UID(str(meta.get("TransferSyntaxUID", "") or ""))
+    # Uncompressed: every frame takes its full size; compressed (or unknown): at least one byte each.
+    uncompressed = tsyntax.is_transfer_syntax and not tsyntax.is_compressed
+    smallest = (rows * cols * samples * bits + 7) // 8 if uncompressed else 1
+    if n_frames * max(smallest, 1) > len(data):
+        raise RenderError(f"NumberOfFrames is {n_frames} but the pixel data holds fewer frames")
 
 
 def _group(ds: Any, fallback: str) -> str:
@@ -243,19 +294,34 @@ def decode_frame(ds: Any, index: int | None) -> np.ndarray:
                 return ds.pixel_array
             return dpx.pixel_array(ds, index=index)
     except (RuntimeError, NotImplementedError) as e:
-        name = getattr(tsyntax, "name", str(tsyntax))
+        name = _transfer_syntax_name(tsyntax)
         packages = _DECODERS.get(str(tsyntax))
-        if packages and ("plugin" in str(e) or "support" in str(e) or "missing" in str(e)):
-            raise RenderError(
-                f"no decoder for transfer syntax '{name}' ({tsyntax}): pip install {packages}"
-            ) from None
+        if packages and not _decoder_available(tsyntax):
+            raise RenderError(f"no decoder for transfer syntax {name}: pip install {packages}") from None
         raise RenderError(
-            f"cannot decode pixel data ({type(e).__name__}, transfer syntax '{name}')"
+            f"cannot decode pixel data: corrupt or unsupported ({type(e).__name__}, transfer syntax {name})"
         ) from None
     except Exception as e:
         raise RenderError(
             f"pixel data is truncated or inconsistent with the header ({type(e).__name__})"
         ) from None
+
+
+def _transfer_syntax_name(tsyntax: Any) -> str:
+    """'JPEG Baseline (Process 1)' (1.2.840...) for a standard UID; an unknown one is not echoed (it
+    comes from the file)."""
+    uid = pydicom.uid.UID(str(tsyntax or ""))
+    if uid.is_transfer_syntax and uid.name != str(uid):
+        return f"'{uid.name}' ({uid})"
+    return "(not a standard transfer syntax UID)"
+
+
+def _decoder_available(tsyntax: Any) -> bool:
+    """Whether any pydicom decoding plugin for the transfer syntax is installed."""
+    try:
+        return bool(dpx.get_decoder(pydicom.uid.UID(str(tsyntax))).is_available)
+    except (NotImplementedError, ValueError, KeyError):
+        return False
 
 
 # Uncompressed little-endian transfer syntaxes: the pixel data is the array's own bytes.
@@ -339,9 +405,12 @@ def _window_values(item: Any, options: RenderOptions) -> tuple[float, float, str
         raise RenderError(f"--window-index {i} but the file has {min(len(centers), len(widths))} window(s)")
     function = str(item.get("VOILUTFunction", "LINEAR") or "LINEAR").upper()
     try:
-        return float(centers[i]), float(widths[i]), function
+        center, width = float(centers[i]), float(widths[i])
     except (TypeError, ValueError):
         raise RenderError("WindowCenter / WindowWidth is not a number") from None
+    if not (math.isfinite(center) and math.isfinite(width)):
+        raise RenderError("WindowCenter / WindowWidth is not a finite number")
+    return center, width, function
 
 
 def _apply_voi_lut_sequence(ds: Any, values: np.ndarray, options: RenderOptions) -> np.ndarray:
@@ -477,7 +546,16 @@ def _render_series(folder: Path, options: RenderOptions) -> Rendered:
         raise RenderError(
             f"series folder holds {len(series)} series; point the manifest at one series per folder"
         )
-    ordered = sorted(headers, key=lambda item: _slice_position(item[1]))
+    positions = [_slice_position(ds) for _, ds in headers]
+    # Millimetres and instance numbers do not sort together: positions only when every slice has one.
+    use_positions = all(p is not None for p in positions)
+    keys = [
+        (position if use_positions else instance, instance)
+        for (_, ds), position, instance in zip(
+            headers, positions, (header_number(ds, "InstanceNumber", 0) for _, ds in headers), strict=True
+        )
+    ]
+    ordered = [item for _, item in sorted(zip(keys, headers, strict=True), key=lambda pair: pair[0])]
     count = min(options.series_slices, len(ordered))
     picks = sorted({int(round(v)) for v in np.linspace(0, len(ordered) - 1, count)})
     images, windows, digests = [], [], []
@@ -504,14 +582,16 @@ def _render_series(folder: Path, options: RenderOptions) -> Rendered:
     return Rendered(images, meta, group=_group(ordered[0][1], digests[0]))
 
 
-def _slice_position(ds: Any) -> tuple[float, float]:
-    """Sort key: position along the slice normal (ImagePositionPatient . normal), else InstanceNumber."""
-    instance = header_number(ds, "InstanceNumber", 0)
+def _slice_position(ds: Any) -> float | None:
+    """Position along the slice normal (ImagePositionPatient . normal), or None without both attributes."""
     orientation, position = ds.get("ImageOrientationPatient"), ds.get("ImagePositionPatient")
     if orientation is not None and position is not None and len(orientation) == 6 and len(position) == 3:
         try:
             normal = np.cross(np.array(orientation[:3], float), np.array(orientation[3:], float))
-            return float(np.dot(normal, np.array(position, float))), instance
+            value = float(np.dot(normal, np.array(position, float)))
         except (TypeError, ValueError):
             raise RenderError("ImagePositionPatient / ImageOrientationPatient is not numeric") from None
-    return instance, instance
+        if not math.isfinite(value):
+            raise RenderError("ImagePositionPatient / ImageOrientationPatient is not finite")
+        return value
+    return None

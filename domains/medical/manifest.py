@@ -8,7 +8,6 @@ optional ``split`` and ``category``.
 
 from __future__ import annotations
 
-import csv
 import string
 from pathlib import Path
 
@@ -21,6 +20,8 @@ from mini_internvl_adapt.domains.medical.records import (
     SourceError,
     clean,
     normalise_split,
+    read_csv_rows,
+    read_header,
     strip_option_prefix,
 )
 
@@ -28,12 +29,6 @@ from mini_internvl_adapt.metrics.answers import closed_answer, extract_choice
 from mini_internvl_adapt.schema import ConversionReport
 
 TASK_COLUMNS = ("label", "question", "report", "choices")
-
-
-def read_header(path: Path) -> list[str]:
-    """The header of a CSV file, lower-cased (empty when the file is empty)."""
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        return [h.strip().lower() for h in next(csv.reader(f), [])]
 
 
 def read_manifest(path: Path, report: ConversionReport) -> list[Record]:
@@ -49,19 +44,29 @@ def read_manifest(path: Path, report: ConversionReport) -> list[Record]:
         )
     if not any(c in header for c in TASK_COLUMNS):
         raise SourceError(path, f"a manifest needs one of the columns {', '.join(TASK_COLUMNS)}")
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        rows = [{(k or "").strip().lower(): clean(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    rows = list(read_csv_rows(path))
     labels = sorted(
-        {r["label"] for r in rows if r.get("label") and not r.get("question") and not r.get("choices")}
+        {
+            clean(r["label"])
+            for _, r in rows
+            if clean(r.get("label")) and not clean(r.get("question")) and not clean(r.get("choices"))
+        }
     )
     records = []
-    for number, row in enumerate(rows, start=2):  # line 1 is the header
+    for number, raw in rows:
         ref = f"{path.name}:{number}"
         report.read += 1
+        if None in raw:
+            report.skip(ref, f"row has {len(raw[None])} more cell(s) than the header")
+            continue
+        row = {k: clean(v) for k, v in raw.items()}
         if not row.get("image"):
             report.skip(ref, "empty 'image' cell")
             continue
-        record, problem = _record(row, ref, path.parent / row["image"], labels)
+        try:
+            record, problem = _record(row, ref, path.parent / row["image"], labels)
+        except ValueError as e:  # a split name that is not train / val / test
+            record, problem = None, str(e)
         if record is None:
             report.skip(ref, problem)
             continue

@@ -7,13 +7,22 @@ modality, location. The split comes from the file name.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from mini_internvl_adapt.domains.medical.records import TASK_VQA, Record, clean, normalise_split
+from mini_internvl_adapt.domains.medical.records import (
+    TASK_VQA,
+    FieldError,
+    Record,
+    clean,
+    normalise_split,
+    text_fields,
+)
 from mini_internvl_adapt.domains.medical.vqa_rad import default_image_dir, load_json_list
 
 from mini_internvl_adapt.schema import ConversionReport
 
 REQUIRED = ("img_name", "question", "answer")
+META_FIELDS = ("content_type", "modality", "location", "qid")
 SPLIT_FILES = ("train.json", "validate.json", "test.json")
 
 
@@ -33,33 +42,38 @@ def read_slake(
         images = image_dir or default_image_dir(path, ("imgs", "images"))
         split = normalise_split(path.stem) if path.stem in ("train", "validate", "test") else None
         for i, item in enumerate(load_json_list(path)):
-            if (
-                isinstance(item, dict)
-                and language != "all"
-                and clean(item.get("q_lang")) not in ("", language)
-            ):
+            ref = f"{path.name}[{i}]"
+            try:
+                lang = clean(item.get("q_lang")).lower() if isinstance(item, dict) else ""
+            except FieldError:
+                lang = "?"  # malformed: read, then skipped below with the reason
+            if language != "all" and lang not in ("", "?", language):
                 continue  # another language by choice: not a skip
             report.read += 1
-            ref = f"{path.name}[{i}]"
-            if not isinstance(item, dict) or any(clean(item.get(k)) == "" for k in REQUIRED):
-                report.skip(ref, f"entry lacks one of {', '.join(REQUIRED)}")
-                continue
-            kind = clean(item.get("answer_type")).upper()
-            meta = {
-                k: clean(item[k])
-                for k in ("content_type", "modality", "location", "qid")
-                if clean(item.get(k))
-            }
-            records.append(
-                Record(
-                    ref=ref,
-                    image=images / clean(item["img_name"]),
-                    task=TASK_VQA,
-                    answer=clean(item["answer"]),
-                    question=clean(item["question"]),
-                    answer_type="CLOSED" if kind == "CLOSED" else "OPEN",
-                    split=split,
-                    meta=meta,
-                )
-            )
+            try:
+                records.append(_record(item, ref, images, split))
+            except FieldError as e:
+                report.skip(ref, str(e))
     return records
+
+
+def _record(item: Any, ref: str, images: Path, split: str | None) -> Record:
+    """One SLAKE entry as a Record; FieldError says what is missing or malformed."""
+    if not isinstance(item, dict):
+        raise FieldError(f"entry is a {type(item).__name__}, not an object")
+    fields = text_fields(item, (*REQUIRED, "q_lang", "answer_type", *META_FIELDS))
+    if any(fields[k] == "" for k in REQUIRED):
+        raise FieldError(f"entry lacks one of {', '.join(REQUIRED)}")
+    kind = fields["answer_type"].upper() or "OPEN"
+    if kind not in ("OPEN", "CLOSED"):
+        raise FieldError(f"answer_type must be OPEN or CLOSED, got '{fields['answer_type']}'")
+    return Record(
+        ref=ref,
+        image=images / fields["img_name"],
+        task=TASK_VQA,
+        answer=fields["answer"],
+        question=fields["question"],
+        answer_type=kind,
+        split=split,
+        meta={k: fields[k] for k in META_FIELDS if fields[k]},
+    )

@@ -10,17 +10,25 @@ import json
 from pathlib import Path
 from typing import Any
 
-from mini_internvl_adapt.domains.medical.records import TASK_VQA, Record, SourceError, clean
+from mini_internvl_adapt.domains.medical.records import (
+    TASK_VQA,
+    FieldError,
+    Record,
+    SourceError,
+    read_text,
+    text_fields,
+)
 
 from mini_internvl_adapt.schema import ConversionReport
 
 REQUIRED = ("image_name", "question", "answer")
+META_FIELDS = ("question_type", "image_organ", "qid")
 
 
 def load_json_list(path: Path) -> list[Any]:
     """A JSON file holding a list; SourceError naming the file otherwise."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_text(path))
     except json.JSONDecodeError as e:
         raise SourceError(path, f"bad JSON: {e.msg} (line {e.lineno})") from None
     if not isinstance(data, list):
@@ -43,22 +51,33 @@ def read_vqa_rad(path: Path, report: ConversionReport, image_dir: Path | None = 
     for i, item in enumerate(load_json_list(path)):
         report.read += 1
         ref = f"{path.name}[{i}]"
-        if not isinstance(item, dict) or any(clean(item.get(k)) == "" for k in REQUIRED):
-            report.skip(ref, f"entry lacks one of {', '.join(REQUIRED)}")
+        try:
+            record = _record(item, ref, images)
+        except FieldError as e:
+            report.skip(ref, str(e))
             continue
-        kind = clean(item.get("answer_type")).upper() or "OPEN"
-        phrase = clean(item.get("phrase_type")).lower()
-        meta = {k: clean(item[k]) for k in ("question_type", "image_organ", "qid") if clean(item.get(k))}
-        records.append(
-            Record(
-                ref=ref,
-                image=images / clean(item["image_name"]),
-                task=TASK_VQA,
-                answer=clean(item["answer"]),
-                question=clean(item["question"]),
-                answer_type="CLOSED" if kind == "CLOSED" else "OPEN",
-                split="test" if phrase.startswith("test") else ("train" if phrase else None),
-                meta=meta,
-            )
-        )
+        records.append(record)
     return records
+
+
+def _record(item: Any, ref: str, images: Path) -> Record:
+    """One VQA-RAD entry as a Record; FieldError says what is missing or malformed."""
+    if not isinstance(item, dict):
+        raise FieldError(f"entry is a {type(item).__name__}, not an object")
+    fields = text_fields(item, (*REQUIRED, "answer_type", "phrase_type", *META_FIELDS))
+    if any(fields[k] == "" for k in REQUIRED):
+        raise FieldError(f"entry lacks one of {', '.join(REQUIRED)}")
+    kind = fields["answer_type"].upper() or "OPEN"
+    if kind not in ("OPEN", "CLOSED"):
+        raise FieldError(f"answer_type must be OPEN or CLOSED, got '{fields['answer_type']}'")
+    phrase = fields["phrase_type"].lower()
+    return Record(
+        ref=ref,
+        image=images / fields["image_name"],
+        task=TASK_VQA,
+        answer=fields["answer"],
+        question=fields["question"],
+        answer_type=kind,
+        split="test" if phrase.startswith("test") else ("train" if phrase else None),
+        meta={k: fields[k] for k in META_FIELDS if fields[k]},
+    )

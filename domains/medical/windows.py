@@ -8,6 +8,7 @@ LINEAR_EXACT: clip((x - (c - w/2)) / w, 0, 1).
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -80,6 +81,8 @@ def parse_window(spec: str) -> tuple[str, float, float] | None:
             f"--window must be auto, one of {', '.join(PRESETS)}, or CENTER,WIDTH (e.g. -600,1500); got '{spec}'"
         )
     center, width = values
+    if not (math.isfinite(center) and math.isfinite(width)):
+        raise ValueError(f"--window center and width must be finite numbers, got '{spec}'")
     if width <= 0:
         raise ValueError(f"--window width must be positive, got {width:g}")
     return "explicit", center, width
@@ -113,7 +116,8 @@ def window_unit(values: np.ndarray, center: float, width: float, function: str =
         return np.clip((x - (center - width / 2)) / width, 0.0, 1.0)
     if function == "SIGMOID":
         return (1.0 / (1.0 + np.exp(-4.0 * (x - center) / width))).astype(np.float32)
-    raise ValueError(f"unsupported VOI LUT function '{function}' (expected LINEAR, LINEAR_EXACT or SIGMOID)")
+    # The value itself comes from the file and is not echoed (report.json names attributes, never values).
+    raise ValueError("unsupported VOILUTFunction (expected LINEAR, LINEAR_EXACT or SIGMOID)")
 
 
 def percentile_unit(

@@ -567,3 +567,84 @@ def test_cli_convert_and_score_end_to_end(tmp_path: Path, capsys: pytest.Capture
     with pytest.raises(SystemExit):
         main(["convert", "--domain", "medical", "--source", str(demo), "--out", str(out), "--window", "x"])
     assert "--window must be auto, one of lung" in capsys.readouterr().err
+
+
+def _skips(out: Path) -> dict[str, str]:
+    report = json.loads((out / "report.json").read_text())
+    assert report["read"] == report["converted"] + report["skipped"]
+    return {s["source"]: s["reason"] for s in report["skips"]}
+
+
+def test_manifest_rows_with_bad_splits_or_extra_cells_are_skipped_on_their_own_line(tmp_path: Path) -> None:
+    _png(tmp_path / "a.png")
+    text = (
+        "image,report,split\n"
+        'a.png,"Findings:\nline two\nline three",train\n'  # a cell over three lines
+        "a.png,escape,../escaped\n"
+        "a.png,typo,training\n"
+        "a.png,extra,test,surplus\n"
+        "a.png,fine,validation\n"
+    )
+    (tmp_path / "m.csv").write_text(text)
+    report = MedicalDomain().convert(tmp_path / "m.csv", tmp_path / "out", workers=0)
+    assert report.converted == 2 and report.samples["train"] == report.samples["val"] == 1
+    skips = _skips(tmp_path / "out")
+    assert (
+        skips["m.csv:5"]
+        == "split must be train, val or test (or validate, validation, valid, dev), got '../escaped'"
+    )
+    assert "got 'training'" in skips["m.csv:6"]
+    assert skips["m.csv:7"] == "row has 1 more cell(s) than the header"
+    assert not (tmp_path / "escaped.jsonl").exists() and not list((tmp_path / "out").glob("training*"))
+
+
+def test_source_files_that_are_not_utf8_name_the_file(tmp_path: Path) -> None:
+    (tmp_path / "m.csv").write_bytes("image,label\nä.png,Lésion\n".encode("latin-1"))
+    with pytest.raises(DatasetError, match=r"m\.csv: not UTF-8 text"):
+        MedicalDomain().convert(tmp_path / "m.csv", tmp_path / "out", format="manifest", workers=0)
+    (tmp_path / "v.json").write_bytes('[{"image_name": "é.png"}]'.encode("latin-1"))
+    with pytest.raises(DatasetError, match=r"v\.json: not UTF-8 text"):
+        MedicalDomain().convert(tmp_path / "v.json", tmp_path / "out", format="vqa-rad", workers=0)
+
+
+def test_json_fields_of_the_wrong_type_are_skipped_not_stringified(tmp_path: Path) -> None:
+    _png(tmp_path / "images" / "p.png")
+    good = {"image_name": "p.png", "question": "Is it normal?", "answer": "yes", "answer_type": "CLOSED"}
+    items = [
+        good,
+        {**good, "question": {"en": "x"}},
+        {**good, "phrase_type": ["test"]},
+        {**good, "answer_type": "yes/no"},
+        "not an entry",
+    ]
+    (tmp_path / "rad.json").write_text(json.dumps(items))
+    report = MedicalDomain().convert(tmp_path / "rad.json", tmp_path / "out", format="vqa-rad", workers=0)
+    assert report.converted == 1
+    assert list(_skips(tmp_path / "out").values()) == [
+        "field 'question' is a dict, not text",
+        "field 'phrase_type' is a list, not text",
+        "answer_type must be OPEN or CLOSED, got 'yes/no'",
+        "entry is a str, not an object",
+    ]
+    slake = [
+        {"img_name": "p.png", "question": "Organ?", "answer": ["a", "b"], "q_lang": "en"},
+        {"img_name": "p.png", "question": "Organ?", "answer": "Lung", "q_lang": "EN"},
+        {"img_name": "p.png", "question": "Organ?", "answer": "Lung", "q_lang": ["en"]},
+    ]
+    (tmp_path / "train.json").write_text(json.dumps(slake))
+    report = MedicalDomain().convert(tmp_path / "train.json", tmp_path / "s", format="slake", workers=0)
+    assert report.read == 3 and report.converted == 1  # "EN" is English; the list is read and skipped
+    assert sorted(_skips(tmp_path / "s").values()) == [
+        "field 'answer' is a list, not text",
+        "field 'q_lang' is a list, not text",
+    ]
+
+
+def test_pmc_vqa_header_case_does_not_matter(tmp_path: Path) -> None:
+    _png(tmp_path / "figures" / "f.png")
+    (tmp_path / "test_x.csv").write_text(
+        "figure_path,question,answer,choice a,choice b,answer_label\nf.png,Modality?,MRI,A:CT,B:MRI,B\n"
+    )
+    report = MedicalDomain().convert(tmp_path / "test_x.csv", tmp_path / "out", workers=0)
+    assert report.details["format"] == "pmc-vqa" and report.converted == 1
+    assert read_samples(tmp_path / "out/test.jsonl")[0].answer == "B"

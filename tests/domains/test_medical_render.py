@@ -165,7 +165,7 @@ def test_ct_presets_and_explicit_windows(tmp_path: Path) -> None:
     assert auto.meta["window"]["source"] == "percentile"
 
 
-@pytest.mark.parametrize("spec", ["lungs", "40", "a,b", "40,0", "40,-5"])
+@pytest.mark.parametrize("spec", ["lungs", "40", "a,b", "40,0", "40,-5", "nan,400", "40,inf"])
 def test_bad_window_option_is_refused(spec: str) -> None:
     with pytest.raises(ValueError, match="--window"):
         parse_window(spec)
@@ -365,3 +365,114 @@ def test_series_with_a_malformed_position_or_a_multiframe_file_is_a_render_error
     write_dicom(tmp_path / "m" / "2.dcm", np.zeros((3, 4, 4), np.uint16), NumberOfFrames=3, **common)
     with pytest.raises(RenderError, match=r"multi-frame file \(3 frames\)"):
         render_source(tmp_path / "m", RenderOptions())
+
+
+@pytest.mark.parametrize(
+    ("tag", "vr", "raw", "named"),
+    [
+        (0x00281050, "DS", b"nan ", "WindowCenter / WindowWidth is not a finite number"),
+        (0x00281051, "DS", b"inf ", "WindowCenter / WindowWidth is not a finite number"),
+        (0x00281053, "DS", b"nan ", "RescaleSlope is not a finite number"),
+    ],
+)
+def test_non_finite_header_values_are_refused(
+    tmp_path: Path, tag: int, vr: str, raw: bytes, named: str
+) -> None:
+    # NaN / inf would render a flat image and put NaN (invalid JSON) into the sample's meta.
+    path = write_dicom(
+        tmp_path / "nan.dcm", np.arange(64, dtype=np.uint16).reshape(8, 8), WindowCenter=30, WindowWidth=100
+    )
+    _set_raw(path, tag, vr, raw)
+    with pytest.raises(RenderError) as info:
+        render_source(path, RenderOptions())
+    assert str(info.value) == named
+
+
+def test_an_element_pydicom_cannot_decode_is_a_render_error(tmp_path: Path) -> None:
+    # Modality's VR byte flipped to an unknown VR: pydicom fails only when the element is first read.
+    data = Path(get_testdata_file("CT_small.dcm", download=False)).read_bytes()
+    broken = data.replace(b"\x08\x00\x60\x00CS", b"\x08\x00\x60\x00CR")
+    assert broken != data
+    (tmp_path / "badvr.dcm").write_bytes(broken)
+    with pytest.raises(RenderError, match=r"NotImplementedError"):
+        render_source(tmp_path / "badvr.dcm", RenderOptions())
+
+
+def test_an_unknown_voi_function_or_transfer_syntax_is_not_echoed(tmp_path: Path) -> None:
+    path = write_dicom(
+        tmp_path / "f.dcm",
+        np.zeros((4, 4), np.uint16),
+        WindowCenter=1,
+        WindowWidth=2,
+        VOILUTFunction="DOEJOHN",
+    )
+    with pytest.raises(RenderError) as info:
+        render_source(path, RenderOptions())
+    assert "DOEJOHN" not in str(info.value) and "VOILUTFunction" in str(info.value)
+    ds = pydicom.dcmread(path)
+    ds.file_meta.TransferSyntaxUID = "1.2.840.99.12345"
+    ds.save_as(tmp_path / "t.dcm")
+    with pytest.raises(RenderError) as info:
+        render_source(tmp_path / "t.dcm", RenderOptions())
+    assert "1.2.840.99.12345" not in str(info.value)
+
+
+def test_corrupt_compressed_data_is_not_called_a_missing_decoder(tmp_path: Path) -> None:
+    pytest.importorskip("PIL")
+    ds = pydicom.dcmread(get_testdata_file("SC_rgb_jpeg_dcmtk.dcm", download=False))
+    from pydicom.encaps import encapsulate, generate_fragmented_frames
+
+    fragments = [b"".join(f) for f in generate_fragmented_frames(ds.PixelData)]
+    ds.PixelData = encapsulate([fragments[0][: len(fragments[0]) // 3]])
+    ds.save_as(tmp_path / "cut.dcm")
+    with pytest.raises(RenderError) as info:
+        render_source(tmp_path / "cut.dcm", RenderOptions())
+    assert "corrupt" in str(info.value) and "pip install" not in str(info.value)
+    assert "'JPEG Baseline (Process 1)'" in str(info.value)
+
+
+def test_a_frame_count_beyond_the_pixel_data_is_refused_before_listing_frames(tmp_path: Path) -> None:
+    path = write_dicom(tmp_path / "m.dcm", np.zeros((2, 4, 4), np.uint16), NumberOfFrames=2)
+    _set_raw(path, 0x00280008, "IS", b"999999999 ")
+    with pytest.raises(RenderError, match="NumberOfFrames is 999999999 but the pixel data holds fewer"):
+        render_source(path, RenderOptions(frames="all"))
+
+
+def test_series_uses_instance_numbers_when_any_slice_lacks_a_position(tmp_path: Path) -> None:
+    uid = generate_uid()
+    zs = [-90.0, -80.0, None, -60.0, -50.0]
+    for number, z in enumerate(zs, start=1):
+        position = {} if z is None else {"ImagePositionPatient": [0, 0, z]}
+        write_dicom(
+            tmp_path / "s" / f"{number}.dcm",
+            np.full((4, 4), number * 500, dtype=np.uint16),
+            SeriesInstanceUID=uid,
+            InstanceNumber=number,
+            ImageOrientationPatient=[1, 0, 0, 0, 1, 0],
+            WindowCenter=2048,
+            WindowWidth=4096,
+            VOILUTFunction="LINEAR_EXACT",
+            **position,
+        )
+    rendered = render_source(tmp_path / "s", RenderOptions(series_slices=5))
+    assert [grey(rendered, i)[0, 0] for i in range(5)] == [round(n * 500 / 4096 * 255) for n in range(1, 6)]
+
+
+def test_plain_images_sixteen_bit_and_too_large(tmp_path: Path) -> None:
+    from PIL import Image
+
+    values = (np.arange(4096).reshape(64, 64) * 16).astype(np.uint16)
+    Image.fromarray(values).save(tmp_path / "grey16.png")
+    got = grey(render_source(tmp_path / "grey16.png", RenderOptions()))
+    # The DICOM rule without a window: 0.5th..99.5th percentiles onto 0..255, not clipped to white.
+    low, high = np.percentile(values, [0.5, 99.5])
+    want = np.rint(np.clip((values - low) / (high - low), 0, 1) * 255)
+    assert np.abs(got - want).max() <= 1 and len(np.unique(got)) > 200
+    Image.new("L", (6000, 6000)).save(tmp_path / "big.png")
+    limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = 1_000_000  # bombs are refused above twice this
+    try:
+        with pytest.raises(RenderError, match="decompression-bomb limit"):
+            render_source(tmp_path / "big.png", RenderOptions())
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
