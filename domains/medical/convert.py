@@ -16,6 +16,7 @@ from mini_internvl_adapt.domains.medical.records import Record, SourceError
 from tqdm import tqdm
 
 from mini_internvl_adapt.schema import ConversionReport, Sample
+from mini_internvl_adapt.source_files import read_csv_header
 
 FORMATS = ("manifest", "vqa-rad", "slake", "pmc-vqa")
 
@@ -44,9 +45,7 @@ def detect_format(source: Path) -> str:
     )
     for path in candidates:
         if path.suffix.lower() == ".csv":
-            from mini_internvl_adapt.domains.medical.records import read_header
-
-            header = read_header(path)
+            header = read_csv_header(path)
             if "figure_path" in header:
                 found.add("pmc-vqa")
             elif "image" in header:

@@ -19,14 +19,12 @@ from mini_internvl_adapt.domains.medical.records import (
     Record,
     SourceError,
     clean,
-    normalise_split,
-    read_csv_rows,
-    read_header,
     strip_option_prefix,
 )
 
 from mini_internvl_adapt.metrics.answers import closed_answer, extract_choice
 from mini_internvl_adapt.schema import ConversionReport
+from mini_internvl_adapt.source_files import normalise_split, read_csv_header, read_csv_rows
 
 TASK_COLUMNS = ("label", "question", "report", "choices")
 
@@ -37,7 +35,7 @@ def read_manifest(path: Path, report: ConversionReport) -> list[Record]:
     Raises:
         SourceError: No ``image`` column or no task column at all.
     """
-    header = read_header(path)
+    header = read_csv_header(path)
     if "image" not in header:
         raise SourceError(
             path, f"a manifest needs an 'image' column; found: {', '.join(header) or 'nothing'}"
@@ -59,7 +57,7 @@ def read_manifest(path: Path, report: ConversionReport) -> list[Record]:
         if None in raw:
             report.skip(ref, f"row has {len(raw[None])} more cell(s) than the header")
             continue
-        row = {k: clean(v) for k, v in raw.items()}
+        row = {k: clean(v) for k, v in raw.items() if k is not None}
         if not row.get("image"):
             report.skip(ref, "empty 'image' cell")
             continue

@@ -12,14 +12,13 @@ from mini_internvl_adapt.domains.medical.records import (
     TASK_MCQ,
     Record,
     clean,
-    read_csv_rows,
-    read_header,
     strip_option_prefix,
 )
 from mini_internvl_adapt.domains.medical.vqa_rad import default_image_dir
 
 from mini_internvl_adapt.metrics.answers import extract_choice
 from mini_internvl_adapt.schema import ConversionReport
+from mini_internvl_adapt.source_files import read_csv_header, read_csv_rows
 
 LETTERS = ("A", "B", "C", "D")
 
@@ -28,7 +27,7 @@ def pmc_files(source: Path) -> list[Path]:
     """The CSV file itself, or every CSV in a folder that has PMC-VQA's Figure_path column."""
     if source.is_file():
         return [source]
-    return sorted(p for p in source.glob("*.csv") if "figure_path" in read_header(p))
+    return sorted(p for p in source.glob("*.csv") if "figure_path" in read_csv_header(p))
 
 
 def read_pmc_vqa(source: Path, report: ConversionReport, image_dir: Path | None = None) -> list[Record]:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,60 +82,9 @@ def text_fields(item: Mapping[str, Any], keys: tuple[str, ...]) -> dict[str, str
     return out
 
 
-def read_text(path: Path) -> str:
-    """A source file's UTF-8 text; SourceError naming the file when it is not UTF-8."""
-    try:
-        return path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise SourceError(path, f"not UTF-8 text (byte {e.start}); save it as UTF-8") from None
-
-
-def read_header(path: Path) -> list[str]:
-    """The header of a CSV file, lower-cased (empty when the file is empty)."""
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            return [h.strip().lower() for h in next(csv.reader(f), [])]
-    except UnicodeDecodeError as e:
-        raise SourceError(path, f"not UTF-8 text (byte {e.start}); save it as UTF-8") from None
-
-
-def read_csv_rows(path: Path) -> Iterator[tuple[int, dict[str | None, Any]]]:
-    """The rows of a CSV with a header as (line the row starts on, {lower-cased column: cell}).
-
-    A row with more cells than the header has its extra cells under the key None.
-
-    Raises:
-        SourceError: The file is not UTF-8 text.
-    """
-    reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
-    reader.fieldnames  # noqa: B018 - reads the header, so line_num counts its lines
-    line = reader.line_num + 1
-    for row in reader:
-        yield line, {(k.strip().lower() if k is not None else None): v for k, v in row.items()}
-        line = reader.line_num + 1  # a quoted cell may span lines: the next row starts after them
-
-
 def strip_option_prefix(text: str, letter: str) -> str:
     """'A: CT' / '(A) CT' / 'A. CT' -> 'CT' when the prefix is the option's own letter."""
     match = _OPTION_PREFIX.match(text)
     if match and match.group(1).upper() == letter.upper():
         return text[match.end() :].strip()
     return text.strip()
-
-
-SPLIT_ALIASES = {"validate": "val", "validation": "val", "valid": "val", "dev": "val"}
-
-
-def normalise_split(name: str) -> str | None:
-    """Source split names -> train / val / test (None when empty).
-
-    Raises:
-        ValueError: Any other name: it would become a file name of the dataset.
-    """
-    name = name.strip().lower()
-    if not name:
-        return None
-    name = SPLIT_ALIASES.get(name, name)
-    if name not in ("train", "val", "test"):
-        raise ValueError(f"split must be train, val or test (or {', '.join(SPLIT_ALIASES)}), got '{name}'")
-    return name

@@ -15,11 +15,11 @@ from mini_internvl_adapt.domains.medical.records import (
     FieldError,
     Record,
     SourceError,
-    read_text,
     text_fields,
 )
 
 from mini_internvl_adapt.schema import ConversionReport
+from mini_internvl_adapt.source_files import read_text
 
 REQUIRED = ("image_name", "question", "answer")
 META_FIELDS = ("question_type", "image_organ", "qid")

@@ -105,6 +105,8 @@ class RemoteSensingDomain:
         )
         common = {k: options.pop(k) for k in ("test_fraction", "seed", "workers") if k in options}
         max_size = options.pop("max_size", 4096)
+        if max_size < 1:
+            raise ValueError(f"--max-size must be a positive number of pixels, got {max_size}")
         report = ConversionReport(domain=DOMAIN, source=str(source), details={"format": fmt})
         if fmt == "scene":
             from .scene import SceneOptions, convert_scene

@@ -8,11 +8,13 @@ Without split files, a seeded split grouped by image is made.
 
 from __future__ import annotations
 
+import math
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from mini_internvl_adapt.metrics.boxes import grounding_answer, normalize_box
-from mini_internvl_adapt.schema import ConversionReport, Sample, Turn
+from mini_internvl_adapt.schema import ConversionReport, DatasetError, Sample, Turn
+from mini_internvl_adapt.source_files import read_text
 
 from .common import DOMAIN, GROUNDING, describe_error, grouped_test_set
 from .images import image_name, write_images
@@ -23,14 +25,60 @@ IMAGE_FOLDERS = ("JPEGImages", "images", ".")
 
 
 def read_split_files(source: Path) -> dict[int, str]:
-    """Global object index -> split, from the split files present."""
+    """Global object index -> split, from the split files present.
+
+    Raises:
+        DatasetError: A line that is not an object index, or an index listed in two split files (the
+            split of every object would be in doubt); names the file and line.
+    """
     assignment: dict[int, str] = {}
     for split in SPLITS:
         path = source / f"{split}.txt"
-        if path.is_file():
-            for line in path.read_text(encoding="utf-8").split():
-                assignment[int(line)] = split
+        if not path.is_file():
+            continue
+        for number, line in enumerate(read_text(path).splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                index = int(line)
+            except ValueError:
+                raise DatasetError(path, f"'{line.strip()}' is not an object index", number) from None
+            if assignment.get(index, split) != split:
+                raise DatasetError(path, f"object {index} is also listed in {assignment[index]}.txt", number)
+            assignment[index] = split
     return assignment
+
+
+def _number(node: ET.Element | None, tag: str) -> float | None:
+    """A finite number of the XML, or None when absent or malformed."""
+    try:
+        value = float(_text(node, tag) or "nan")
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _object_box(box_node: ET.Element | None, size: ET.Element | None) -> tuple[list[float], int, int]:
+    """The object's box, clipped to the image, and the image size; ValueError says what is wrong."""
+    width, height = _number(size, "width"), _number(size, "height")
+    if width is None or height is None or width <= 0 or height <= 0:
+        raise ValueError("size/width and size/height must be positive numbers")
+    box = [_number(box_node, k) for k in ("xmin", "ymin", "xmax", "ymax")]
+    if any(v is None for v in box):
+        raise ValueError("bndbox needs finite xmin, ymin, xmax, ymax")
+    x1, y1, x2, y2 = (float(v) for v in box if v is not None)
+    if not (x1 < x2 and y1 < y2):
+        raise ValueError(f"bad bndbox {[x1, y1, x2, y2]}: needs xmin < xmax and ymin < ymax")
+    # The gold box and the answer must agree: both are the part of the box inside the image.
+    clipped = [
+        min(max(x1, 0.0), width),
+        min(max(y1, 0.0), height),
+        min(max(x2, 0.0), width),
+        min(max(y2, 0.0), height),
+    ]
+    if not (clipped[0] < clipped[2] and clipped[1] < clipped[3]):
+        raise ValueError(f"bndbox {[x1, y1, x2, y2]} lies outside the {width:g}x{height:g} image")
+    return clipped, int(width), int(height)
 
 
 def _text(node: ET.Element | None, tag: str) -> str | None:
@@ -90,16 +138,16 @@ def convert_dior_rsvg(
             box_node = obj.find("bndbox")
             expression = _text(obj, "description")
             try:
-                box = [float(_text(box_node, k) or "nan") for k in ("xmin", "ymin", "xmax", "ymax")]
-                width, height = int(_text(size, "width") or 0), int(_text(size, "height") or 0)
-            except ValueError:
-                box, width, height = [float("nan")] * 4, 0, 0
+                box, width, height = _object_box(box_node, size)
+                problem = None
+            except ValueError as e:
+                problem = str(e)
             if image is None:
                 report.skip(where, f"image {filename} not found under {', '.join(IMAGE_FOLDERS)}", id=str(i))
             elif not expression:
                 report.skip(where, "no object/description (referring expression)", id=str(i))
-            elif not (box[0] < box[2] and box[1] < box[3]) or width <= 0 or height <= 0:
-                report.skip(where, f"bad bndbox {box} or size {width}x{height}", id=str(i))
+            elif problem is not None:
+                report.skip(where, problem, id=str(i))
             else:
                 name = image_name(source, image)
                 jobs[name] = image

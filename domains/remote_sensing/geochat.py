@@ -15,6 +15,7 @@ from pathlib import Path
 
 from mini_internvl_adapt.metrics.boxes import denormalize_box, format_boxes, parse_boxes
 from mini_internvl_adapt.schema import ConversionReport, Sample, Turn
+from mini_internvl_adapt.source_files import read_text
 
 from .common import DOMAIN, GROUNDING, VQA, describe_error, grouped_test_set
 from .images import image_name, write_images
@@ -76,7 +77,7 @@ def convert_geochat(
         ValueError: The file is not a JSON list of conversations.
     """
     try:
-        entries = json.loads(source.read_text(encoding="utf-8"))
+        entries = json.loads(read_text(source))
     except json.JSONDecodeError as e:
         raise ValueError(f"{source}: bad JSON: {e.msg} (line {e.lineno})") from None
     if not isinstance(entries, list):
@@ -88,10 +89,13 @@ def convert_geochat(
         report.read += 1
         where = f"{source.name}[{n}]"
         try:  # the text stays GeoChat's until the image's size is known (rotations turn in pixels)
-            turns = [Turn(ROLES[t["from"]], str(t["value"])) for t in entry["conversations"]]
+            turns = [Turn(ROLES[t["from"]], t["value"]) for t in entry["conversations"]]
             image = root / entry["image"]
         except (KeyError, TypeError) as e:
             report.skip(where, f"not a GeoChat conversation ({describe_error(e)})")
+            continue
+        if not all(isinstance(t.value, str) and t.value.strip() for t in turns):
+            report.skip(where, "a turn whose value is empty or not text")
             continue
         if not turns or turns[-1].role != "gpt":
             report.skip(where, "the conversation does not end with an answer")

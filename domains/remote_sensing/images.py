@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from pathlib import Path
 from typing import Any
@@ -12,14 +13,20 @@ RASTER_SUFFIXES = (".tif", ".tiff")
 
 
 def image_name(source_root: Path, image: Path) -> str:
-    """The dataset-relative name of a source image: images/<its path under the source, flattened>[.png]."""
+    """The dataset-relative name of a source image: images/<its path under the source, flattened>[.png].
+
+    Distinct source files get distinct names: a rendered GeoTIFF keeps its suffix (``a.tif.png`` is
+    never ``a.png``'s copy), and a file outside the source folder is prefixed with a digest of its
+    folder (``../d1/x.png`` and ``../d2/x.png`` are two images).
+    """
+    resolved = image.resolve()
     try:
-        rel = image.resolve().relative_to(source_root.resolve())
+        flat = resolved.relative_to(source_root.resolve()).as_posix().replace("/", "__")
     except ValueError:
-        rel = Path(image.name)
-    flat = rel.as_posix().replace("/", "__")
+        folder = hashlib.sha256(str(resolved.parent).encode()).hexdigest()[:10]
+        flat = f"external-{folder}__{image.name}"
     if image.suffix.lower() in RASTER_SUFFIXES:
-        flat = str(Path(flat).with_suffix(".png"))
+        flat += ".png"
     return f"images/{flat}"
 
 

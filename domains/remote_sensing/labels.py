@@ -77,17 +77,21 @@ def read_label_file(path: str | Path, label_field: str = "label") -> LabelFile:
     path = Path(path)
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise LabelFileError(f"{path}: cannot read GeoJSON ({e})") from None
     if not isinstance(doc, dict) or doc.get("type") != "FeatureCollection":
         raise LabelFileError(f"{path}: expected a GeoJSON FeatureCollection")
+    if not isinstance(doc.get("features") or [], list):
+        raise LabelFileError(f"{path}: 'features' must be a list of Feature objects")
     crs = _parse_crs(path, doc["crs"]) if "crs" in doc else None
     features, rejected = [], []
     for i, feat in enumerate(doc.get("features") or []):
-        props = (feat or {}).get("properties") or {}
-        label = props.get(label_field)
-        if label is None or not str(label).strip():
-            rejected.append((i, f"no '{label_field}' property"))
+        if not isinstance(feat, dict) or not isinstance(feat.get("properties") or {}, dict):
+            rejected.append((i, "not a Feature object with a properties object"))
+            continue
+        label = _class_name(feat.get("properties", {}).get(label_field))
+        if label is None:
+            rejected.append((i, f"no '{label_field}' property of text or a whole number"))
             continue
         geometry = feat.get("geometry")
         if geometry is None and isinstance(feat.get("bbox"), list) and len(feat["bbox"]) == 4:
@@ -100,16 +104,29 @@ def read_label_file(path: str | Path, label_field: str = "label") -> LabelFile:
             kind = geometry.get("type") if isinstance(geometry, dict) else "no geometry"
             rejected.append((i, f"unsupported geometry ({kind}); use Polygon, MultiPolygon, Point or a bbox"))
             continue
-        features.append(Feature(i, str(label).strip(), geometry, f"{path}#features[{i}]"))
+        features.append(Feature(i, label, geometry, f"{path}#features[{i}]"))
     return LabelFile(path, crs, features, rejected)
 
 
+def _class_name(value: Any) -> str | None:
+    """A class property as a name: text, or a whole number (GIS exports store class ids as 3 or 3.0)."""
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        return None
+    return str(value).strip() or None
+
+
 def _vertices(geometry: dict[str, Any]) -> list[tuple[float, float]]:
-    kind, coords = geometry["type"], geometry["coordinates"]
-    if kind == "Point":
-        return [(coords[0], coords[1])]
-    rings = coords if kind == "Polygon" else [ring for poly in coords for ring in poly]
-    return [(p[0], p[1]) for ring in rings for p in ring]
+    """The geometry's vertices as numbers; ValueError for coordinates of the wrong shape."""
+    kind, coords = geometry["type"], geometry.get("coordinates", [])
+    try:
+        if kind == "Point":
+            return [(float(coords[0]), float(coords[1]))]
+        rings = coords if kind == "Polygon" else [ring for poly in coords for ring in poly]
+        return [(float(p[0]), float(p[1])) for ring in rings for p in ring]
+    except (TypeError, IndexError, KeyError, ValueError):
+        raise ValueError(f"malformed {kind} coordinates") from None
 
 
 def feature_pixel_box(
@@ -124,6 +141,7 @@ def feature_pixel_box(
     from rasterio.warp import transform_geom
 
     geometry = feature.geometry
+    _vertices(geometry)  # coordinates of the wrong shape: say so, before PROJ fails on them less clearly
     if label_crs is None and raster_crs is not None:
         label_crs = CRS.from_user_input(DEFAULT_LABEL_CRS)
     if label_crs is not None and raster_crs is None:

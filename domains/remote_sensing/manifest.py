@@ -6,12 +6,12 @@ Columns: ``image`` and one of ``label`` | ``question``,``answer``[,``type``] | `
 
 from __future__ import annotations
 
-import csv
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 from mini_internvl_adapt.schema import ConversionReport, Sample, Turn
+from mini_internvl_adapt.source_files import normalise_split, read_csv_header, read_csv_rows
 
 from .common import CAPTIONING, CLASSIFICATION, DOMAIN, SHORT_ANSWER, VQA, describe_error, grouped_test_set
 from .images import image_name, write_images
@@ -50,13 +50,8 @@ def convert_manifest(
     Raises:
         ValueError: The CSV has no ``image`` column or none of the answer columns.
     """
-    with open(source, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        columns = set(reader.fieldnames or [])
-        rows = [
-            (number, {k: (v or "").strip() for k, v in row.items() if k})
-            for number, row in enumerate(reader, 2)
-        ]
+    columns = set(read_csv_header(source))
+    raw_rows = list(read_csv_rows(source))
     if "image" not in columns or not columns & {"label", "answer", "caption"}:
         raise ValueError(
             f"{source}: a manifest needs an 'image' column and 'label', 'question'+'answer' or 'caption'; "
@@ -64,8 +59,17 @@ def convert_manifest(
         )
     root = source.parent
     usable: list[tuple[int, dict[str, str], str]] = []
-    for number, row in rows:
+    for number, raw in raw_rows:
         report.read += 1
+        if None in raw:
+            report.skip(f"{source}:{number}", f"row has {len(raw[None])} more cell(s) than the header")
+            continue
+        row = {k: (v or "").strip() for k, v in raw.items() if k}
+        try:
+            row["split"] = normalise_split(row.get("split", "")) or ""
+        except ValueError as e:
+            report.skip(f"{source}:{number}", str(e))
+            continue
         task = _task(row)
         if not row.get("image") or task is None:
             report.skip(

@@ -34,19 +34,65 @@ def find_triplets(source: Path) -> list[tuple[str, str, Path]]:
     return found
 
 
-def _load(path: Path, key: str) -> dict[int, dict[str, Any]]:
+def _load(path: Path, key: str) -> tuple[dict[int, dict[str, Any]], list[tuple[int, Any]]]:
+    """The file's entries by integer id, and (position, entry) of those without one."""
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
         entries = doc[key]
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+        if not isinstance(entries, list):
+            raise TypeError(f"'{key}' is a {type(entries).__name__}")
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
         raise ValueError(
             f"{path}: expected a JSON object with a '{key}' list ({describe_error(e)})"
         ) from None
-    return {int(e["id"]): e for e in entries if isinstance(e, dict) and "id" in e}
+    by_id, bad = {}, []
+    for position, entry in enumerate(entries):
+        number = _integer(entry.get("id")) if isinstance(entry, dict) else None
+        if number is None:
+            bad.append((position, entry))
+        else:
+            by_id[number] = entry
+    return by_id, bad
 
 
-def _find_image(source: Path, img_id: int) -> Path | None:
-    for folder in IMAGE_FOLDERS:
+def _integer(value: Any) -> int | None:
+    """An id as RSVQA writes it (3 or "3"), or None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    return None
+
+
+def _question_fields(q: dict[str, Any], answers: dict[int, dict[str, Any]]) -> tuple[str, str, int, str]:
+    """(question, answer, img_id, question type) of an active question; ValueError says what is wrong."""
+    ids = q.get("answers_ids") or []
+    if not isinstance(ids, list) or any(_integer(a) is None for a in ids):
+        raise ValueError(f"answers_ids must be a list of answer ids, got {ids!r}")
+    texts = [
+        answers[a].get("answer")
+        for a in (_integer(a) for a in ids)
+        if a in answers and answers[a].get("active", True)
+    ]
+    answer = next((t for t in texts if isinstance(t, str | int | float) and str(t).strip()), None)
+    img_id, question, kind = _integer(q.get("img_id")), q.get("question"), q.get("type") or "open"
+    if answer is None:
+        raise ValueError("no active answer with text")
+    if img_id is None:
+        raise ValueError(f"img_id must be an image id, got {q.get('img_id')!r}")
+    if not isinstance(question, str) or not question.strip():
+        raise ValueError("no question text")
+    if not isinstance(kind, str):
+        raise ValueError(f"type must be text, got {kind!r}")
+    return question, str(answer).strip(), img_id, kind
+
+
+def _find_image(source: Path, img_id: int, resolution: str) -> Path | None:
+    # LR and HR image ids overlap: each resolution looks in its own folder first, never in the other's.
+    own, other = ("Images_LR", ("Images_HR", "Data")) if resolution == "LR" else ("Data", ("Images_LR",))
+    for folder in (own, *(f for f in IMAGE_FOLDERS if f != own and f not in other)):
         for suffix in IMAGE_SUFFIXES:
             candidate = source / folder / f"{img_id}{suffix}"
             if candidate.is_file():
@@ -75,36 +121,32 @@ def convert_rsvqa(
     for resolution, split, qpath in triplets:
         stem = qpath.name[: -len("_questions.json")]
         try:
-            questions = _load(qpath, "questions")
-            answers = _load(qpath.with_name(f"{stem}_answers.json"), "answers")
-            images = _load(qpath.with_name(f"{stem}_images.json"), "images")
+            questions, bad_questions = _load(qpath, "questions")
+            answers, _ = _load(qpath.with_name(f"{stem}_answers.json"), "answers")
+            images, _ = _load(qpath.with_name(f"{stem}_images.json"), "images")
         except ValueError as e:
             report.read += 1
             report.skip(qpath, str(e))
             continue
+        for position, _entry in bad_questions:
+            report.read += 1
+            report.skip(f"{qpath.name}[{position}]", "question entry without an integer id")
         for qid, q in sorted(questions.items()):
             report.read += 1
             where = f"{qpath.name}#{qid}"
             if not q.get("active", True):
                 report.skip(where, "inactive question", id=str(qid))
                 continue
-            ids = [int(a) for a in q.get("answers_ids") or []]
-            answer = next(
-                (
-                    answers[a]["answer"]
-                    for a in ids
-                    if answers.get(a, {}).get("active", True) and a in answers
-                ),
-                None,
-            )
-            img_id = q.get("img_id")
-            if answer is None or img_id is None or not q.get("question"):
-                report.skip(where, "no active answer, image or question text", id=str(qid))
+            try:
+                text, answer, img_id, kind = _question_fields(q, answers)
+            except ValueError as e:
+                report.skip(where, str(e), id=str(qid))
                 continue
-            if not images.get(int(img_id), {}).get("active", True):
+            image_entry = images.get(img_id)
+            if image_entry is not None and not image_entry.get("active", True):
                 report.skip(where, f"image {img_id} is inactive", id=str(qid))
                 continue
-            path = _find_image(source, int(img_id))
+            path = _find_image(source, img_id, resolution)
             if path is None:
                 report.skip(where, f"image {img_id} not found under {', '.join(IMAGE_FOLDERS)}", id=str(qid))
                 continue
@@ -113,15 +155,15 @@ def convert_rsvqa(
             sample = Sample(
                 id=f"rsvqa-{resolution.lower()}/{split}/{qid}",
                 conversations=[
-                    Turn("human", f"<image>\n{q['question']}\n{SHORT_ANSWER}"),
-                    Turn("gpt", str(answer)),
+                    Turn("human", f"<image>\n{text}\n{SHORT_ANSWER}"),
+                    Turn("gpt", answer),
                 ],
                 images=[name],
                 task=VQA,
                 domain=DOMAIN,
                 meta={
-                    "question_type": q.get("type", "open"),
-                    "img_id": int(img_id),
+                    "question_type": kind,
+                    "img_id": img_id,
                     "resolution": resolution,
                 },
             )

@@ -6,6 +6,7 @@ feature converts when it lands (at least half of its box) in a written chip.
 
 from __future__ import annotations
 
+import math
 import random
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -48,6 +49,16 @@ class SceneOptions:
     test_fraction: float = 0.2
     seed: int = 0
     workers: int = 4
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.point_size) and self.point_size > 0):
+            raise ValueError(f"--point-size must be a positive number of pixels, got {self.point_size}")
+        if not (math.isfinite(self.min_valid) and 0.0 <= self.min_valid <= 1.0):
+            raise ValueError(f"--min-valid must be a share between 0 and 1, got {self.min_valid}")
+        if self.chip_size < 1 or (self.stride is not None and self.stride < 1):
+            raise ValueError(
+                f"--chip-size and --stride must be positive, got {self.chip_size} and {self.stride}"
+            )
 
 
 def find_rasters(source: Path) -> list[Path]:
@@ -103,7 +114,8 @@ class _LabelBook:
                 where = skipped[0] if len(skipped) == 1 else f"{len(skipped)} scenes"
                 default = f"was not converted because its scene was skipped ({where}; see its entry)"
             else:
-                default = "has less than half of its box in every written chip of every scene"
+                # Chips below --min-valid are not written: a feature may be half inside one of those.
+                default = "is in no written chip with at least half of its box (chips under --min-valid are not written)"
                 if skipped:
                     default += f" ({len(skipped)} of its {len(self.scenes[path])} scenes were skipped)"
             for feat in book.features if book else []:
@@ -184,9 +196,16 @@ def convert_scene(
     stretches: dict[str, Any] = {}
     scene_bands: dict[str, list[int]] = {}  # reported: the default may have picked them
     converted: list[_Chip] = []
+    keys: dict[str, Path] = {}
     for raster in rasters:
         scene = _scene_key(source, raster)
         report.read += 1
+        if scene in keys:  # a.tif beside a.TIF or a.tiff: their chips and sample ids would collide
+            report.skip(
+                raster, f"same scene name as {keys[scene].name} (only the suffix differs): rename one"
+            )
+            continue
+        keys[scene] = raster
         label_path = opts.labels or raster.with_suffix(".geojson")
         if not label_path.is_file():
             report.skip(raster, f"no label file: pass --labels or put {label_path.name} next to the scene")
@@ -266,7 +285,12 @@ def convert_scene(
             report.converted += 1
             converted.extend(scene_chips)
         else:
-            report.skip(raster, "no chip with a labelled feature passed --min-valid")
+            report.skip(
+                raster,
+                "no chip with a labelled feature passed --min-valid"
+                if plan
+                else "no labelled feature has half of its box inside one chip of this scene",
+            )
     splits = _split_chips(converted, len(rasters) == 1 and stride < opts.chip_size, opts, chips)
     for chip in converted:
         if chip.dropped:

@@ -26,6 +26,8 @@ _NUMBER = re.compile(r"^-?\d+(?:\.\d+)?$")
 
 def count_bin(answer: str) -> str | None:
     """The RSVQA bin of a count or area answer: '0', '1-100', '101-1000' or '>1000'; None if not a number."""
+    if str(answer).strip().startswith("-"):
+        return None  # a negative count is no count (normalisation would strip the sign)
     text = normalize_answer(answer).replace(" ", "")
     text = text[:-2] if text.endswith("m2") else text
     if not _NUMBER.match(text):
@@ -39,16 +41,18 @@ def count_bin(answer: str) -> str | None:
     return ">1000"
 
 
-def vqa_correct(pred: str, gold: str, question_type: str) -> bool:
-    """Case-insensitive exact match; counts and areas of RSVQA compare by bin."""
+def vqa_correct(pred: str | None, gold: str, question_type: str) -> bool:
+    """Case-insensitive exact match; counts and areas of RSVQA compare by bin; no prediction is wrong."""
+    if pred is None:
+        return False
     if question_type in BINNED_TYPES:
         pred_bin = count_bin(pred)
         return pred_bin is not None and pred_bin == count_bin(gold)
     return normalize_answer(pred) == normalize_answer(gold)
 
 
-def vqa_metrics(items: Sequence[tuple[str, str, str]]) -> dict[str, Any]:
-    """(prediction, gold, question type) triples -> overall accuracy, per type, and the paper's average."""
+def vqa_metrics(items: Sequence[tuple[str | None, str, str]]) -> dict[str, Any]:
+    """(prediction or None, gold, question type) triples -> overall accuracy, per type, the paper's average."""
     per_type: dict[str, list[bool]] = defaultdict(list)
     for pred, gold, qtype in items:
         per_type[qtype].append(vqa_correct(pred, gold, qtype))
@@ -86,7 +90,10 @@ def score_samples(samples: Iterable[Sample], predictions: Mapping[str, str]) -> 
         )
     if by_task[VQA]:
         result["vqa"] = vqa_metrics(
-            [(pred(s), s.answer, s.meta.get("question_type", "open")) for s in by_task[VQA]]
+            [
+                (predictions.get(s.id), s.answer, str(s.meta.get("question_type") or "open"))
+                for s in by_task[VQA]
+            ]
         )
     if by_task[CLASSIFICATION]:
         c = by_task[CLASSIFICATION]

@@ -224,7 +224,7 @@ def test_low_valid_chips_are_skipped_and_counted(tmp_path: Path) -> None:
     )
     report = convert(scene, tmp_path / "ds", labels=labels, test_fraction=0)
     assert report.details["chips"]["low_valid"] == 1 and report.details["chips"]["written"] == 1
-    assert "less than half of its box in every written chip" in report.skipped[0].reason
+    assert "is in no written chip with at least half of its box" in report.skipped[0].reason
     report = convert(scene, tmp_path / "ds2", labels=labels, test_fraction=0, min_valid=0.2)
     assert report.details["chips"]["written"] == 2 and not report.skipped
 
@@ -407,7 +407,7 @@ def test_a_feature_in_an_edge_chips_padding_is_skipped_not_boxed_on_black(tmp_pa
     }  # clipped at the scene edge (x 200 -> 72 in the chip)
     skips = {Path(s.source).name: s.reason for s in report.skipped}
     assert "lies outside the scene" in skips["labels.geojson#features[0]"]
-    assert "less than half" in skips["labels.geojson#features[2]"]
+    assert "at least half of its box" in skips["labels.geojson#features[2]"]
     assert report.read == report.converted + len(report.skipped)
 
 

@@ -151,7 +151,7 @@ def test_rsvqa_triplets(tmp_path: Path) -> None:
         train[0].question == "<image>\nIs there a road?\nAnswer the question using a single word or phrase."
     )
     [test] = read_samples(tmp_path / "ds" / "test.jsonl")
-    assert test.images == ["images/Images_LR__1.png"] and test.widths == [32]
+    assert test.images == ["images/Images_LR__1.tif.png"] and test.widths == [32]
 
 
 VOC = """<annotation><filename>{name}.jpg</filename><size><width>800</width><height>800</height><depth>3</depth></size>

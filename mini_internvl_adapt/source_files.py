@@ -1,0 +1,72 @@
+"""Reading the text files that sources come as (CSV manifests, JSON annotations), with errors that name
+the file, and the split names sources may assign."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from mini_internvl_adapt.schema import DatasetError
+
+SPLITS = ("train", "val", "test")
+SPLIT_ALIASES = {"validate": "val", "validation": "val", "valid": "val", "dev": "val"}
+
+
+def read_text(path: Path) -> str:
+    """A source file's UTF-8 text (a BOM is dropped).
+
+    Raises:
+        DatasetError: The file is not UTF-8; names the file and the first bad byte.
+    """
+    try:
+        return Path(path).read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DatasetError(path, f"not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+
+
+def read_csv_header(path: Path) -> list[str]:
+    """The header of a CSV file, stripped and lower-cased (empty when the file is empty).
+
+    Raises:
+        DatasetError: The file is not UTF-8.
+    """
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            return [h.strip().lower() for h in next(csv.reader(f), [])]
+    except UnicodeDecodeError as e:
+        raise DatasetError(path, f"not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+
+
+def read_csv_rows(path: Path) -> Iterator[tuple[int, dict[str | None, Any]]]:
+    """The rows of a CSV with a header as (line the row starts on, {lower-cased column: cell}).
+
+    A row with more cells than the header has its extra cells under the key None; a short row has None
+    for its missing cells.
+
+    Raises:
+        DatasetError: The file is not UTF-8.
+    """
+    reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
+    reader.fieldnames  # noqa: B018 - reads the header, so line_num counts its lines
+    line = reader.line_num + 1
+    for row in reader:
+        yield line, {(k.strip().lower() if k is not None else None): v for k, v in row.items()}
+        line = reader.line_num + 1  # a quoted cell may span lines: the next row starts after them
+
+
+def normalise_split(name: str) -> str | None:
+    """A split name a source assigns -> train / val / test (None when empty).
+
+    Raises:
+        ValueError: Any other name: it would become a file name of the dataset.
+    """
+    name = name.strip().lower()
+    if not name:
+        return None
+    name = SPLIT_ALIASES.get(name, name)
+    if name not in SPLITS:
+        raise ValueError(f"split must be train, val or test (or {', '.join(SPLIT_ALIASES)}), got '{name}'")
+    return name
