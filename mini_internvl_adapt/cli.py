@@ -190,6 +190,8 @@ def cmd_preview(argv: Sequence[str]) -> int:
     parser.add_argument("--columns", type=int, default=2, help="panels per row (default 2)")
     parser.add_argument("--task", help="only samples of this task")
     args = parser.parse_args(argv)
+    if args.n < 1 or args.columns < 1:
+        parser.error(f"--n and --columns must be at least 1, got {args.n} and {args.columns}")
     samples = read_samples(args.data)
     if args.task:
         samples = [s for s in samples if s.task == args.task]

@@ -188,6 +188,7 @@ def budget_check(
             report.too_long += one.too_long
             report.reasons.update(one.reasons)
         else:
+            report.truncated += one.truncated
             kept.append(entry)
     return kept, report
 

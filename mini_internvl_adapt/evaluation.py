@@ -385,11 +385,15 @@ def eval_main(argv: Sequence[str]) -> int:
     )
     parser.add_argument("--domain", required=True, help=f"one of: {', '.join(available_domains())}")
     add_eval_arguments(parser)
-    known, _ = parser.parse_known_args(argv)
-    domain = get_domain(known.domain)
-    group = parser.add_argument_group(f"options of the '{known.domain}' domain")
-    add_domain_arguments(domain, group, "add_score_arguments")  # type: ignore[arg-type]
+    # The domain's own options join the parser before --help is handled, so the help lists them.
+    first = argparse.ArgumentParser(add_help=False)
+    first.add_argument("--domain")
+    known, _ = first.parse_known_args(argv)
+    if known.domain is not None:
+        group = parser.add_argument_group(f"options of the '{known.domain}' domain")
+        add_domain_arguments(get_domain(known.domain), group, "add_score_arguments")  # type: ignore[arg-type]
     args = parser.parse_args(argv)
+    domain = get_domain(args.domain)
     own = {"domain", "data", "model", "out", "batch_size", "max_new_tokens", "dtype", "device", "limit"}
     score_options = {k: v for k, v in vars(args).items() if k not in own and v is not None}
     samples = read_samples(args.data)

@@ -116,6 +116,14 @@ def _convert_stage(
     if args.resume is not None and dataset.is_dir():
         print(f"resuming: reusing the converted dataset {dataset}", file=sys.stderr)
         return dataset
+    if args.resume is not None and args.source is None and not args.demo:
+        from mini_internvl_adapt.train_config import RUN_CONFIG, load_config
+
+        trained_on = load_config(out / RUN_CONFIG).data.path
+        if trained_on is None:
+            raise ValueError(f"{out / RUN_CONFIG}: no data.path; give --data DATASET to resume")
+        print(f"resuming: training on {trained_on} as before", file=sys.stderr)
+        return Path(trained_on)
     demo_source = getattr(domain, "demo_source", None)  # an optional hook of the plugin contract
     if args.demo and demo_source is None:
         parser.error(f"the '{domain.name}' domain ships no demo sample; use --source or --data")
@@ -150,14 +158,26 @@ def cmd_job(argv: Sequence[str]) -> int:
     parser, domain = build_parser(argv)
     args = parser.parse_intermixed_args(argv)  # section.key=value overrides may sit between flags
     assert domain is not None  # --domain is required, so build_parser found it
-    if sum(x is not None and x is not False for x in (args.source, args.data, args.demo or None)) != 1:
-        parser.error("give exactly one of --source RAW, --data DATASET or --demo")
+    given = sum(x is not None and x is not False for x in (args.source, args.data, args.demo or None))
+    if given > 1 or (given == 0 and args.resume is None):
+        parser.error("give exactly one of --source RAW, --data DATASET or --demo (none with --resume RUN)")
     default_out = f"runs/{domain.name}{'-demo' if args.demo else ''}"
     out = Path(args.resume or args.out or default_out).resolve()
     if args.resume is None and (out / RUN_CONFIG).exists():
         # Checked before converting, so an existing run's data is never overwritten.
         raise CliError(f"{out} already holds a run: continue it with --resume {out} or choose another --out")
+    if args.resume is not None and given == 0 and not (out / RUN_CONFIG).is_file():
+        raise CliError(
+            f"{out}: no {RUN_CONFIG} to resume from; start the job with --source, --data or --demo"
+        )
     args.out = str(out)
+    if args.demo:  # demo defaults first and only where no flag sets them, so the user's own values win
+        from mini_internvl_adapt.train_config import flag_keys
+
+        flagged = flag_keys(args)
+        defaults = [f"{key}={value}" for key, value in DEMO_DEFAULTS.items() if key not in flagged]
+        args.overrides = defaults + list(args.overrides)
+    config_from_args(args)  # a typo in the config or an override fails now, not after the conversion
     started = time.perf_counter()
 
     _stage(1, "convert")
@@ -165,12 +185,6 @@ def cmd_job(argv: Sequence[str]) -> int:
     args.data = str(dataset)
 
     _stage(2, "train")
-    if args.demo:  # demo defaults first and only where no flag sets them, so the user's own values win
-        from mini_internvl_adapt.train_config import flag_keys
-
-        flagged = flag_keys(args)
-        defaults = [f"{key}={value}" for key, value in DEMO_DEFAULTS.items() if key not in flagged]
-        args.overrides = defaults + list(args.overrides)
     config = config_from_args(args)
     run = run_training(config, resume=args.resume is not None)
 

@@ -105,6 +105,8 @@ def make_preview(samples: Sequence[Sample], root: Path, out: Path, n: int = 8, c
     """Write a grid of `n` sample panels to `out` (PNG) and return the path."""
     if not samples:
         raise ValueError("no samples to preview")
+    if n < 1 or columns < 1:
+        raise ValueError(f"n and columns must be at least 1, got {n} and {columns}")
     panels = [render_sample(s, root) for s in samples[:n]]
     columns = min(columns, len(panels))
     rows = (len(panels) + columns - 1) // columns

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
+from collections.abc import Callable
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -171,8 +173,9 @@ def _coerce(cls: type, key: str, value: Any, where: str) -> Any:
     return value
 
 
-def config_from_dict(obj: dict[str, Any], where: str = "config") -> TrainConfig:
-    """Build a TrainConfig from nested dicts; unknown sections or keys raise ValueError naming them."""
+def config_from_dict(obj: dict[str, Any], where: str = "config", check_values: bool = True) -> TrainConfig:
+    """Build a TrainConfig from nested dicts; unknown sections or keys, mistyped values and (with
+    `check_values`) values no run could use raise ValueError naming `where` and the key."""
     if not isinstance(obj, dict):
         raise ValueError(f"{where}: a config is a mapping with sections {', '.join(_SECTIONS)}, out")
     unknown = sorted(set(obj) - set(_SECTIONS) - {"out"})
@@ -195,7 +198,67 @@ def config_from_dict(obj: dict[str, Any], where: str = "config") -> TrainConfig:
         setattr(config, name, dataclasses.replace(getattr(config, name), **values))
     if "out" in obj:
         config.out = str(obj["out"])
+    if check_values:
+        _check_values(config, where)
     return config
+
+
+# (section, key, test, what the value must be): checked when a config is read, before any run folder exists.
+_VALUE_RULES: tuple[tuple[str, str, Callable[[Any], bool], str], ...] = (
+    (
+        "model",
+        "dtype",
+        lambda v: v in ("auto", "float32", "bfloat16", "float16"),
+        "auto, float32, bfloat16 or float16",
+    ),
+    ("data", "max_tiles", lambda v: v >= 1, "at least 1"),
+    ("data", "min_tiles", lambda v: v >= 1, "at least 1"),
+    ("data", "max_length", lambda v: v >= 1, "at least 1"),
+    ("data", "num_workers", lambda v: v >= 0, "0 or more"),
+    ("train", "max_steps", lambda v: v == -1 or v >= 1, "-1 (use max_epochs) or at least 1"),
+    ("train", "max_epochs", lambda v: v >= 1, "at least 1"),
+    ("train", "batch_size", lambda v: v >= 1, "at least 1"),
+    ("train", "accumulate_grad_batches", lambda v: v >= 1, "at least 1"),
+    ("train", "lr", lambda v: math.isfinite(v) and v > 0, "a positive number"),
+    ("train", "weight_decay", lambda v: math.isfinite(v) and v >= 0, "0 or more"),
+    ("train", "warmup_ratio", lambda v: 0 <= v <= 1, "between 0 and 1"),
+    ("train", "min_lr_ratio", lambda v: 0 <= v <= 1, "between 0 and 1"),
+    ("train", "gradient_clip_val", lambda v: math.isfinite(v) and v >= 0, "0 (none) or more"),
+    ("train", "num_nodes", lambda v: v >= 1, "at least 1"),
+    ("train", "val_every_n_steps", lambda v: v is None or v >= 1, "null or at least 1"),
+    ("train", "val_generate_every_n_steps", lambda v: v is None or v >= 1, "null or at least 1"),
+    ("train", "val_generate_samples", lambda v: v >= 1, "at least 1"),
+    ("train", "val_generate_max_new_tokens", lambda v: v >= 1, "at least 1"),
+    ("train", "checkpoint_every_n_steps", lambda v: v >= 1, "at least 1"),
+    ("train", "log_every_n_steps", lambda v: v >= 1, "at least 1"),
+)
+
+
+def _check_values(config: TrainConfig, where: str, keys: set[tuple[str, str]] | None = None) -> None:
+    """ValueError naming the file (or the command line) and the key of a value no run could use.
+
+    Args:
+        config: The config to check.
+        where: What the message blames.
+        keys: Check only these (section, key) pairs (the ones the command line set); None: all.
+    """
+    for section, key, test, wanted in _VALUE_RULES:
+        if keys is not None and (section, key) not in keys:
+            continue
+        value = getattr(getattr(config, section), key)
+        if not test(value):
+            raise ValueError(f"{where}: {section}.{key} must be {wanted}, got {value!r}")
+    if keys is None and config.data.min_tiles > config.data.max_tiles:
+        raise ValueError(
+            f"{where}: data.min_tiles ({config.data.min_tiles}) is more than data.max_tiles ({config.data.max_tiles})"
+        )
+    if config.data.template is not None and (keys is None or ("data", "template") in keys):
+        from mini_internvl_adapt.models.templates import get_template
+
+        try:
+            get_template(config.data.template)
+        except KeyError as e:
+            raise ValueError(f"{where}: data.template: {e.args[0] if e.args else e}") from None
 
 
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
@@ -210,7 +273,7 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
         ValueError: On bad YAML, unknown keys or badly typed values, naming the file and the key.
     """
     raw: dict[str, Any] = {}
-    where = "overrides"
+    where = "command line"
     if path is not None:
         path = Path(path)
         where = str(path)
@@ -219,18 +282,32 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
         try:
             raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as e:
-            raise ValueError(f"{path}: bad YAML: {e}") from None
+            raise ValueError(f"{path}: bad YAML: {' '.join(str(e).split())}") from None
+    nested: dict[str, Any] = {}
     for key, value in (overrides or {}).items():
         parts = key.split(".")
         if len(parts) == 1:
-            raw[key] = value
+            nested[key] = value
         elif len(parts) == 2:
-            section = raw.setdefault(parts[0], {})
-            if not isinstance(section, dict):
-                raise ValueError(f"{where}: section '{parts[0]}' must be a mapping")
-            section[parts[1]] = value
+            nested.setdefault(parts[0], {})[parts[1]] = value
         else:
             raise ValueError(f"override '{key}': use section.key=value (e.g. train.lr=1e-4)")
+    # An unknown or mistyped key given on the command line is the command line's mistake, not the file's.
+    for name, value in nested.items():
+        if name == "out":
+            continue
+        if name not in _SECTIONS:
+            raise ValueError(f"command line: unknown section '{name}'; known: {', '.join(_SECTIONS)}, out")
+        given = config_from_dict({name: value}, "command line", check_values=False)
+        _check_values(given, "command line", {(name, key) for key in value})
+    for name, value in nested.items():
+        if isinstance(value, dict):
+            section = raw.setdefault(name, {})
+            if not isinstance(section, dict):
+                raise ValueError(f"{where}: section '{name}' must be a mapping")
+            section.update(value)
+        else:
+            raw[name] = value
     return config_from_dict(raw, where)
 
 

@@ -160,9 +160,13 @@ def _merge_metrics(run: Path) -> None:
         if not path.is_file():
             continue
         with open(path, newline="", encoding="utf-8") as f:
-            for row in csv.DictReader(f):
-                rows.append(row)
-                keys += [k for k in row if k not in keys]
+            session = list(csv.DictReader(f))
+        steps = [int(r["step"]) for r in session if (r.get("step") or "").isdigit()]
+        if steps:  # a resumed session redoes the steps after the last checkpoint: its rows replace those
+            rows = [r for r in rows if not (r.get("step") or "").isdigit() or int(r["step"]) < min(steps)]
+        for row in session:
+            rows.append(row)
+            keys += [k for k in row if k not in keys]
     if not rows:
         return
     lines: list[str] = []
@@ -206,10 +210,21 @@ def run_training(config: TrainConfig, *, resume: bool = False) -> Path:
     if config.data.path is None:
         raise ValueError("no training data: set data.path in the config or pass --data")
     checkpoint = run / LAST_CHECKPOINT
-    if resume:
-        if not checkpoint.is_file():
-            raise FileNotFoundError(f"cannot resume: {checkpoint} does not exist (no checkpoint saved yet)")
-    elif not _launched_worker() and ((run / RUN_CONFIG).exists() or checkpoint.exists()):
+    if resume and not checkpoint.is_file():
+        if not (run / RUN_CONFIG).is_file():
+            raise FileNotFoundError(f"cannot resume: {run} holds no run ({RUN_CONFIG} is missing)")
+        # Killed before its first checkpoint: nothing to restore, so the run starts again from step 0,
+        # and the logs of the lost steps go (they would repeat in metrics.csv).
+        from lightning.pytorch.utilities import rank_zero_warn
+
+        rank_zero_warn(
+            f"{checkpoint} does not exist (killed before the first checkpoint): starting from step 0"
+        )
+        if not _launched_worker():
+            for folder in ("logs", "tensorboard"):
+                shutil.rmtree(run / folder, ignore_errors=True)
+        resume = False
+    elif not resume and not _launched_worker() and ((run / RUN_CONFIG).exists() or checkpoint.exists()):
         raise ValueError(f"{run} already holds a run: resume it with --resume {run} or choose another --out")
 
     pl.seed_everything(config.train.seed, workers=True, verbose=False)
@@ -302,8 +317,18 @@ def run_training(config: TrainConfig, *, resume: bool = False) -> Path:
         plugins=[_atomic_checkpoint_io()],
         enable_checkpointing=False,
         use_distributed_sampler=False,  # our sampler shards across ranks itself (and resumes mid-epoch)
-        log_every_n_steps=config.train.log_every_n_steps,
-        val_check_interval=config.train.val_every_n_steps,
+        # A run shorter than the interval would log nothing: no metrics.csv, no loss.png.
+        log_every_n_steps=(
+            min(config.train.log_every_n_steps, config.train.max_steps)
+            if config.train.max_steps > 0
+            else config.train.log_every_n_steps
+        ),
+        # Lightning's interval counts batches; ours counts optimizer steps.
+        val_check_interval=(
+            config.train.val_every_n_steps * config.train.accumulate_grad_batches
+            if config.train.val_every_n_steps
+            else None
+        ),
         check_val_every_n_epoch=None if config.train.val_every_n_steps else 1,
         enable_progress_bar=config.train.progress_bar,
         enable_model_summary=False,
@@ -340,10 +365,12 @@ def run_training(config: TrainConfig, *, resume: bool = False) -> Path:
     if val_entries:
         trainer.validate(task, datamodule=datamodule, verbose=False)
     throughput = callbacks[1]
-    elapsed = max(throughput.end - throughput.start, 1e-9)
     world = trainer.world_size
-    samples = (task.samples_seen - throughput.start_samples) * world
-    tokens = (task.tokens_seen - throughput.start_tokens) * world
+    # A session that ran no step (resuming a finished run) trained nothing and has no rate.
+    ran = throughput.first is not None
+    elapsed = throughput.end - throughput.start if ran else 0.0
+    samples = (task.samples_seen - throughput.start_samples) * world if ran else 0
+    tokens = (task.tokens_seen - throughput.start_tokens) * world if ran else 0
     steady_samples, steady_tokens = throughput.steady()
     if world > 1:
         atomic_write_json(
@@ -361,6 +388,9 @@ def run_training(config: TrainConfig, *, resume: bool = False) -> Path:
         if (run / "metrics.csv").is_file():
             plot_training_curve(run / "metrics.csv", run / "loss.png", title=f"training loss: {run.name}")
         val_loss = trainer.callback_metrics.get("val_loss")
+        before = json.loads((run / "summary.json").read_text()) if (run / "summary.json").is_file() else {}
+        first_loss = before.get("first_loss") if resume and "first_loss" in before else task.first_loss
+        last_loss = task.last_loss if task.last_loss is not None else before.get("last_loss")
         atomic_write_json(
             run / "summary.json",
             {
@@ -374,12 +404,12 @@ def run_training(config: TrainConfig, *, resume: bool = False) -> Path:
                 "dropped_too_long": len(train_budget.too_long),
                 "session_samples": samples,
                 "session_seconds": round(elapsed, 4),
-                "train_samples_per_second": samples / elapsed,
-                "train_tokens_per_second": tokens / elapsed,
+                "train_samples_per_second": samples / elapsed if elapsed > 0 else None,
+                "train_tokens_per_second": tokens / elapsed if elapsed > 0 else None,
                 "steady_samples_per_second": steady_samples * world if steady_samples is not None else None,
                 "steady_tokens_per_second": steady_tokens * world if steady_tokens is not None else None,
-                "first_loss": task.first_loss,
-                "last_loss": task.last_loss,
+                "first_loss": first_loss,
+                "last_loss": last_loss,
                 "val_loss": float(val_loss) if val_loss is not None else None,
                 "peak_memory": _peak_memory_bytes(),
                 "precision": str(trainer.precision),

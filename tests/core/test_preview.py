@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from mini_internvl_adapt.cli import main
@@ -87,3 +88,11 @@ def test_cli_preview_writes_a_grid(tmp_path: Path) -> None:
     assert main(["preview", "--data", str(ds / "train.jsonl"), "--out", str(out), "--columns", "2"]) == 0
     with Image.open(out) as image:
         assert image.width == 2 * PANEL_WIDTH + 8
+
+
+def test_cli_preview_refuses_empty_grids(tmp_path: Path, capsys) -> None:
+    ds = _dataset(tmp_path)
+    for flag in ("--n", "--columns"):
+        with pytest.raises(SystemExit):
+            main(["preview", "--data", str(ds / "train.jsonl"), "--out", str(tmp_path / "p.png"), flag, "0"])
+        assert "must be at least 1" in capsys.readouterr().err

@@ -182,3 +182,10 @@ def test_repeated_ids_are_refused_before_any_generation(dataset: Path, tmp_path:
     predictions.write_text('{"id": "q0", "answer": "x"}\n{"id": "q0", "answer": "y"}\n')
     assert main([*argv[:4], str(dataset), *argv[5:]]) != 0
     assert "pred.jsonl:2: a second prediction for id 'q0'" in capsys.readouterr().err
+
+
+def test_eval_help_lists_the_domains_options(capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        eval_main(["--domain", "driving", "--help"])
+    assert info.value.code == 0
+    assert "--judge" in capsys.readouterr().out

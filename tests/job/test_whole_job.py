@@ -42,6 +42,25 @@ def test_demo_runs_every_stage(domain: str, tmp_path: Path, capsys: pytest.Captu
         assert main(["--domain", domain, "--demo", "--out", str(out)]) == 2
         assert "already holds a run: continue it with --resume" in capsys.readouterr().err
         assert (out / "data" / "train.jsonl").stat().st_mtime_ns == data_stamp
+        # --resume RUN alone continues the job on its own data (here: the run had finished, so eval and
+        # export run again and the summary keeps the run's numbers).
+        assert main(["--domain", domain, "--resume", str(out), "--no-export"]) == 0
+        assert "reusing the converted dataset" in capsys.readouterr().err
+        assert json.loads((out / "summary.json").read_text())["steps"] == 8
+        assert (out / "data" / "train.jsonl").stat().st_mtime_ns == data_stamp
+
+
+def test_a_config_typo_fails_before_the_conversion(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    assert main(["--domain", "medical", "--demo", "--out", str(out), "tuning.methd=lora"]) == 2
+    assert "command line: unknown key(s) in 'tuning': methd" in capsys.readouterr().err
+    assert main(["--domain", "medical", "--demo", "--out", str(out), "train.batch_size=0"]) == 2
+    assert "command line: train.batch_size must be at least 1, got 0" in capsys.readouterr().err
+    assert not out.exists()  # nothing converted, no run folder to trip over later
+    assert main(["--domain", "medical", "--resume", str(tmp_path / "nothing")]) == 2
+    assert "no run_config.yaml to resume from" in capsys.readouterr().err
 
 
 def test_job_trains_on_a_plain_jsonl_and_evaluates_on_test(

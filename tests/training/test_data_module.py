@@ -122,6 +122,13 @@ def test_budget_check_drops_samples_that_cannot_fit(tmp_path: Path, processor: S
     assert report.too_long and len(kept) + len(report.too_long) == 6
     assert all(report.counts[e.sample.id] <= 300 or e.sample.id not in report.too_long for e in kept)
     assert "max_length 300" in report.reasons[report.too_long[0]]
+    # A sample that fits once its answer's end is cut trains, and token_budget.json names it.
+    long_answer = {"id": "long", "conversations": [
+        {"from": "human", "value": "Describe the scene."}, {"from": "gpt", "value": "car " * 400}]}  # fmt: skip
+    (tmp_path / "train.jsonl").write_text(json.dumps(long_answer) + "\n")
+    kept, report = budget_check(expand_sources(split_sources(tmp_path)[0], seed=0), small, progress=False)
+    assert [e.sample.id for e in kept] == ["long"] and report.counts["long"] > 300
+    assert report.truncated == ["long"] and report.to_json()["truncated"] == ["long"]
 
 
 def test_sampler_shards_ranks_and_groups_lengths() -> None:

@@ -146,7 +146,7 @@ def test_unknown_template_is_one_line_naming_the_known_ones(capsys: pytest.Captu
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
     assert err.splitlines()[-1] == (
-        "adapt train: error: unknown chat template 'hermes-2'; known: Hermes-2, internlm2-chat, phi3-chat, internvl2_5"
+        "adapt train: error: command line: data.template: unknown chat template 'hermes-2'; known: Hermes-2, internlm2-chat, phi3-chat, internvl2_5"
     )
 
 
@@ -243,3 +243,41 @@ def test_train_help_lists_every_config_key_with_its_default_and_meaning(
             assert entry is not None, f"{section}.{f.name} missing from adapt train --help"
             assert len(entry.split("]: ", 1)[-1]) > 10, f"{section}.{f.name} has no description"
     assert any("tuning.drop_path_rate [0.0]: Stochastic depth in the ViT" in line for line in lines)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.batch_size=0", "command line: train.batch_size must be at least 1, got 0"),
+        ("train.lr=-1", "command line: train.lr must be a positive number, got -1"),
+        ("model.dtype=float8", "command line: model.dtype must be auto, float32, bfloat16 or float16"),
+        ("train.max_stepz=1", "command line: unknown key(s) in 'train': max_stepz"),
+        ("max_steps=3", "command line: unknown section 'max_steps'"),
+    ],
+)
+def test_bad_override_values_blame_the_command_line_before_any_run_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], override: str, message: str
+) -> None:
+    from mini_internvl_adapt.training import train_main
+
+    out = tmp_path / "run"
+    argv = ["--config", str(REPO / "configs/tiny/lora.yaml"), "--data", str(tmp_path), "--out", str(out)]
+    assert train_main([*argv, override]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_bad_values_in_a_file_name_the_file_and_key(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  warmup_ratio: 1.5\n")
+    with pytest.raises(ValueError, match=r"bad\.yaml: train\.warmup_ratio must be between 0 and 1, got 1\.5"):
+        load_config(path)
+    path.write_text("data:\n  min_tiles: 8\n  max_tiles: 4\n")
+    with pytest.raises(
+        ValueError, match=r"bad\.yaml: data\.min_tiles \(8\) is more than data\.max_tiles \(4\)"
+    ):
+        load_config(path)
+    path.write_text("train: [1\n")
+    with pytest.raises(ValueError) as info:
+        load_config(path)
+    assert "bad YAML" in str(info.value) and "\n" not in str(info.value)

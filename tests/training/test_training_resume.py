@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -199,3 +200,75 @@ def test_extending_a_finished_run_continues_its_data_exactly(tmp_path: Path, fir
     assert all(abs(extended[s] - straight[s]) < 1e-4 for s in straight), (extended, straight)
     summary = json.loads((tmp_path / "extended" / "summary.json").read_text())
     assert summary["steps"] == 8 and summary["samples"] == 16
+
+
+def test_resuming_a_finished_run_keeps_a_sane_summary(tmp_path: Path) -> None:
+    data = _dataset(tmp_path / "data", n=4)
+    run = tmp_path / "run"
+    assert train_main(_run_args(data, run, 2, 2, 100)) == 0
+    first = json.loads((run / "summary.json").read_text())
+    # Two steps, fewer than log_every_n_steps (10): the run still logs them and draws its curve.
+    assert (run / "metrics.csv").is_file() and (run / "loss.png").is_file()
+    assert train_main(["--resume", str(run), "train.progress_bar=false"]) == 0
+    again = json.loads((run / "summary.json").read_text())
+    # Nothing trained in that session: no rate, no samples, and the run's losses kept.
+    assert again["steps"] == 2 and again["session_samples"] == 0 and again["session_seconds"] == 0
+    assert again["train_samples_per_second"] is None and again["train_tokens_per_second"] is None
+    assert again["first_loss"] == first["first_loss"] and again["last_loss"] == first["last_loss"] is not None
+
+
+def test_a_run_killed_before_its_first_checkpoint_resumes_from_step_zero(tmp_path: Path) -> None:
+    data = _dataset(tmp_path / "data", n=4)
+    run, straight = tmp_path / "run", tmp_path / "straight"
+    assert train_main(_run_args(data, run, 2, 2, 100)) == 0
+    # What a kill before the first checkpoint leaves: the config and logs, no checkpoint, no final/.
+    for name in ("checkpoints", "final", "summary.json", "metrics.csv"):
+        path = run / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    assert train_main(["--resume", str(run), "train.progress_bar=false"]) == 0
+    assert train_main(_run_args(data, straight, 2, 2, 100)) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["steps"] == 2 and summary["resumed"] is False  # started over
+    a = load_file(run / "final" / "adapter_model.safetensors")
+    b = load_file(straight / "final" / "adapter_model.safetensors")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-4)
+    with open(run / "metrics.csv", newline="") as f:
+        steps = [int(r["step"]) for r in csv.DictReader(f) if r.get("train_loss")]
+    assert len(steps) == len(set(steps))  # the lost session's rows are not repeated
+    # Without even a run_config.yaml there is nothing to resume: a clear error.
+    assert train_main(["--resume", str(tmp_path / "empty")]) == 2
+
+
+def test_validation_interval_counts_optimizer_steps_under_accumulation(tmp_path: Path) -> None:
+    data = _dataset(tmp_path / "data", n=12)
+    val = tmp_path / "val.jsonl"
+    val.write_text("".join((data / "train.jsonl").read_text().splitlines(keepends=True)[:2]))
+    shutil.copytree(data / "images", tmp_path / "images")
+    args = _run_args(
+        data, tmp_path / "run", 6, 1, 100, "--val", str(val),
+        "train.accumulate_grad_batches=2", "train.val_every_n_steps=3", "train.log_every_n_steps=1",
+    )  # fmt: skip
+    assert train_main(args) == 0
+    with open(tmp_path / "run" / "metrics.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("val_loss")]
+    # Validation after optimizer steps 3 and 6 (Lightning logs them at 0-based step 2 and 5), plus the
+    # final validation; never mid-step.
+    assert sorted({int(r["step"]) for r in rows}) in ([2, 5], [2, 5, 6]), rows
+
+
+def test_merged_metrics_keep_the_resumed_sessions_rows_for_redone_steps(tmp_path: Path) -> None:
+    from mini_internvl_adapt.training import _merge_metrics
+
+    for version, rows in (
+        (0, "step,train_loss\n1,2.0\n2,1.9\n3,1.8\n"),
+        (1, "step,train_loss\n3,1.7\n4,1.6\n"),
+    ):
+        folder = tmp_path / "logs" / f"version_{version}"
+        folder.mkdir(parents=True)
+        (folder / "metrics.csv").write_text(rows)
+    _merge_metrics(tmp_path)
+    with open(tmp_path / "metrics.csv", newline="") as f:
+        merged = [(r["step"], r["train_loss"]) for r in csv.DictReader(f)]
+    # Step 3 was logged, then lost with the kill and redone after the checkpoint at step 2.
+    assert merged == [("1", "2.0"), ("2", "1.9"), ("3", "1.7"), ("4", "1.6")]

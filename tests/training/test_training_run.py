@@ -257,16 +257,15 @@ def test_bad_line_is_named_before_training(tmp_path: Path, capsys: pytest.Captur
     assert f"{data / 'train.jsonl'}:9" in err and "bad JSON" in err
 
 
-def test_existing_run_needs_resume_and_resume_needs_a_checkpoint(
+def test_existing_run_needs_resume_and_resume_needs_a_run(
     tmp_path: Path, lora_run: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     run, data = lora_run
     assert _train("lora", data, run) == 2
     assert "--resume" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
-    (tmp_path / "empty" / "run_config.yaml").write_text((run / "run_config.yaml").read_text())
     assert train_main(["--resume", str(tmp_path / "empty")]) == 2
-    assert "no checkpoint saved yet" in capsys.readouterr().err
+    assert "config file not found" in capsys.readouterr().err  # no run_config.yaml: nothing to resume
 
 
 def test_checkpoint_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
