@@ -397,6 +397,7 @@ def eval_main(argv: Sequence[str]) -> int:
     own = {"domain", "data", "model", "out", "batch_size", "max_new_tokens", "dtype", "device", "limit"}
     score_options = {k: v for k, v in vars(args).items() if k not in own and v is not None}
     samples = read_samples(args.data)
+    check_unique_ids(samples, args.data)
     if args.limit is not None:
         samples = samples[: args.limit]
     metrics = evaluate(

@@ -43,18 +43,33 @@ def read_csv_header(path: Path) -> list[str]:
 def read_csv_rows(path: Path) -> Iterator[tuple[int, dict[str | None, Any]]]:
     """The rows of a CSV with a header as (line the row starts on, {lower-cased column: cell}).
 
-    A row with more cells than the header has its extra cells under the key None; a short row has None
-    for its missing cells.
+    Blank lines are skipped. A row with more non-empty cells than the header has its extra cells under the
+    key None (trailing empty cells, as spreadsheets write them, are dropped); a short row has None for its
+    missing cells.
 
     Raises:
         DatasetError: The file is not UTF-8.
     """
-    reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
-    reader.fieldnames  # noqa: B018 - reads the header, so line_num counts its lines
-    line = reader.line_num + 1
-    for row in reader:
-        yield line, {(k.strip().lower() if k is not None else None): v for k, v in row.items()}
-        line = reader.line_num + 1  # a quoted cell may span lines: the next row starts after them
+    reader = csv.reader(io.StringIO(read_text(path), newline=""))
+    header: list[str] | None = None
+    while True:
+        start = reader.line_num + 1  # a quoted cell may span lines: the row starts after the last one read
+        cells = next(reader, None)
+        if cells is None:
+            return
+        if not cells:
+            continue
+        if header is None:
+            header = [c.strip().lower() for c in cells]
+            continue
+        extra = cells[len(header) :]
+        while extra and not extra[-1].strip():
+            extra.pop()
+        row: dict[str | None, Any] = {key: None for key in header}
+        row.update(zip(header, cells))
+        if extra:
+            row[None] = extra
+        yield start, row
 
 
 def normalise_split(name: str) -> str | None:

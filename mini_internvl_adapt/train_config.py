@@ -308,7 +308,7 @@ def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None
             section.update(value)
         else:
             raw[name] = value
-    return config_from_dict(raw, where)
+    return config_from_dict(raw, f"{where} with the command line's overrides" if nested and path else where)
 
 
 def save_config(config: TrainConfig, path: Path) -> None:

@@ -251,7 +251,10 @@ def _check_frame_count(ds: Any, n_frames: int) -> None:
     tsyntax = pydicom.uid.UID(str(meta.get("TransferSyntaxUID", "") or ""))
     # Uncompressed: every frame takes its full size; compressed (or unknown): at least one byte each.
     uncompressed = tsyntax.is_transfer_syntax and not tsyntax.is_compressed
-    smallest = (rows * cols * samples * bits + 7) // 8 if uncompressed else 1
+    # A frame's exact size is plain only for whole-byte samples without chroma subsampling (1-bit frames
+    # pack back to back, YBR_FULL_422 takes 2 bytes a pixel); elsewhere a frame takes at least one byte.
+    plain = uncompressed and bits % 8 == 0 and "422" not in str(ds.get("PhotometricInterpretation", ""))
+    smallest = rows * cols * samples * bits // 8 if plain else 1
     if n_frames * max(smallest, 1) > len(data):
         raise RenderError(f"NumberOfFrames is {n_frames} but the pixel data holds fewer frames")
 

@@ -89,7 +89,7 @@ def read_label_file(path: str | Path, label_field: str = "label") -> LabelFile:
         if not isinstance(feat, dict) or not isinstance(feat.get("properties") or {}, dict):
             rejected.append((i, "not a Feature object with a properties object"))
             continue
-        label = _class_name(feat.get("properties", {}).get(label_field))
+        label = _class_name((feat.get("properties") or {}).get(label_field))
         if label is None:
             rejected.append((i, f"no '{label_field}' property of text or a whole number"))
             continue

@@ -438,6 +438,18 @@ def test_a_frame_count_beyond_the_pixel_data_is_refused_before_listing_frames(tm
         render_source(path, RenderOptions(frames="all"))
 
 
+def test_frame_count_check_accepts_frames_smaller_than_rows_x_columns_x_samples(tmp_path: Path) -> None:
+    # YBR_FULL_422 stores 2 bytes a pixel, not 3: two uncompressed frames are valid and render.
+    ds = pydicom.dcmread(get_testdata_file("SC_ybr_full_422_uncompressed.dcm", download=False))
+    ds.PixelData, ds.NumberOfFrames = ds.PixelData * 2, 2
+    ds.save_as(tmp_path / "cine.dcm")
+    assert render_source(tmp_path / "cine.dcm", RenderOptions(frames="all")).images[1].pixels.shape == (
+        100,
+        100,
+        3,
+    )
+
+
 def test_series_uses_instance_numbers_when_any_slice_lacks_a_position(tmp_path: Path) -> None:
     uid = generate_uid()
     zs = [-90.0, -80.0, None, -60.0, -50.0]

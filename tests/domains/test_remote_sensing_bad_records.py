@@ -163,6 +163,7 @@ def test_geojson_features_of_the_wrong_shape_are_rejected_alone(tmp_path: Path) 
         {**good, "properties": {"label": float("nan")}},
         {**good, "properties": {"label": 3.0}},  # a class id written as a float
         {**good, "geometry": {"type": "Polygon", "coordinates": [["x", "y"]]}},
+        {**good, "properties": None},  # valid GeoJSON: a feature without properties has no class
     ]
     labels.write_text(json.dumps(doc))
     report = convert(scene, tmp_path / "ds", labels=labels)
@@ -172,6 +173,7 @@ def test_geojson_features_of_the_wrong_shape_are_rejected_alone(tmp_path: Path) 
     assert "no 'label' property of text or a whole number" in reasons[f"{base}[3]"]
     assert "no 'label' property of text or a whole number" in reasons[f"{base}[4]"]
     assert "malformed Polygon coordinates" in reasons[f"{base}[6]"]
+    assert "no 'label' property" in reasons[f"{base}[7]"]
     answers = " ".join(s.answer for split in ("train", "test") for s in _split(tmp_path / "ds", split))
     assert "<ref>car</ref>" in answers and "<ref>3</ref>" in answers
     doc["features"] = {"a": good}

@@ -178,6 +178,9 @@ def test_repeated_ids_are_refused_before_any_generation(dataset: Path, tmp_path:
     argv = ["score", "--domain", ExactDomain.name, "--data", str(repeated), "--predictions", str(predictions)]
     assert main(argv) != 0
     assert "repeated sample ids 'q0' (3x)" in capsys.readouterr().err
+    eval_argv = ["eval", "--domain", ExactDomain.name, "--data", str(repeated), "--model", "no-such-model"]
+    assert main([*eval_argv, "--out", str(tmp_path / "ev")]) != 0
+    assert f"{repeated}: repeated sample ids 'q0' (3x)" in capsys.readouterr().err
     # Two answers for one id: which one counts would be an accident of order.
     predictions.write_text('{"id": "q0", "answer": "x"}\n{"id": "q0", "answer": "y"}\n')
     assert main([*argv[:4], str(dataset), *argv[5:]]) != 0
