@@ -88,3 +88,22 @@ def strip_option_prefix(text: str, letter: str) -> str:
     if match and match.group(1).upper() == letter.upper():
         return text[match.end() :].strip()
     return text.strip()
+
+
+def vqa_entry_fields(
+    item: Any, required: tuple[str, ...], optional: tuple[str, ...]
+) -> tuple[dict[str, str], str]:
+    """The text fields of a JSON VQA entry (VQA-RAD, SLAKE) and its answer type, OPEN or CLOSED.
+
+    Raises:
+        FieldError: Not an object, a required field empty, a field that is not text, or another answer_type.
+    """
+    if not isinstance(item, dict):
+        raise FieldError(f"entry is a {type(item).__name__}, not an object")
+    fields = text_fields(item, (*required, "answer_type", *optional))
+    if any(fields[k] == "" for k in required):
+        raise FieldError(f"entry lacks one of {', '.join(required)}")
+    kind = fields["answer_type"].upper() or "OPEN"
+    if kind not in ("OPEN", "CLOSED"):
+        raise FieldError(f"answer_type must be OPEN or CLOSED, got '{fields['answer_type']}'")
+    return fields, kind

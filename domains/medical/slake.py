@@ -14,7 +14,7 @@ from mini_internvl_adapt.domains.medical.records import (
     FieldError,
     Record,
     clean,
-    text_fields,
+    vqa_entry_fields,
 )
 from mini_internvl_adapt.domains.medical.vqa_rad import default_image_dir, load_json_list
 
@@ -59,14 +59,7 @@ def read_slake(
 
 def _record(item: Any, ref: str, images: Path, split: str | None) -> Record:
     """One SLAKE entry as a Record; FieldError says what is missing or malformed."""
-    if not isinstance(item, dict):
-        raise FieldError(f"entry is a {type(item).__name__}, not an object")
-    fields = text_fields(item, (*REQUIRED, "q_lang", "answer_type", *META_FIELDS))
-    if any(fields[k] == "" for k in REQUIRED):
-        raise FieldError(f"entry lacks one of {', '.join(REQUIRED)}")
-    kind = fields["answer_type"].upper() or "OPEN"
-    if kind not in ("OPEN", "CLOSED"):
-        raise FieldError(f"answer_type must be OPEN or CLOSED, got '{fields['answer_type']}'")
+    fields, kind = vqa_entry_fields(item, REQUIRED, ("q_lang", *META_FIELDS))
     return Record(
         ref=ref,
         image=images / fields["img_name"],

@@ -15,7 +15,7 @@ from mini_internvl_adapt.domains.medical.records import (
     FieldError,
     Record,
     SourceError,
-    text_fields,
+    vqa_entry_fields,
 )
 
 from mini_internvl_adapt.schema import ConversionReport
@@ -62,14 +62,7 @@ def read_vqa_rad(path: Path, report: ConversionReport, image_dir: Path | None = 
 
 def _record(item: Any, ref: str, images: Path) -> Record:
     """One VQA-RAD entry as a Record; FieldError says what is missing or malformed."""
-    if not isinstance(item, dict):
-        raise FieldError(f"entry is a {type(item).__name__}, not an object")
-    fields = text_fields(item, (*REQUIRED, "answer_type", "phrase_type", *META_FIELDS))
-    if any(fields[k] == "" for k in REQUIRED):
-        raise FieldError(f"entry lacks one of {', '.join(REQUIRED)}")
-    kind = fields["answer_type"].upper() or "OPEN"
-    if kind not in ("OPEN", "CLOSED"):
-        raise FieldError(f"answer_type must be OPEN or CLOSED, got '{fields['answer_type']}'")
+    fields, kind = vqa_entry_fields(item, REQUIRED, ("phrase_type", *META_FIELDS))
     phrase = fields["phrase_type"].lower()
     return Record(
         ref=ref,
