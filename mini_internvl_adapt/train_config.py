@@ -203,6 +203,12 @@ def config_from_dict(obj: dict[str, Any], where: str = "config", check_values: b
     return config
 
 
+# Lightning's precision names (its 16 / 32 / 64 / bf16 aliases too) and ours: auto.
+PRECISIONS = (
+    "auto", "32-true", "bf16-mixed", "bf16-true", "16-mixed", "16-true", "64-true",
+    "transformer-engine", "transformer-engine-float16", "32", "16", "64", "bf16",
+)  # fmt: skip
+
 # (section, key, test, what the value must be): checked when a config is read, before any run folder exists.
 _VALUE_RULES: tuple[tuple[str, str, Callable[[Any], bool], str], ...] = (
     (
@@ -252,6 +258,20 @@ def _check_values(config: TrainConfig, where: str, keys: set[tuple[str, str]] | 
         raise ValueError(
             f"{where}: data.min_tiles ({config.data.min_tiles}) is more than data.max_tiles ({config.data.max_tiles})"
         )
+    wanted_keys = keys if keys is not None else {("train", "precision"), ("train", "strategy")}
+    if ("train", "precision") in wanted_keys and config.train.precision not in PRECISIONS:
+        raise ValueError(
+            f"{where}: train.precision must be one of {', '.join(PRECISIONS)}, got {config.train.precision!r}"
+        )
+    if ("train", "strategy") in wanted_keys and config.train.strategy != "auto":
+        from lightning.pytorch.strategies import StrategyRegistry
+
+        names = StrategyRegistry.available_strategies()
+        if config.train.strategy not in names:
+            raise ValueError(
+                f"{where}: train.strategy must be auto or a Lightning strategy name "
+                f"({', '.join(sorted(n for n in names if '_find_unused' not in n))}), got {config.train.strategy!r}"
+            )
     if config.data.template is not None and (keys is None or ("data", "template") in keys):
         from mini_internvl_adapt.models.templates import get_template
 

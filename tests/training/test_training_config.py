@@ -252,6 +252,8 @@ def test_train_help_lists_every_config_key_with_its_default_and_meaning(
         ("train.lr=-1", "command line: train.lr must be a positive number, got -1"),
         ("model.dtype=float8", "command line: model.dtype must be auto, float32, bfloat16 or float16"),
         ("train.max_stepz=1", "command line: unknown key(s) in 'train': max_stepz"),
+        ("train.precision=99-bad", "command line: train.precision must be one of auto, 32-true"),
+        ("train.strategy=nonsense", "command line: train.strategy must be auto or a Lightning strategy name"),
         ("max_steps=3", "command line: unknown section 'max_steps'"),
     ],
 )
