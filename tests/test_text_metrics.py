@@ -21,7 +21,14 @@ from mini_internvl_adapt.metrics.text import bleu, caption_metrics, cider_d, ptb
             "The IDs of these objects are <c1,CAM_BACK,1088.3,497.5>, and <c3,CAM_FRONT,1043.2,82.2>.",
             "the ids of these objects are < c1 cam_back ,1088.3,497.5 > and < c3 cam_front ,1043.2,82.2 >",
         ),
-        ("x. It's a car's (left) lane; don't go.", "x it 's a car 's -lrb- left -rrb- lane do n't go"),
+        ("x. It's a car's (left) lane; don't go.", "x. it 's a car 's -lrb- left -rrb- lane do n't go"),
+        # An abbreviation keeps its period at the end of the text and before punctuation; so does any word
+        # before , ; or :, and an initial unless a sentence-starting word follows it.
+        ("There are cars, trucks, etc.", "there are cars trucks etc."),
+        ("See Dr. Smith or the Dr.)", "see dr. smith or the dr. -rrb-"),
+        ("Open on Sat. Closed on Sun., Mon.", "open on sat closed on sun. mon."),
+        ("A car., then no. 5 and no.", "a car. then no. 5 and no"),
+        ("Lane x. The car in lane y. Car z.", "lane x the car in lane y. car z."),
         ("Dr. Smith saw 3.5cm, e.g. U.S. cannot", "dr. smith saw 3.5 cm e.g. u.s. can not"),
         (
             'A "red" car -- at 10:30 -- turns left/right: 2,000 m away!',
@@ -104,6 +111,34 @@ def test_caption_metrics_keys_missing_predictions_and_errors() -> None:
 
 
 _HAVE_COCO = importlib.util.find_spec("pycocoevalcap") is not None and shutil.which("java") is not None
+
+
+@pytest.mark.skipif(not _HAVE_COCO, reason="needs pycocoevalcap and Java")
+def test_tokenize_agrees_with_java_ptb_tokenizer_around_periods() -> None:
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    words = ["sat", "etc", "Mr", "no", "x", "A", "car", "5", "u.s", "3.5", ")", "ok!"]
+    endings = [
+        ".,",
+        ".;",
+        ".!",
+        ".:",
+        ". then",
+        ". Then",
+        ".-",
+        '."',
+        ". 5",
+        ".",
+        ". ",
+        ".)",
+        "...",
+        ". It's",
+    ]
+    texts = [
+        f"{pre}{w}{e}{post}" for w in words for e in endings for pre in ("", "the ") for post in ("", " x")
+    ]
+    java = PTBTokenizer().tokenize({i: [{"caption": t}] for i, t in enumerate(texts)})
+    assert {t: tokenize(t) for t in texts} == {t: java[i][0] for i, t in enumerate(texts)}
 
 
 @pytest.mark.skipif(not _HAVE_COCO, reason="needs pycocoevalcap and Java")

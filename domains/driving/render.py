@@ -82,19 +82,25 @@ def write_views(cameras: dict[str, Path], out_dir: Path, stem: str) -> dict[str,
     Raises:
         OSError: A camera image is missing or cannot be read (the message names the file).
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = {}
-    for camera in CAMERAS:
+    sizes = {}
+    for camera in CAMERAS:  # every view is checked before any is copied: a broken frame leaves no file
         path = cameras[camera]
         try:
             with Image.open(path) as img:
-                img.verify()  # header and structure check without a full decode
-                size = img.size
+                sizes[camera] = img.size
+                # Decode (a JPEG at 1/8 scale: every byte is still read) so a truncated file is caught here,
+                # not when training loads it; verify() checks the header only.
+                img.draft(img.mode, (max(1, img.width // 8), max(1, img.height // 8)))
+                img.load()
         except FileNotFoundError:
             raise OSError(f"camera image not found: {path}") from None
         except Exception as e:  # PIL raises several types for broken files
             raise OSError(f"cannot read camera image {path}: {e}") from None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for camera in CAMERAS:
+        path = cameras[camera]
         name = f"{stem}_{camera}{path.suffix.lower() or '.jpg'}"
         shutil.copyfile(path, out_dir / name)
-        written[camera] = (name, size[0], size[1])
+        written[camera] = (name, *sizes[camera])
     return written

@@ -113,7 +113,7 @@ _PATTERNS = [
     re.compile(r"n't|'(?:s|ll|re|m|ve|d)(?![a-z0-9])"),  # contraction endings
     re.compile(r"\.{3,}|\.\.|[!?]+|--+|&[a-z]+;|[^\sa-z0-9]"),  # punctuation runs and single symbols
 ]
-_NT = re.compile(r"([a-z])n't(?![a-z])")
+_NT = re.compile(r"([a-z])n't(?![a-z])", re.IGNORECASE)
 _WS = re.compile(r"\s+")
 
 
@@ -135,9 +135,11 @@ def ptb_tokenize(text: str) -> list[str]:
     Returns:
         The tokens, punctuation included (see `tokenize` for the evaluation form).
     """
-    text = text.translate(_UNICODE).replace("\n", " ").lower()
     # "can't" -> "ca n't": the contraction is split before the word is matched.
-    text = _NT.sub(r"\1 n't", text)
+    cased = _NT.sub(r"\1 n't", text.translate(_UNICODE).replace("\n", " "))
+    text = cased.lower()
+    if len(text) != len(cased):  # a rare letter whose lower case is longer: case is not looked at then
+        cased = text
     tokens: list[str] = []
     pos, n = 0, len(text)
     while pos < n:
@@ -147,24 +149,45 @@ def ptb_tokenize(text: str) -> list[str]:
             continue
         token = _longest_match(text, pos)
         pos += len(token)
-        if _keeps_period(token, text, pos):
-            # An abbreviation keeps its period when text follows ("dr. smith", "no. 5").
+        if _keeps_period(token, text, cased, pos):
+            # An abbreviation keeps its period ("dr. smith", "etc.", "no. 5").
             token += "."
             pos += 1
         tokens.extend(_post_process(token, text, pos))
     return tokens
 
 
-_AFTER_PERIOD = re.compile(r"\.\s+(\S)")
+_NUMBER_AFTER_PERIOD = re.compile(r"\.\s+\d")
+_PERIOD_ENDS_WORD = re.compile(r"\.(?!\w)")
+_NEXT_WORD = re.compile(r"\.\s+([A-Za-z]+)(?=\s|$)")
+# Capitalised, these words start a new sentence after an initial ("x. The car"), as observed in the Java
+# tokenizer (CoreNLP 3.4.1, which pycocoevalcap runs); "x. Car" keeps "x." whole.
+_SENTENCE_STARTS = frozenset({
+    "a", "about", "after", "an", "as", "at", "but", "he", "her", "here", "however", "if", "in", "it",
+    "many", "more", "now", "once", "one", "other", "our", "she", "since", "so", "some", "such", "that",
+    "the", "their", "then", "there", "these", "they", "this", "we", "what", "when", "while", "yet", "you",
+})  # fmt: skip
+# "sat." / "sun." are read as a sentence end (unless , ; or : follows), unlike the other abbreviations.
+_SENTENCE_FINAL_WORDS = frozenset({"sat", "sun"})
 
 
-def _keeps_period(word: str, text: str, end: int) -> bool:
-    m = _AFTER_PERIOD.match(text, end)
-    if m is None:
+def _keeps_period(word: str, text: str, cased: str, end: int) -> bool:
+    """Whether `word` (matched in lower-case `text`, ending at `end`) takes the period after it, as the Java
+    tokenizer does; `cased` is the same text before lower-casing."""
+    if not word[-1].isalnum():
         return False
-    if word in _ABBREVIATIONS:
+    if text[end : end + 2] in (".,", ".;", ".:") and "." not in word:  # "cars.," reads as an abbreviation
         return True
-    return word == "no" and m.group(1).isdigit()
+    if word in _SENTENCE_FINAL_WORDS:
+        return False
+    if len(word) == 1 and word.isalpha():  # an initial, unless a sentence starts after it: "x. It is"
+        after = _NEXT_WORD.match(cased, end)
+        starts_sentence = after is not None and after[1][0].isupper() and after[1].lower() in _SENTENCE_STARTS
+        return _PERIOD_ENDS_WORD.match(text, end) is not None and not starts_sentence
+    if word in _ABBREVIATIONS:  # "etc.", "dr. smith"
+        # At the end of the text too: the sentence-final period is then implied, not split off.
+        return _PERIOD_ENDS_WORD.match(text, end) is not None
+    return word == "no" and _NUMBER_AFTER_PERIOD.match(text, end) is not None
 
 
 def _post_process(token: str, text: str, end: int) -> list[str]:

@@ -193,6 +193,22 @@ def test_broken_records_are_skipped_with_reasons(tmp_path: Path) -> None:
     assert {r["meta"]["frame"] for r in rows} == {frames1[1]}
 
 
+@pytest.mark.parametrize("layout", ["grid", "views"])
+def test_truncated_camera_image_skips_its_frame(tmp_path: Path, layout: str) -> None:
+    qa = _copy_demo(tmp_path)
+    data = json.loads(qa.read_text())
+    scene = next(iter(data))
+    frame = next(iter(data[scene]["key_frames"]))
+    view = qa.parent / data[scene]["key_frames"][frame]["image_paths"]["CAM_BACK_RIGHT"]  # the last one
+    view.write_bytes(view.read_bytes()[: view.stat().st_size // 3])
+    DrivingDomain().convert(qa, tmp_path / "out", layout=layout, workers=1)
+    saved = json.loads((tmp_path / "out" / "report.json").read_text())
+    reasons = {s["id"]: s["reason"] for s in saved["skips"]}
+    assert saved["skipped"] == 1 and "CAM_BACK_RIGHT" in reasons[f"{scene}_{frame}"]
+    assert "camera image" in reasons[f"{scene}_{frame}"]
+    assert not list((tmp_path / "out").rglob(f"*{frame}*"))
+
+
 def _first_frame(data: dict) -> dict:
     return next(iter(next(iter(data.values()))["key_frames"].values()))
 
