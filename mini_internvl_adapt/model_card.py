@@ -151,7 +151,9 @@ def _usage(info: CardInfo) -> str:
             f'path = "{info.model_name}"\n'
             "model = AutoModelForImageTextToText.from_pretrained(path)\n"
             "# The PIL backend reproduces the training tiles exactly; transformers picks torchvision by\n"
-            "# default when it is installed, whose bicubic resize differs slightly.\n"
+            "# default when it is installed, whose bicubic resize differs slightly. A 16-bit greyscale image\n"
+            "# was scaled to 8 bits in training (v * 255 / 65535), where convert('RGB') would clip it: pass\n"
+            "# such images scaled the same way.\n"
             'processor = AutoProcessor.from_pretrained(path, image_processor=AutoImageProcessor.from_pretrained(path, backend="pil"))\n'
             'messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe the image."}]}]\n'
             "prompt = processor.apply_chat_template(messages, add_generation_prompt=True)  # system message included\n"
@@ -187,7 +189,12 @@ def render_model_card(info: CardInfo) -> str:
         "qlora": "QLoRA (4-bit NF4 base, LoRA adapters)",
         "full": "full fine-tuning",
     }.get(info.method, info.method)
-    form = "merged into the base weights (a plain transformers model)" if info.merged else "a LoRA adapter"
+    if info.method == "full":
+        form = "the fine-tuned weights themselves (a plain transformers model)"
+    else:
+        form = (
+            "merged into the base weights (a plain transformers model)" if info.merged else "a LoRA adapter"
+        )
     parts = [
         f"---\n{front}---\n",
         f"# {info.model_name}\n",

@@ -113,25 +113,30 @@ class SampleProcessor:
 
     def _tiles_for(self, width: int, height: int, n_images: int) -> int:
         c = self.config
-        budget = self._budget(n_images)
+        min_tiles, max_tiles = self._tile_range(n_images)
         return num_tiles(
             width,
             height,
-            min_tiles=min(c.min_tiles, budget),
-            max_tiles=budget,
+            min_tiles=min_tiles,
+            max_tiles=max_tiles,
             use_thumbnail=c.use_thumbnail,
             tile_size=c.tile_size,
         )
 
-    def _budget(self, n_images: int) -> int:
-        """Tiles per image: a multi-image sample shares max_tiles as the official code does."""
-        return tiles_per_image(n_images, self.config.max_tiles)
+    def _tile_range(self, n_images: int) -> tuple[int, int]:
+        """(min, max) grid tiles per image: a multi-image sample shares max_tiles as the official code does.
+
+        When min_tiles is above an image's share the official code finds no candidate grid and falls back
+        to one tile (1x1, no thumbnail); so does this.
+        """
+        budget = tiles_per_image(n_images, self.config.max_tiles)
+        return (1, 1) if self.config.min_tiles > budget else (self.config.min_tiles, budget)
 
     def _load_tiles(self, sample: Sample, root: Path) -> tuple[torch.Tensor, list[int]]:
         c = self.config
         if not sample.images:
             return torch.empty(0, 3, c.tile_size, c.tile_size), []
-        budget = self._budget(len(sample.images))
+        min_tiles, max_tiles = self._tile_range(len(sample.images))
         tensors = []
         for rel in sample.images:
             path = root / rel
@@ -140,8 +145,8 @@ class SampleProcessor:
                     tensors.append(
                         tile_image(
                             image,
-                            min_tiles=min(c.min_tiles, budget),
-                            max_tiles=budget,
+                            min_tiles=min_tiles,
+                            max_tiles=max_tiles,
                             tile_size=c.tile_size,
                             use_thumbnail=c.use_thumbnail,
                         )

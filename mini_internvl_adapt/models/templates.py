@@ -40,8 +40,8 @@ class ChatTemplate:
     ) -> list[tuple[str, bool]]:
         """Render a conversation as (text, trained) segments; concatenated they are the official prompt.
 
-        Only assistant replies and the separator that ends them are trained; a leading system
-        turn in the conversation replaces the system message.
+        Only assistant replies and the end-of-turn token that ends them are trained (not a newline after
+        it); a leading system turn in the conversation replaces the system message.
         """
         turns = list(conversations)
         system = self.system_message if system_message is None else system_message
@@ -54,7 +54,11 @@ class ChatTemplate:
             if turn.role == HUMAN:
                 segments.append((self.user_role + turn.value + self.sep + self.assistant_role, False))
             elif turn.role == GPT:
-                segments.append((turn.value + self.sep, True))
+                # The end-of-turn token is trained; a newline after it (internvl2_5) is not, as officially.
+                end_of_turn = self.sep.rstrip("\n")
+                segments.append((turn.value + end_of_turn, True))
+                if end_of_turn != self.sep:
+                    segments.append((self.sep[len(end_of_turn) :], False))
             else:
                 raise ValueError(f"unexpected role '{turn.role}' in a conversation")
         return segments

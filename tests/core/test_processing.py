@@ -67,6 +67,20 @@ def test_single_image_text_and_label_mask(family: str, tokenizers: dict, root: P
     assert _decode_spans(tok, ids, labels).replace(" ", "") == ("A red square." + sep).replace(" ", "")
 
 
+def test_internvl2_5_masks_the_newline_after_each_reply(tokenizers: dict) -> None:
+    tok = tokenizers["qwen2"]
+    proc = SampleProcessor(tok, ProcessingConfig(template="internvl2_5"))
+    turns = [Turn("human", "What?"), Turn("gpt", "Yes"), Turn("human", "And?"), Turn("gpt", "No")]
+    ids, labels = proc._tokenize(turns, [])
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+    ends = [i for i, t in enumerate(ids) if t == end]
+    assert tok.decode(ids[ends[-1] + 1 :]) == "\n"  # the prompt ends with <|im_end|>\n, as officially
+    # Each reply trains up to its <|im_end|>; the "\n" after it is masked (official preprocess_internvl2_5).
+    assert [labels[i] for i in ends] == [IGNORE_INDEX, IGNORE_INDEX, end, IGNORE_INDEX, end]
+    assert all(labels[i + 1] == IGNORE_INDEX for i in ends)
+    assert _decode_spans(tok, ids, labels).replace(" ", "") == "Yes<|im_end|>No<|im_end|>"
+
+
 def test_golden_rendered_prompt_hermes(tokenizers: dict) -> None:
     proc = SampleProcessor(tokenizers["qwen2"], ProcessingConfig(template="Hermes-2"))
     text = proc.render([Turn("human", "<image>\nQ"), Turn("gpt", "A")])
@@ -97,6 +111,17 @@ def test_multi_image_multi_turn_shares_tile_budget(tokenizers: dict, root: Path)
     trained = _decode_spans(tok, out.input_ids.tolist(), out.labels.tolist()).replace(" ", "")
     assert trained == "No.<|end|>Thesecond.<|end|>"
     assert proc.count_tokens(sample, root) == len(out.input_ids)
+
+
+def test_min_tiles_above_an_images_share_gives_one_tile_as_officially(tokenizers: dict, root: Path) -> None:
+    # min 4, max 6, two images: each image may use 3 tiles, fewer than 4, so the official candidate set is
+    # empty and every image becomes one 448x448 tile without a thumbnail.
+    proc = SampleProcessor(tokenizers["qwen2"], ProcessingConfig(min_tiles=4, max_tiles=6))
+    two = Sample("m", [Turn("human", "<image>\n<image>\nQ"), Turn("gpt", "A")], ["images/wide.png"] * 2)
+    out = proc(two, root)
+    assert out.num_tiles == [1, 1] and proc.count_tokens(two, root) == len(out.input_ids)
+    one = Sample("s", [Turn("human", "<image>\nQ"), Turn("gpt", "A")], ["images/wide.png"])
+    assert proc(one, root).num_tiles == [6 + 1]  # alone it has the whole budget: a 3x2 grid + thumbnail
 
 
 def test_generation_inputs_end_at_assistant_role(tokenizers: dict, root: Path) -> None:

@@ -39,10 +39,14 @@ def test_render_matches_official_string(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_only_replies_and_their_separator_are_trained(name: str) -> None:
+def test_only_replies_and_their_end_of_turn_token_are_trained(name: str) -> None:
     template = get_template(name)
     trained = [text for text, is_trained in template.segments(CONV) if is_trained]
-    assert trained == ["A1" + template.sep, "A2" + template.sep]
+    end_of_turn = {"Hermes-2": "<|im_end|>", "internlm2-chat": "<|im_end|>", "internvl2_5": "<|im_end|>"}.get(
+        name, "<|end|>"
+    )
+    # internvl2_5's "\n" after <|im_end|> is masked, as the official preprocess_internvl2_5 does.
+    assert trained == ["A1" + end_of_turn, "A2" + end_of_turn]
 
 
 def test_generation_prompt_ends_with_assistant_role_and_system_turn_overrides() -> None:

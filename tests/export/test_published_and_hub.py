@@ -125,6 +125,20 @@ def _model_card() -> str:
     )
 
 
+@pytest.mark.parametrize(
+    ("method", "merged", "says"),
+    [
+        ("full", True, "by full fine-tuning; this export is the fine-tuned weights themselves"),
+        ("lora", True, "by LoRA; this export is merged into the base weights"),
+        ("lora", False, "by LoRA; this export is a LoRA adapter"),
+    ],
+)
+def test_model_card_names_what_the_export_holds(method: str, merged: bool, says: str) -> None:
+    card = render_model_card(CardInfo(model_name="m", base_model="b", method=method, merged=merged))
+    assert says in card
+    assert ("merged into" in card) == (method != "full" and merged)
+
+
 def test_model_card_metadata_and_body() -> None:
     card = _model_card()
     assert card.startswith("---\n")
