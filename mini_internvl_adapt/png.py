@@ -77,12 +77,36 @@ def encode_png(pixels: np.ndarray) -> bytes:
 
 def write_png(path: Path, pixels: np.ndarray) -> None:
     """Write `pixels` (see encode_png) to `path` atomically (a temporary file, then a rename)."""
-    path = Path(path)
-    parts = _png_parts(pixels)
+    _write_parts(Path(path), _png_parts(pixels))
+
+
+def _write_parts(path: Path, parts: list[bytes]) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as f:
         f.writelines(parts)  # the compressed data is written as it is, never copied into one bytes
     os.replace(tmp, path)
+
+
+def write_png_planes(path: Path, planes: np.ndarray) -> None:
+    """Write (1, H, W) grey or (3, H, W) RGB uint8 planes as a PNG, atomically (see write_png).
+
+    Planes as stretched rasters come: each is Up-filtered where it lies and interleaved once, straight
+    into the scanlines (no (H, W, 3) image is built first).
+
+    Raises:
+        ValueError: The array is not uint8, not 1 or 3 planes, or empty.
+    """
+    if planes.dtype != np.uint8:
+        raise ValueError(f"PNG images are 8-bit: got dtype {planes.dtype}")
+    if planes.ndim != 3 or planes.shape[0] not in (1, 3) or 0 in planes.shape[1:]:
+        raise ValueError(f"PNG planes are (1, H, W) grey or (3, H, W) RGB: got shape {planes.shape}")
+    count, height, width = planes.shape
+    lines = np.empty((height, count * width + 1), dtype=np.uint8)
+    lines[:, 0] = _UP
+    pixels = lines[:, 1:].reshape(height, width, count)
+    for channel, plane in enumerate(planes):
+        _up_filter(plane, pixels[:, :, channel])
+    _write_parts(path, _encode_lines(lines, width, height, _GREY if count == 1 else _RGB))
 
 
 def _png_parts(pixels: np.ndarray) -> list[bytes]:
@@ -93,6 +117,11 @@ def _png_parts(pixels: np.ndarray) -> list[bytes]:
         raise ValueError(f"PNG images are (H, W) grey or (H, W, 3) RGB: got shape {pixels.shape}")
     height, width = pixels.shape[:2]
     lines, colour_type = _scanlines(pixels)
+    return _encode_lines(lines, width, height, colour_type)
+
+
+def _encode_lines(lines: np.ndarray, width: int, height: int, colour_type: int) -> list[bytes]:
+    """The PNG file's parts for filtered scanlines (filter byte + row bytes, C-contiguous)."""
     header = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)
     data = _deflate()[1](lines.data)  # deflate reads the array's buffer: no copy to bytes first
     return [SIGNATURE, *_chunk(b"IHDR", header), *_chunk(b"IDAT", data), *_chunk(b"IEND", b"")]

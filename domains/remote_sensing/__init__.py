@@ -77,7 +77,12 @@ class RemoteSensingDomain:
             help="share of groups (scenes, images) in test when no split is given",
         )
         add("--seed", type=int, help="seed of the split (default 0)")
-        add("--workers", type=int, help="threads writing images (default 4)")
+        add(
+            "--workers",
+            type=int,
+            help="parallel workers (default 4): processes chipping a scene (at most one per core), "
+            "threads for whole images",
+        )
 
     def add_score_arguments(self, parser: argparse.ArgumentParser) -> None:
         """Options of `adapt score --domain remote-sensing`."""

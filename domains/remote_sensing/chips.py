@@ -1,15 +1,7 @@
-"""Cutting a scene into chips: the chip grid, and reading + rendering + writing chips in parallel.
-
-One thread reads the windows in order through one dataset handle, while worker threads stretch,
-encode and write the chips. Reads do not get faster in parallel (GDAL's block cache is shared and
-locked: two reader threads took longer than one on the benchmark), and reading in chip order keeps
-the blocks two neighbouring chips share in that cache. At most a few chips per worker are in flight,
-so a scene is never held in memory whole.
-"""
+"""Cutting a scene into chips: the chip grid, and reading + rendering + writing chips in parallel processes."""
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from mini_internvl_adapt.png import write_png
+from mini_internvl_adapt.png import write_png_planes
 
 from .raster import Stretch, open_raster, read_window
 
@@ -75,6 +67,53 @@ def to_image(planes: np.ndarray) -> Any:
     return Image.merge("RGB", bands * 3 if len(bands) == 1 else bands)
 
 
+class _ChipContext:
+    """What every chip of one scene shares; one per process (set by `_start_worker` in pool workers)."""
+
+    def __init__(
+        self, path: Path, bands: list[int], stretch: Stretch, out_root: Path, min_valid: float
+    ) -> None:
+        self.path, self.bands, self.stretch = path, bands, stretch
+        self.out_root, self.min_valid = out_root, min_valid
+        self.dataset: Any = None  # opened on first use, in the process that reads
+
+    def render(self, window: tuple[int, int, int, int], name: str) -> ChipResult | BaseException:
+        """Read, stretch, encode and write one chip; its read or write error is returned, not raised."""
+        try:
+            if self.dataset is None:
+                self.dataset = open_raster(self.path)
+            data, valid = read_window(self.dataset, self.bands, *window)
+            fraction = np.count_nonzero(valid) / valid.size
+            if fraction < self.min_valid:
+                return ChipResult(window, fraction, None)
+            target = self.out_root / name
+            planes = self.stretch.planes(data, valid)
+            if target.suffix == ".jpg":
+                to_image(planes).save(target, quality=JPEG_QUALITY)
+            else:  # one band: a grey PNG, which every loader reads back as R = G = B
+                write_png_planes(target, planes)
+            return ChipResult(window, fraction, name)
+        except Exception as e:  # a corrupt block: the caller records it as the scene's skip
+            return e
+
+    def close(self) -> None:
+        if self.dataset is not None:
+            self.dataset.close()
+            self.dataset = None
+
+
+_WORKER_CONTEXT: list[_ChipContext] = []  # in a pool worker: the scene it chips
+
+
+def _start_worker(context: _ChipContext) -> None:
+    _WORKER_CONTEXT[:] = [context]
+
+
+def _render_batch(batch: list[tuple[tuple[int, int, int, int], str]]) -> list[ChipResult | BaseException]:
+    context = _WORKER_CONTEXT[0]
+    return [context.render(window, name) for window, name in batch]
+
+
 def write_chips(
     path: Path,
     bands: list[int],
@@ -85,7 +124,12 @@ def write_chips(
     min_valid: float,
     workers: int,
 ) -> list[ChipResult | BaseException]:
-    """Read, render and write the chips of one scene in parallel.
+    """Read, render and write the chips of one scene, in `workers` processes.
+
+    Each process opens the scene once and reads, stretches, encodes and writes whole runs of
+    neighbouring chips: reads scale with processes (threads would share GDAL's locked block cache, and
+    stretching in Python threads contends for the GIL), and a run of neighbours reuses the blocks they
+    share. Only window lists and small results cross between processes; a scene is never held whole.
 
     Args:
         path: The raster.
@@ -95,60 +139,39 @@ def write_chips(
         names: Image paths relative to `out_root`, one per window (.png, or .jpg for JPEG).
         out_root: The dataset folder.
         min_valid: Chips whose valid share is below this are not written (image None).
-        workers: Threads that stretch, encode and write chips (reads stay in the calling thread).
+        workers: Processes, at most one per CPU core (0 or 1: everything in this process).
 
     Returns:
         One result per window, in order, or the exception its read (a corrupt block) or its writing raised.
     """
-    from concurrent.futures import Future, ThreadPoolExecutor
+    import os
+    from concurrent.futures import ProcessPoolExecutor
 
     from tqdm import tqdm
 
-    def render(
-        window: tuple[int, int, int, int], name: str, data: Any, valid: Any, fraction: float
-    ) -> ChipResult:
-        target = out_root / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        planes = stretch.planes(data, valid)
-        if target.suffix == ".jpg":
-            to_image(planes).save(target, quality=JPEG_QUALITY)
-        elif len(planes) == 1:  # one band: a grey PNG, which every loader reads back as R = G = B
-            write_png(target, planes[0])
-        else:
-            write_png(target, np.asarray(to_image(planes)))
-        return ChipResult(window, fraction, name)
+    workers = min(
+        workers, os.cpu_count() or 1
+    )  # the work is CPU-bound: more processes than cores only contend
 
-    results: list[ChipResult | BaseException | None] = [None] * len(windows)
-    in_flight: deque[tuple[int, Future[ChipResult]]] = deque()
-    workers = max(1, workers)
-
-    def settle(bar: Any) -> None:
-        index, future = in_flight.popleft()
-        error = future.exception()
-        results[index] = error if error is not None else future.result()
-        bar.update(1)
-
-    with (
-        open_raster(path) as ds,
-        ThreadPoolExecutor(max_workers=workers) as pool,
-        tqdm(total=len(windows), desc=f"chips {path.name}", unit="chip", leave=False) as bar,
-    ):
-        for index, (window, name) in enumerate(zip(windows, names)):
+    for folder in {(out_root / name).parent for name in names}:
+        folder.mkdir(parents=True, exist_ok=True)
+    context = _ChipContext(path, bands, stretch, out_root, min_valid)
+    jobs = list(zip(windows, names))
+    results: list[ChipResult | BaseException] = []
+    with tqdm(total=len(jobs), desc=f"chips {path.name}", unit="chip", leave=False) as bar:
+        if workers <= 1 or len(jobs) < 2 * workers:  # too few chips to pay for starting processes
             try:
-                data, valid = read_window(ds, bands, *window)
-            except Exception as e:  # a corrupt block: the caller records it as the scene's skip
-                results[index] = e
-                bar.update(1)
-                continue
-            fraction = np.count_nonzero(valid) / valid.size
-            if fraction < min_valid:
-                results[index] = ChipResult(window, fraction, None)
-                bar.update(1)
-                continue
-            in_flight.append((index, pool.submit(render, window, name, data, valid, fraction)))
-            # Bounded: two chips per worker in flight keep every worker busy without piling up windows.
-            while len(in_flight) > 2 * workers:
-                settle(bar)
-        while in_flight:
-            settle(bar)
-    return [r for r in results if r is not None]
+                for window, name in jobs:
+                    results.append(context.render(window, name))
+                    bar.update(1)
+            finally:
+                context.close()
+            return results
+        # Runs of neighbouring chips, a few per worker so a slow run does not leave the others idle.
+        size = max(1, -(-len(jobs) // (4 * workers)))
+        batches = [jobs[i : i + size] for i in range(0, len(jobs), size)]
+        with ProcessPoolExecutor(workers, initializer=_start_worker, initargs=(context,)) as pool:
+            for batch_results in pool.map(_render_batch, batches):
+                results.extend(batch_results)
+                bar.update(len(batch_results))
+    return results

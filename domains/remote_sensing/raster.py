@@ -269,16 +269,19 @@ class Stretch:
     def planes(self, data: np.ndarray, valid: np.ndarray) -> np.ndarray:
         """(bands, H, W) values + (H, W) validity -> (bands, H, W) uint8 planes, invalid pixels 0.
 
-        Planar on purpose: interleaving to (H, W, 3) in numpy costs more than the stretch itself, while
-        PIL's Image.merge interleaves planes almost for free (see chips.write_chips).
+        Planar on purpose: the PNG writer filters each plane and interleaves them once, into its
+        scanlines (png.write_png_planes).
         """
         lut = None if self.mode == "none" else self._lut(data.dtype)
         if lut is not None:
             offset = -np.iinfo(data.dtype).min
             out = np.empty(data.shape, dtype=np.uint8)
             for b in range(len(data)):
-                index = data[b].astype(np.int32) + offset if offset else data[b]
-                np.take(lut[b], index, out=out[b], mode="clip")  # a plain gather; 2x lut[b][index]
+                # A plain gather (2x lut[b][index]); indexes converted once, which take would do in pieces.
+                index = data[b].astype(np.intp)
+                if offset:
+                    index += offset
+                np.take(lut[b], index, out=out[b], mode="clip")
         elif self.mode == "none":
             out = np.clip(data, 0, 255).astype(np.uint8) if data.dtype != np.uint8 else data.copy()
         else:
@@ -417,7 +420,9 @@ def scene_stretch(ds: Any, bands: list[int], options: RenderOptions) -> Stretch:
         lo, hi = values.min(axis=1), values.max(axis=1)
     else:
         lo, hi = np.stack([percentiles(band, options.percentiles) for band in values], axis=1)
-    return Stretch(mode, [float(v) for v in lo], [float(v) for v in hi])
+    stretch = Stretch(mode, [float(v) for v in lo], [float(v) for v in hi])
+    stretch._lut(dtype)  # built once here: chip workers forked later share it instead of each building it
+    return stretch
 
 
 def read_window(

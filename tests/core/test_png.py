@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from mini_internvl_adapt import png as png_module
-from mini_internvl_adapt.png import encode_png, write_png
+from mini_internvl_adapt.png import encode_png, write_png, write_png_planes
 
 
 def decode_png(data: bytes) -> np.ndarray:
@@ -45,6 +45,24 @@ def test_png_writer_refuses_what_is_not_8_bit_grey_or_rgb() -> None:
         encode_png(np.zeros((4, 4, 4), np.uint8))
     with pytest.raises(ValueError, match=r"got shape \(0, 4\)"):
         encode_png(np.zeros((0, 4), np.uint8))
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (9, 1), (33, 17)])
+def test_planes_are_written_as_the_image_they_stack_to(tmp_path: Path, shape: tuple[int, int]) -> None:
+    rng = np.random.default_rng(sum(shape))
+    rgb = rng.integers(0, 256, size=(3, *shape), dtype=np.uint8)
+    grey = rgb[:1]
+    write_png_planes(tmp_path / "rgb.png", rgb)
+    write_png_planes(tmp_path / "grey.png", grey)
+    # Byte for byte the file write_png makes of the interleaved image: same filter, same deflate.
+    assert (tmp_path / "rgb.png").read_bytes() == encode_png(np.ascontiguousarray(rgb.transpose(1, 2, 0)))
+    assert (tmp_path / "grey.png").read_bytes() == encode_png(grey[0])
+    with Image.open(tmp_path / "grey.png") as image:
+        assert image.mode == "L" and np.array_equal(np.asarray(image), grey[0])
+    with pytest.raises(ValueError, match=r"\(1, H, W\) grey or \(3, H, W\) RGB: got shape \(2, 4, 4\)"):
+        write_png_planes(tmp_path / "x.png", np.zeros((2, 4, 4), np.uint8))
+    with pytest.raises(ValueError, match="8-bit: got dtype uint16"):
+        write_png_planes(tmp_path / "x.png", np.zeros((3, 4, 4), np.uint16))
 
 
 def test_png_writer_falls_back_to_zlib_without_isal(monkeypatch: pytest.MonkeyPatch) -> None:
