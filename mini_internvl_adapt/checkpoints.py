@@ -28,7 +28,12 @@ from typing import TYPE_CHECKING, Any
 from mini_internvl_adapt.model_card import CardInfo, render_model_card
 from mini_internvl_adapt.models.templates import ChatTemplate, get_template
 from mini_internvl_adapt.processing import IMG_CONTEXT, IMG_END, IMG_START, ProcessingConfig
-from mini_internvl_adapt.schema import IMAGE_PLACEHOLDER, atomic_write_json, atomic_write_text
+from mini_internvl_adapt.schema import (
+    IMAGE_PLACEHOLDER,
+    apply_umask_modes,
+    atomic_write_json,
+    atomic_write_text,
+)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -780,6 +785,7 @@ def export(
         card = _card_info(run, out, merged, metrics, datasets)
         atomic_write_json(tmp / RUN_INFO_FILE, {**_read_json(tmp / RUN_INFO_FILE), "card": _card_facts(card)})
         atomic_write_text(tmp / "README.md", render_model_card(card))
+        apply_umask_modes(tmp)  # safetensors writes 0600: an export is for others to read
         if out.exists():
             old = out.with_name(f".{out.name}.old")
             shutil.rmtree(old, ignore_errors=True)

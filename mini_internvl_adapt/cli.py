@@ -100,7 +100,8 @@ def read_predictions(path: Path) -> dict[str, str]:
             raise DatasetError(path, f"bad JSON: {e.msg}", e.lineno) from None
     else:
         rows = []
-        for number, line in enumerate(text.splitlines(), start=1):
+        # "\n" only, as JSONL is written: splitlines() would also split at U+2028, U+0085 ... inside strings.
+        for number, line in enumerate(text.split("\n"), start=1):
             if line.strip():
                 try:
                     rows.append(json.loads(line))
@@ -293,7 +294,9 @@ def _is_user_error(error: Exception) -> bool:
         HubUnavailableError,
         ModelUnavailableError,
     )
-    return isinstance(error, expected)
+    # An OSError about a named file (permission denied, a folder where a file was expected ...) is the user's
+    # to fix and its message names the path; one without a filename may be a bug: keep its traceback.
+    return isinstance(error, expected) or (isinstance(error, OSError) and error.filename is not None)
 
 
 if __name__ == "__main__":

@@ -100,22 +100,34 @@ def split_sources(
     return train, val_sources
 
 
-def expand_sources(sources: Sequence[DatasetSource], seed: int, check_files: bool = False) -> list[Entry]:
-    """Read every source and apply its repeat_time as the official scripts do.
+def expand_sources(sources: Sequence[DatasetSource], seed: int = 0, check_files: bool = False) -> list[Entry]:
+    """Read every source and apply its repeat_time as the official ``LazySupervisedDataset`` does.
 
-    repeat_time < 1 keeps a random (seeded) fraction of the samples; repeat_time > 1 repeats them
-    int(repeat_time) times.
+    repeat_time below 1 keeps the first ``int(len * repeat_time)`` samples of the file (the official loader
+    slices, it does not sample); above 1 it must be a whole number and the samples repeat that many times.
+
+    Args:
+        sources: The sources (from `split_sources` or `resolve_sources`).
+        seed: Unused: the official rule takes no randomness (the sampler shuffles). Kept for callers.
+        check_files: Also check that every image file exists.
+
+    Raises:
+        DatasetError: A bad line, or a repeat_time above 1 that is not a whole number.
     """
+    del seed
     entries: list[Entry] = []
-    generator = torch.Generator().manual_seed(seed)
     for source in sources:
+        repeat = source.repeat_time
+        if repeat > 1 and repeat != int(repeat):
+            raise DatasetError(
+                source.annotation,
+                f"source '{source.name}': repeat_time above 1 must be a whole number of repeats, got {repeat}",
+            )
         samples = source.read(check_files=check_files)
-        if source.repeat_time < 1:
-            keep = int(len(samples) * source.repeat_time)
-            order = torch.randperm(len(samples), generator=generator)[:keep].sort().values.tolist()
-            samples = [samples[i] for i in order]
-        elif source.repeat_time > 1:
-            samples = samples * int(source.repeat_time)
+        if repeat < 1:
+            samples = samples[: int(len(samples) * repeat)]
+        elif repeat > 1:
+            samples = samples * int(repeat)
         entries += [Entry(s, source) for s in samples]
     return entries
 

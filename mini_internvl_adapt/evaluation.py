@@ -393,6 +393,8 @@ def eval_main(argv: Sequence[str]) -> int:
         group = parser.add_argument_group(f"options of the '{known.domain}' domain")
         add_domain_arguments(get_domain(known.domain), group, "add_score_arguments")  # type: ignore[arg-type]
     args = parser.parse_args(argv)
+    if args.limit is not None and args.limit < 1:
+        parser.error(f"--limit must be at least 1, got {args.limit}")  # a negative slice would drop samples
     domain = get_domain(args.domain)
     own = {"domain", "data", "model", "out", "batch_size", "max_new_tokens", "dtype", "device", "limit"}
     score_options = {k: v for k, v in vars(args).items() if k not in own and v is not None}

@@ -189,14 +189,17 @@ def cmd_job(argv: Sequence[str]) -> int:
     run = run_training(config, resume=args.resume is not None)
 
     _stage(3, "evaluate on the test split")
-    test_file = args.test or (dataset / "test.jsonl" if dataset.is_dir() else None)
+    test_file: Path | None = (
+        Path(args.test) if args.test else (dataset / "test.jsonl" if dataset.is_dir() else None)
+    )
     metrics: dict[str, Any] = {}
-    if test_file is None or not Path(test_file).is_file():
+    if test_file is None or not test_file.is_file():
         print(f"no test split in {dataset} (give one with --test): evaluation skipped", file=sys.stderr)
+        test_file = None
     else:
         metrics = evaluate(
             run,
-            Path(test_file),
+            test_file,
             None,
             domain,
             run / "eval",
@@ -219,6 +222,7 @@ def cmd_job(argv: Sequence[str]) -> int:
         metrics,
         export_dir,
         time.perf_counter() - started,
+        test_file=test_file,
         demo=args.demo,
         table=format_metrics_table({k: v for k, v in metrics.items() if k not in ("processing", "model")}),
         domain=domain.name,
@@ -233,6 +237,7 @@ def _summary(
     export_dir: Path | None,
     seconds: float,
     *,
+    test_file: Path | None,
     demo: bool,
     table: str,
     domain: str,
@@ -258,11 +263,15 @@ def _summary(
             "  from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoProcessor\n"
             f"  model = AutoModelForImageTextToText.from_pretrained({str(export_dir)!r})\n"
             f"  pil = AutoImageProcessor.from_pretrained({str(export_dir)!r}, backend='pil')\n"
-            f"  processor = AutoProcessor.from_pretrained({str(export_dir)!r}, image_processor=pil)\n"
-            f"or evaluate it again: adapt eval --domain {domain} --data {dataset}/test.jsonl --model {export_dir} "
-            f"--out {run}/eval2",
+            f"  processor = AutoProcessor.from_pretrained({str(export_dir)!r}, image_processor=pil)",
             file=sys.stderr,
         )
+        if test_file is not None:  # the file this job evaluated, never a guess at DATASET/test.jsonl
+            print(
+                f"or evaluate it again: adapt eval --domain {domain} --data {test_file} --model {export_dir} "
+                f"--out {run}/eval2",
+                file=sys.stderr,
+            )
     if demo:
         print("\n" + TINY_MODEL_WARNING, file=sys.stderr)
     print(

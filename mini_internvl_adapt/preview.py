@@ -48,9 +48,25 @@ def _annotations(
     return boxes, tags
 
 
+def _open_image(sample: Sample, path: Path) -> Image.Image:
+    """The image as RGB; raises ValueError naming the sample and the file when it cannot be read."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, Image.DecompressionBombError) as e:
+        reason = (
+            e.strerror if isinstance(e, OSError) and e.strerror else str(e).replace(f"'{path}'", "").strip()
+        )
+        raise ValueError(f"sample '{sample.id}': cannot read image {path}: {reason}") from e
+
+
 def render_sample(sample: Sample, root: Path, width: int = PANEL_WIDTH) -> Image.Image:
-    """One panel: the sample's images side by side, annotations drawn, question and answer below."""
-    images = [Image.open(root / rel).convert("RGB") for rel in sample.images]
+    """One panel: the sample's images side by side, annotations drawn, question and answer below.
+
+    Raises:
+        ValueError: An image is missing or unreadable; names the sample and the file.
+    """
+    images = [_open_image(sample, root / rel) for rel in sample.images]
     text = " ".join(t.value for t in sample.conversations)
     boxes, tags = _annotations(text)
     # Which view each image is: meta may say; else prompts name them ("CAM_FRONT: <image>", "Image-1: <image>").
@@ -65,6 +81,9 @@ def render_sample(sample: Sample, root: Path, width: int = PANEL_WIDTH) -> Image
             for k, (ref, box) in enumerate(boxes):
                 colour = COLOURS[k % len(COLOURS)]
                 x1, y1, x2, y2 = denormalize_box(box, image.width, image.height)
+                # A reversed box (x2 < x1, a model's or a converter's slip) is still drawn where it points.
+                x1, x2 = sorted((x1, x2))
+                y1, y2 = sorted((y1, y2))
                 draw.rectangle([x1, y1, x2, y2], outline=colour, width=line)
                 draw.text(
                     (x1 + line, y1 + line), ref, fill=colour, font=sized_font(max(12, image.width // 60))

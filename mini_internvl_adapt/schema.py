@@ -7,7 +7,9 @@ A plain official JSONL file or an official meta JSON reads as a dataset too.
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 import os
 import tempfile
 from collections import Counter
@@ -84,6 +86,10 @@ class Sample:
     image_as_list: bool = field(default=True, repr=False)
     # The id as the source wrote it (official data often uses integers), so a round trip is exact.
     raw_id: Any = field(default=None, repr=False, compare=False)
+    # Whether the source line had an 'image' key (an empty "image": [] must read back unchanged).
+    image_key: bool = field(default=False, repr=False, compare=False)
+    # The size keys the source used: True width_list/height_list, False width/height, None unknown.
+    sizes_as_list: bool | None = field(default=None, repr=False, compare=False)
 
     @property
     def question(self) -> str:
@@ -113,6 +119,9 @@ class Sample:
             raise ValueError("'image' must be a path or a list of paths")
         if not isinstance(obj["conversations"], list):
             raise ValueError("'conversations' must be a list of turns")
+        raw_meta = obj.get("meta")
+        if raw_meta is not None and not isinstance(raw_meta, Mapping):
+            raise ValueError(f"'meta' must be an object, got {type(raw_meta).__name__}")
         turns = []
         for i, turn in enumerate(obj["conversations"]):
             if not isinstance(turn, Mapping) or "from" not in turn or "value" not in turn:
@@ -120,10 +129,16 @@ class Sample:
             if not isinstance(turn["value"], str):
                 raise ValueError(f"conversation turn {i}: 'value' must be a string")
             turns.append(Turn(str(turn["from"]), turn["value"]))
+        extra = {k: v for k, v in obj.items() if k not in _OWN_KEYS}
+        sizes_as_list: bool | None = None
         if "width_list" in obj or "height_list" in obj:
             widths, heights = obj.get("width_list"), obj.get("height_list")
+            sizes_as_list = True
+            # The lists win; an unused width/height pair is kept as it was so the line reads back unchanged.
+            extra.update({k: obj[k] for k in ("width", "height") if k in obj})
         elif "width" in obj or "height" in obj:
             widths, heights = [obj.get("width")], [obj.get("height")]
+            sizes_as_list = False
         else:
             widths = heights = None
         if widths is not None or heights is not None:
@@ -135,18 +150,21 @@ class Sample:
                 )
             if not all(isinstance(v, int) and v > 0 for v in (*widths, *heights)):
                 raise ValueError("image widths and heights must be positive integers")
+        raw_id = obj.get("id")
         return cls(
-            id=str(obj.get("id", "")),
+            id="" if raw_id is None else str(raw_id),  # null is no id: validate() names it missing
             conversations=turns,
             images=images,
             task=obj.get("task"),
             domain=obj.get("domain"),
-            meta=dict(obj.get("meta") or {}),
+            meta=dict(raw_meta or {}),
             widths=widths,
             heights=heights,
-            extra={k: v for k, v in obj.items() if k not in _OWN_KEYS},
+            extra=extra,
             image_as_list=isinstance(raw_image, list),
-            raw_id=obj.get("id"),
+            raw_id=raw_id,
+            image_key="image" in obj,
+            sizes_as_list=sizes_as_list,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -157,11 +175,16 @@ class Sample:
             out["image"] = (
                 list(self.images) if (self.image_as_list or len(self.images) != 1) else self.images[0]
             )
+        elif self.image_key:  # the source wrote "image": [] (or null): write it back as it was
+            out["image"] = [] if self.image_as_list else None
         if self.widths is not None and self.heights is not None:
-            if len(self.images) == 1 and not self.image_as_list:
-                out["width"], out["height"] = self.widths[0], self.heights[0]
-            else:
+            as_list = self.sizes_as_list
+            if as_list is None or (not as_list and len(self.widths) != 1):
+                as_list = not (len(self.images) == 1 and not self.image_as_list)
+            if as_list:
                 out["width_list"], out["height_list"] = list(self.widths), list(self.heights)
+            else:
+                out["width"], out["height"] = self.widths[0], self.heights[0]
         out["conversations"] = [t.to_json() for t in self.conversations]
         if self.task is not None:
             out["task"] = self.task
@@ -228,8 +251,15 @@ def iter_samples(
     if path.is_dir():
         raise DatasetError(path, f"a folder, not a JSONL file; pass one split, e.g. {path / 'test.jsonl'}")
     root_dir = Path(root) if root is not None else path.parent
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
+    # Bytes split on b"\n" only: JSON strings may hold U+2028 and friends, and a non-UTF-8 line is named.
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DatasetError(
+                    path, f"not UTF-8 text (byte {e.start} of the line); save it as UTF-8", number
+                ) from None
             if not line.strip():
                 continue
             try:
@@ -261,13 +291,54 @@ def check_unique_ids(samples: Sequence[Sample], path: str | Path) -> None:
         raise DatasetError(path, f"repeated sample ids {shown}; an evaluation set needs one id per sample")
 
 
+@functools.cache
+def process_umask() -> int:
+    """The process umask, read once.
+
+    The only portable way to read it also sets it, so it is read where the kernel shows it
+    (/proc/self/status, Linux 4.7+) and set-and-restored only elsewhere, once: a thread creating a file
+    during that window would get the wrong mode, so it must not happen on every write.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode a plainly created file gets (0644 under umask 022); mkstemp's temp files are 0600."""
+    return 0o666 & ~process_umask()
+
+
+def dir_mode() -> int:
+    """The mode a plainly created folder gets (0755 under umask 022); mkdtemp's folders are 0700."""
+    return 0o777 & ~process_umask()
+
+
+def apply_umask_modes(folder: str | Path) -> None:
+    """Give `folder` and everything under it the modes plain creation would have (files 0644, folders 0755
+    under umask 022): temp-file writers (mkstemp, mkdtemp, safetensors) leave them private (0600 / 0700)."""
+    folder = Path(folder)
+    folder.chmod(dir_mode())
+    for path in folder.rglob("*"):
+        if not path.is_symlink():
+            path.chmod(dir_mode() if path.is_dir() else file_mode())
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write a file through a temp file and a rename, so readers never see half a file.
 
     Atomic against a killed process, which is what resuming needs; not fsynced: a converted dataset's
     JSONL would be no more durable than the images it points to, and fsync there cost a tenth of a
     conversion (it flushes every image written before it). Training checkpoints, which take hours to
-    remake, are fsynced where they are saved (train_callbacks).
+    remake, are fsynced where they are saved (train_callbacks). The file gets the umask's permissions,
+    as a plainly written one would (the temp file is private until the rename).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -275,6 +346,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -409,7 +481,7 @@ class DatasetSource:
     name: str
     annotation: Path
     root: Path
-    repeat_time: float = 1.0
+    repeat_time: float = 1  # below 1: the first fraction of the lines; above 1: a whole number of copies
     max_dynamic_patch: int | None = None
     split: str | None = None
 
@@ -454,39 +526,86 @@ def resolve_sources(path: str | Path, split: str | None = None) -> list[DatasetS
 
 
 def _read_meta(path: Path, split: str | None) -> list[DatasetSource]:
+    """The entries of an official meta JSON, every one checked before any is used (or a model loads)."""
+    from mini_internvl_adapt.source_files import read_text  # it imports this module
+
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
+        meta = json.loads(read_text(path))
     except json.JSONDecodeError as e:
         raise DatasetError(path, f"bad JSON: {e.msg}", e.lineno) from None
     if not isinstance(meta, dict) or not all(isinstance(v, dict) for v in meta.values()):
         raise DatasetError(path, "an official meta JSON maps dataset names to {root, annotation, ...}")
     sources = []
     for name, entry in meta.items():
-        if "annotation" not in entry:
-            raise DatasetError(path, f"entry '{name}' has no 'annotation'")
-        if split is not None and entry.get("split", _split_of(Path(entry["annotation"]))) != split:
+        source = _meta_entry(path, name, entry)
+        if split is not None and (source.split or _split_of(source.annotation)) != split:
             continue
-        annotation = _resolve_against(path.parent, entry["annotation"])
-        root = _resolve_against(path.parent, entry.get("root", "."))
-        # A dataset folder moved after conversion: its meta.json still names the old absolute paths.
-        if not annotation.exists() and (path.parent / Path(entry["annotation"]).name).exists():
-            annotation = path.parent / Path(entry["annotation"]).name
-            root = path.parent
-        sources.append(
-            DatasetSource(
-                name=name,
-                annotation=annotation,
-                root=root,
-                repeat_time=float(entry.get("repeat_time", 1)),
-                max_dynamic_patch=entry.get("max_dynamic_patch"),
-                split=entry.get("split"),
-            )
-        )
+        sources.append(source)
     if not sources:
         raise DatasetError(path, f"no entry for split '{split}'" if split else "no datasets listed")
     return sources
 
 
+def _meta_entry(path: Path, name: str, entry: dict[str, Any]) -> DatasetSource:
+    """One checked entry of the meta JSON `path`; raises DatasetError(path, "entry 'NAME': ...")."""
+
+    def bad(problem: str) -> DatasetError:
+        return DatasetError(path, f"entry '{name}': {problem}")
+
+    def got(value: Any) -> str:
+        return f"got {json.dumps(value)}"
+
+    annotation_value = entry.get("annotation")
+    if "annotation" not in entry:
+        raise bad("no 'annotation'")
+    if not isinstance(annotation_value, str) or not annotation_value:
+        raise bad(f"'annotation' must be the path of a JSONL file, {got(annotation_value)}")
+    root_value = entry.get("root", ".")
+    if not isinstance(root_value, str) or not root_value:
+        raise bad(f"'root' must be the path of the image folder, {got(root_value)}")
+    repeat_time = entry.get("repeat_time", 1)
+    if (
+        isinstance(repeat_time, bool)
+        or not isinstance(repeat_time, int | float)
+        or not math.isfinite(repeat_time)
+    ):
+        raise bad(f"'repeat_time' must be a number, {got(repeat_time)}")
+    if repeat_time < 0:
+        raise bad(f"'repeat_time' must not be negative, {got(repeat_time)}")
+    if repeat_time > 1 and repeat_time != int(repeat_time):
+        # The official loader keeps a fraction below 1 but asserts a whole number of repeats above it.
+        raise bad(f"'repeat_time' above 1 must be a whole number of repeats, {got(repeat_time)}")
+    max_patch = entry.get("max_dynamic_patch")
+    if max_patch is not None and (
+        isinstance(max_patch, bool) or not isinstance(max_patch, int) or max_patch < 1
+    ):
+        raise bad(f"'max_dynamic_patch' must be a whole number of tiles (at least 1), {got(max_patch)}")
+    split = entry.get("split")
+    if split is not None and not isinstance(split, str):
+        raise bad(f"'split' must be a string, {got(split)}")
+    annotation = _resolve_against(path.parent, annotation_value)
+    root = _resolve_against(path.parent, root_value)
+    # A dataset folder moved after conversion: its meta.json still names the old absolute paths.
+    if not annotation.exists() and (path.parent / Path(annotation_value).name).exists():
+        annotation = path.parent / Path(annotation_value).name
+        root = path.parent
+    return DatasetSource(
+        name=name,
+        annotation=annotation,
+        root=root,
+        repeat_time=int(repeat_time) if repeat_time > 1 else repeat_time,
+        max_dynamic_patch=max_patch,
+        split=split,
+    )
+
+
 def _resolve_against(base: Path, value: str) -> Path:
+    """A meta JSON path: absolute as it is; relative against the meta file's folder, or else against the
+    working directory (where the official scripts resolve it) when only that one exists."""
     p = Path(value)
-    return p if p.is_absolute() else base / p
+    if p.is_absolute():
+        return p
+    beside_meta = base / p
+    if not beside_meta.exists() and p.exists():
+        return p.absolute()
+    return beside_meta

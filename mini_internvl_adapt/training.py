@@ -49,7 +49,7 @@ from typing import Any
 import torch
 
 from mini_internvl_adapt.curves import plot_training_curve
-from mini_internvl_adapt.schema import DatasetError, atomic_write_json, atomic_write_text
+from mini_internvl_adapt.schema import DatasetError, apply_umask_modes, atomic_write_json, atomic_write_text
 from mini_internvl_adapt.train_callbacks import (  # noqa: F401 - re-exported for tests and tools
     _atomic_checkpoint_io,
     _build_callbacks,
@@ -228,6 +228,8 @@ def run_training(config: TrainConfig, *, resume: bool = False) -> Path:
         raise ValueError(f"{run} already holds a run: resume it with --resume {run} or choose another --out")
 
     pl.seed_everything(config.train.seed, workers=True, verbose=False)
+    # The data's meta/JSONL files are read before the model loads: a typo there must not wait for it.
+    train_sources, val_sources = split_sources(config.data.path, config.data.val)
     on_gpu = _on_gpu(config)
     dtype = _dtype(config.model.dtype, tuning_cfg.method, on_gpu)
     quant = tuning_mod.quantization_config(dtype) if tuning_cfg.method == "qlora" else None
@@ -245,11 +247,13 @@ def run_training(config: TrainConfig, *, resume: bool = False) -> Path:
     )
     processor = SampleProcessor(loaded.tokenizer, processing)
 
-    train_sources, val_sources = split_sources(config.data.path, config.data.val)
     train_entries, train_budget = budget_check(expand_sources(train_sources, config.train.seed), processor)
     val_entries, val_budget = budget_check(expand_sources(val_sources, config.train.seed), processor)
 
     model = tuning_mod.apply_tuning(loaded.model, tuning_cfg)
+    precision = _precision(config.train.precision, on_gpu)
+    if dtype != torch.float32 and str(precision).endswith("-mixed"):
+        tuning_mod.upcast_trainable(model)  # fp32 masters for fully trained modules of a bf16 base
     summary_table = tuning_mod.parameter_summary(model)
     trained_info = dataclasses.replace(
         info,
@@ -304,7 +308,7 @@ def run_training(config: TrainConfig, *, resume: bool = False) -> Path:
         max_epochs=config.train.max_epochs if config.train.max_steps == -1 else -1,
         accumulate_grad_batches=config.train.accumulate_grad_batches,
         gradient_clip_val=config.train.gradient_clip_val or None,
-        precision=_precision(config.train.precision, on_gpu),
+        precision=precision,
         accelerator=config.train.accelerator,
         devices=config.train.devices,
         num_nodes=config.train.num_nodes,
@@ -462,6 +466,7 @@ def _save_final(
                     "quantized_4bit": tuning_cfg.method == "qlora",
                 },
             )
+        apply_umask_modes(tmp)  # mkdtemp and safetensors create private files; final/ is for sharing
         if final.exists():
             old = run / f".final-old-{os.getpid()}"
             os.replace(final, old)

@@ -357,6 +357,22 @@ def _numel(param: torch.Tensor) -> int:
     return param.numel()
 
 
+def upcast_trainable(model: nn.Module) -> int:
+    """Give every trainable parameter held in bf16/fp16 float32 weights; returns how many were cast.
+
+    Lightning's mixed precision keeps no float32 copy of the weights: a module trained in full on a bf16
+    base (the projector, lm_head or last ViT layers beside LoRA) would take each optimizer step in bf16,
+    where steps under half the bf16 spacing of a weight vanish. Float32 masters are what the official
+    DeepSpeed runs keep; autocast still runs their matmuls in bf16. LoRA weights are float32 already.
+    """
+    cast = 0
+    for param in model.parameters():
+        if param.requires_grad and param.dtype in (torch.bfloat16, torch.float16):
+            param.data = param.data.float()
+            cast += 1
+    return cast
+
+
 def parameter_summary(model: nn.Module) -> dict[str, dict[str, int]]:
     """Trainable and total parameters per component (vision_tower, projector, LLM, lm_head, LoRA, total).
 

@@ -36,7 +36,8 @@ def read_split_files(source: Path) -> dict[int, str]:
         path = source / f"{split}.txt"
         if not path.is_file():
             continue
-        for number, line in enumerate(read_text(path).splitlines(), start=1):
+        # "\n" only: splitlines() also breaks at form feeds, U+2028 ..., so the line numbers would be wrong.
+        for number, line in enumerate(read_text(path).split("\n"), start=1):
             if not line.strip():
                 continue
             try:

@@ -29,7 +29,7 @@ _LETTER_ALONE = re.compile(r"^\s*[\(\[]?([A-Za-z])[\)\]]?\s*[.:)]?\s*$")
 _LETTER_LEADING = re.compile(r"^\s*(?:\(([A-Za-z])\)|([A-Za-z])\s*[.:)])")
 # A lower-case letter after "answer is" counts only at the very end ("the answer is a lesion" picks nothing).
 _LETTER_PHRASE = re.compile(
-    r"\b(?i:answer|option|choice)\s*(?i:is|would be|:)?\s*(?i:option\s*)?"
+    r"\b(?i:answer|option|choice)\s*(?i:is|would be)?\s*:?\s*(?i:option\s*)?"
     r"(?:[\(\[]([A-Za-z])[\)\]]|([A-Z])(?=$|[\s.,:;!)])|([a-z])(?=\s*[.!]?\s*$))"
 )
 

@@ -96,3 +96,42 @@ def test_cli_preview_refuses_empty_grids(tmp_path: Path, capsys) -> None:
         with pytest.raises(SystemExit):
             main(["preview", "--data", str(ds / "train.jsonl"), "--out", str(tmp_path / "p.png"), flag, "0"])
         assert "must be at least 1" in capsys.readouterr().err
+
+
+def test_reversed_box_is_drawn_with_sorted_corners(tmp_path: Path) -> None:
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (640, 320), "white").save(tmp_path / "images/a.png")
+    sample = Sample(
+        "rev",
+        [
+            Turn("human", "<image>\nDetect <ref>car</ref>"),
+            Turn("gpt", "<ref>car</ref><box>[[750, 750, 250, 250]]</box>"),
+        ],
+        ["images/a.png"],
+    )
+    red = _red_mask(Image.fromarray(np.asarray(render_sample(sample, tmp_path))[:320]))
+    ys, xs = np.nonzero(red)
+    assert xs.min() >= 155 and xs.max() <= 485 and ys.min() >= 75 and ys.max() <= 245
+    assert red[80:240, 158:163].any()
+
+
+def test_cli_preview_names_the_sample_and_file_of_an_unreadable_image(tmp_path: Path, capsys) -> None:
+    ds = _dataset(tmp_path)
+    (ds / "images/a.png").write_bytes(b"not a png")
+    out = tmp_path / "p.png"
+    assert main(["preview", "--data", str(ds / "train.jsonl"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        err
+        == f"adapt: error: sample 'box': cannot read image {ds / 'images/a.png'}: cannot identify image file"
+    )
+    assert not out.exists()
+
+
+def test_cli_file_system_errors_are_one_line(tmp_path: Path, capsys) -> None:
+    ds = _dataset(tmp_path)
+    (tmp_path / "taken").write_text("a file where a folder should be")
+    out = tmp_path / "taken" / "p.png"
+    assert main(["preview", "--data", str(ds / "train.jsonl"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("adapt: error: ") and str(tmp_path / "taken") in err and "Traceback" not in err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -141,6 +142,34 @@ def test_official_jsonl_round_trips_unchanged(tmp_path: Path) -> None:
             },
             "image file not found",
         ),
+        (
+            {"id": None, "conversations": [{"from": "human", "value": "a"}, {"from": "gpt", "value": "b"}]},
+            "missing or empty 'id'",
+        ),
+        (
+            {
+                "id": "x",
+                "meta": [1],
+                "conversations": [{"from": "human", "value": "a"}, {"from": "gpt", "value": "b"}],
+            },
+            "'meta' must be an object, got list",
+        ),
+        (
+            {
+                "id": "x",
+                "meta": 3,
+                "conversations": [{"from": "human", "value": "a"}, {"from": "gpt", "value": "b"}],
+            },
+            "'meta' must be an object, got int",
+        ),
+        (
+            {
+                "id": "x",
+                "meta": "ab",
+                "conversations": [{"from": "human", "value": "a"}, {"from": "gpt", "value": "b"}],
+            },
+            "'meta' must be an object, got str",
+        ),
     ],
 )
 def test_bad_line_error_names_file_line_and_problem(tmp_path: Path, line: object, problem: str) -> None:
@@ -225,3 +254,150 @@ def test_sources_from_folder_jsonl_and_official_meta(tmp_path: Path) -> None:
         resolve_sources(tmp_path / "nope")
     with pytest.raises(DatasetError, match="no val.jsonl"):
         resolve_sources(root, "val")
+
+
+def test_official_edge_lines_round_trip_unchanged(tmp_path: Path) -> None:
+    _image(tmp_path, "images/a.jpg")
+    turns = [{"from": "human", "value": "<image>\nWhat is it?"}, {"from": "gpt", "value": "A cat."}]
+    lines = [
+        {
+            "id": "empty",
+            "image": [],
+            "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Yo"}],
+        },
+        {
+            "id": "null",
+            "image": None,
+            "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Yo"}],
+        },
+        # Both size forms: the lists are used, the pair is kept as it was.
+        {
+            "id": "both",
+            "image": "images/a.jpg",
+            "width": 8,
+            "height": 6,
+            "width_list": [8],
+            "height_list": [6],
+            "conversations": turns,
+        },
+        {"id": "list-pair", "image": ["images/a.jpg"], "width": 8, "height": 6, "conversations": turns},
+        {
+            "id": "str-lists",
+            "image": "images/a.jpg",
+            "width_list": [8],
+            "height_list": [6],
+            "conversations": turns,
+        },
+    ]
+    src = tmp_path / "train.jsonl"
+    _write_lines(src, lines)
+    samples = read_samples(src)
+    assert samples[0].images == [] and samples[2].widths == [8]
+    out = tmp_path / "copy.jsonl"
+    write_samples(out, samples)
+    assert [json.loads(line) for line in out.read_text().splitlines()] == lines
+
+
+def test_json_strings_with_unicode_line_separators_read_back(tmp_path: Path) -> None:
+    sample = Sample("s", [Turn("human", "a\u2028b\u0085c"), Turn("gpt", "d\u2029e")])
+    path = tmp_path / "t.jsonl"
+    write_samples(path, [sample])
+    [back] = read_samples(path)
+    assert back.conversations == sample.conversations
+
+
+def test_non_utf8_jsonl_names_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "train.jsonl"
+    good = json.dumps(OFFICIAL_LINES[2]).encode()
+    path.write_bytes(good + b"\n" + good.replace(b"Hello", b"H\xe9llo") + b"\n")
+    with pytest.raises(DatasetError) as info:
+        read_samples(path)
+    assert str(info.value).startswith(f"{path}:2: not UTF-8 text")
+    assert info.value.line == 2
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def test_atomic_writes_get_the_umask_permissions(tmp_path: Path) -> None:
+    out = tmp_path / "ds"
+    sample = Sample("s1", [Turn("human", "Q"), Turn("gpt", "A")])
+    write_dataset(out, {"train": [sample]}, ConversionReport(domain="d", source="raw"))
+    want = 0o666 & ~_umask()  # 0644 under umask 022, as a plainly written file; mkstemp alone gives 0600
+    for name in ("train.jsonl", "meta.json", "report.json"):
+        assert (out / name).stat().st_mode & 0o777 == want, name
+
+
+def _meta(tmp_path: Path, entry: dict) -> Path:
+    root = tmp_path / "data"
+    _image(root, "images/a.jpg")
+    _write_lines(root / "train.jsonl", OFFICIAL_LINES[:1])
+    meta = tmp_path / "meta.json"
+    meta.write_text(json.dumps({"mine": {"root": "data", "annotation": "data/train.jsonl", **entry}}))
+    return meta
+
+
+@pytest.mark.parametrize(
+    ("entry", "problem"),
+    [
+        ({"annotation": None}, "'annotation' must be the path of a JSONL file, got null"),
+        ({"root": 3}, "'root' must be the path of the image folder, got 3"),
+        (
+            {"max_dynamic_patch": "6"},
+            "'max_dynamic_patch' must be a whole number of tiles (at least 1), got \"6\"",
+        ),
+        ({"max_dynamic_patch": 0}, "'max_dynamic_patch' must be a whole number of tiles (at least 1), got 0"),
+        ({"repeat_time": "two"}, "'repeat_time' must be a number, got \"two\""),
+        ({"repeat_time": True}, "'repeat_time' must be a number, got true"),
+        ({"repeat_time": -1}, "'repeat_time' must not be negative, got -1"),
+        ({"repeat_time": 2.5}, "'repeat_time' above 1 must be a whole number of repeats, got 2.5"),
+        ({"split": 1}, "'split' must be a string, got 1"),
+    ],
+)
+def test_meta_entries_with_wrong_types_name_the_file_and_entry(
+    tmp_path: Path, entry: dict, problem: str
+) -> None:
+    meta = _meta(tmp_path, entry)
+    with pytest.raises(DatasetError) as info:
+        resolve_sources(meta)
+    assert str(info.value) == f"{meta}: entry 'mine': {problem}"
+
+
+def test_meta_repeat_time_keeps_fractions_and_whole_repeats(tmp_path: Path) -> None:
+    [src] = resolve_sources(_meta(tmp_path, {"repeat_time": 0.25}))
+    assert src.repeat_time == 0.25
+    [src] = resolve_sources(_meta(tmp_path, {"repeat_time": 3.0}))
+    assert src.repeat_time == 3 and isinstance(src.repeat_time, int)
+
+
+def test_non_utf8_meta_json_names_the_file(tmp_path: Path) -> None:
+    meta = tmp_path / "meta.json"
+    meta.write_bytes(b'{"caf\xe9": {"annotation": "a.jsonl"}}')
+    with pytest.raises(DatasetError, match=r"meta\.json: not UTF-8 text"):
+        resolve_sources(meta)
+
+
+def test_meta_paths_relative_to_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The official scripts resolve root/annotation against the working directory, with the meta file
+    # elsewhere (e.g. shell/data/...json next to data/ in the repository root).
+    root = tmp_path / "data"
+    _image(root, "images/a.jpg")
+    _write_lines(root / "train.jsonl", OFFICIAL_LINES[:1])
+    meta = tmp_path / "shell" / "meta.json"
+    meta.parent.mkdir()
+    meta.write_text(json.dumps({"mine": {"root": "data", "annotation": "data/train.jsonl"}}))
+    monkeypatch.chdir(tmp_path)
+    [src] = resolve_sources(meta)
+    assert src.annotation == root / "train.jsonl" and src.root == root
+    assert src.read()[0].id == "0"
+    # Beside the meta file wins when both exist.
+    beside = meta.parent / "data"
+    _image(beside, "images/a.jpg")
+    _write_lines(beside / "train.jsonl", OFFICIAL_LINES[:1])
+    [src] = resolve_sources(meta)
+    assert src.annotation == beside / "train.jsonl" and src.root == beside

@@ -309,3 +309,16 @@ def test_format_detection_and_errors(tmp_path: Path) -> None:
         RemoteSensingDomain().convert(tmp_path / "m.csv", tmp_path / "ds")
     with pytest.raises(ValueError, match="--chip-size do not apply to the 'manifest' format"):
         RemoteSensingDomain().convert(tmp_path / "m.csv", tmp_path / "ds", chip_size=3)
+
+
+def test_dior_rsvg_split_file_lines_are_counted_at_newlines_only(tmp_path: Path) -> None:
+    from mini_internvl_adapt.domains.remote_sensing.dior_rsvg import read_split_files
+
+    from mini_internvl_adapt.schema import DatasetError
+
+    # A form feed or U+2028 after an index is whitespace, not a line break: the bad line is line 4.
+    (tmp_path / "train.txt").write_text("0\n1\x0c\n2\u2028\nabc\n", encoding="utf-8")
+    with pytest.raises(DatasetError, match=r"train\.txt:4: 'abc' is not an object index"):
+        read_split_files(tmp_path)
+    (tmp_path / "train.txt").write_text("0\r\n1\x0c\r\n", encoding="utf-8")
+    assert read_split_files(tmp_path) == {0: "train", 1: "train"}

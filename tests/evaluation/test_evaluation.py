@@ -192,3 +192,34 @@ def test_eval_help_lists_the_domains_options(capsys) -> None:
         eval_main(["--domain", "driving", "--help"])
     assert info.value.code == 0
     assert "--judge" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("limit", ["-2", "0"])
+def test_eval_refuses_a_limit_below_one(dataset: Path, tmp_path: Path, capsys, limit: str) -> None:
+    from mini_internvl_adapt.cli import main
+
+    argv = ["eval", "--domain", ExactDomain.name, "--data", str(dataset), "--model", "no-such-model"]
+    with pytest.raises(SystemExit) as info:
+        main([*argv, "--out", str(tmp_path / "res"), "--limit", limit])
+    assert info.value.code == 2
+    assert f"--limit must be at least 1, got {limit}" in capsys.readouterr().err
+    assert not (tmp_path / "res").exists()
+
+
+def test_score_reads_eval_predictions_with_unicode_line_separators(
+    dataset: Path, tmp_path: Path, capsys
+) -> None:
+    from mini_internvl_adapt.cli import main, read_predictions
+
+    answers = {"q0": "x", "q1": "a\u2028b", "q2": "c\u0085d\u2029", "text-only": "e\x1cf"}
+    samples = [Sample(id=i, conversations=[Turn("human", "Q"), Turn("gpt", a)]) for i, a in answers.items()]
+    write_samples(tmp_path / "gold.jsonl", samples)
+    predictions = tmp_path / "predictions.jsonl"
+    predictions.write_text(
+        "".join(json.dumps({"id": i, "answer": a}, ensure_ascii=False) + "\n" for i, a in answers.items()),
+        encoding="utf-8",
+    )
+    assert read_predictions(predictions) == answers
+    argv = ["score", "--domain", ExactDomain.name, "--data", str(tmp_path / "gold.jsonl")]
+    assert main([*argv, "--predictions", str(predictions)]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] == 1.0

@@ -411,3 +411,19 @@ def test_push_later_uploads_the_existing_export_with_private_and_revision(
     assert (
         by_name["upload_folder"]["folder_path"] == str(out) and by_name["upload_folder"]["revision"] == "v2"
     )
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_export_files_get_the_umask_permissions(tmp_path: Path, method: str) -> None:
+    import os
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    run = make_run(tmp_path, "qwen2", method=method)  # its safetensors are 0600, as safetensors writes them
+    if method == "lora":
+        (run / "final" / "base_model.json").chmod(0o600)  # as atomic writes of older versions left it
+    out = export(run, tmp_path / "export", merge_lora=False)
+    assert out.stat().st_mode & 0o777 == 0o777 & ~mask  # 0755 under umask 022
+    for path in out.rglob("*"):
+        want = 0o777 & ~mask if path.is_dir() else 0o666 & ~mask  # 0644, never 0600
+        assert path.stat().st_mode & 0o777 == want, path.name

@@ -110,3 +110,52 @@ def test_raw_source_gets_a_held_out_test_split(tmp_path: Path, capsys: pytest.Ca
     test = (out / "data" / "test.jsonl").read_text().splitlines()
     assert train and test
     assert json.loads((out / "eval" / "metrics.json").read_text())["samples"] == len(test)
+
+
+def _stub_stages(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[Path]:
+    """Train, evaluate and export replaced by stubs: only the job's own flow and messages run."""
+    import mini_internvl_adapt.checkpoints as checkpoints
+    import mini_internvl_adapt.evaluation as evaluation
+    import mini_internvl_adapt.training as training
+
+    evaluated: list[Path] = []
+
+    def run_training(config, resume=False):
+        run = Path(config.out)
+        run.mkdir(parents=True, exist_ok=True)
+        return run
+
+    def evaluate(run, data, root, domain, out, **kwargs):
+        evaluated.append(data)
+        return {"accuracy": 1.0}
+
+    def export(run, out, **kwargs):
+        out.mkdir(parents=True)
+        return out
+
+    monkeypatch.setattr(training, "run_training", run_training)
+    monkeypatch.setattr(evaluation, "evaluate", evaluate)
+    monkeypatch.setattr(checkpoints, "export", export)
+    return evaluated
+
+
+def test_eval_hint_names_the_test_file_evaluated(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    evaluated = _stub_stages(monkeypatch, tmp_path)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.jsonl").write_text("")
+    mine = tmp_path / "elsewhere" / "mine.jsonl"
+    mine.parent.mkdir()
+    mine.write_text("")
+    argv = ["--domain", "medical", "--data", str(data / "train.jsonl"), "--model", "tiny"]
+    assert main([*argv, "--test", str(mine), "--out", str(tmp_path / "run")]) == 0
+    err = capsys.readouterr().err
+    assert evaluated == [mine]
+    assert f"adapt eval --domain medical --data {mine} --model" in err
+    assert "train.jsonl/test.jsonl" not in err
+    # No test split: nothing was evaluated, so no command to evaluate "again".
+    assert main([*argv[:3], str(data), *argv[4:], "--out", str(tmp_path / "run2")]) == 0
+    err = capsys.readouterr().err
+    assert "evaluation skipped" in err and "adapt eval" not in err

@@ -87,6 +87,30 @@ def test_meta_json_repeat_time_and_val_entries(tmp_path: Path) -> None:
     assert [e.sample.id for e in expand_sources(val, seed=0)] == ["a4", "a5"]
 
 
+def test_repeat_time_follows_the_official_loader(tmp_path: Path) -> None:
+    # Below 1 the official LazySupervisedDataset keeps the first int(len * repeat_time) lines (a slice, not a
+    # random subset); above 1 it repeats a whole number of times and refuses anything else.
+    a = write_dataset(tmp_path / "a", n_train=10, n_val=0, prefix="a")
+    path = tmp_path / "meta.json"
+    path.write_text(
+        json.dumps({"a": {"root": str(a), "annotation": str(a / "train.jsonl"), "repeat_time": 0.35}})
+    )
+    train, _ = split_sources(path)
+    assert [e.sample.id for e in expand_sources(train, seed=0)] == ["a0", "a1", "a2"]
+    assert [e.sample.id for e in expand_sources(train, seed=1)] == ["a0", "a1", "a2"]
+    path.write_text(
+        json.dumps({"a": {"root": str(a), "annotation": str(a / "train.jsonl"), "repeat_time": 1.5}})
+    )
+    with pytest.raises(
+        DatasetError, match=r"meta\.json: entry 'a': 'repeat_time' above 1 must be a whole number"
+    ):
+        split_sources(path)
+    [source] = train
+    source.repeat_time = 2.5  # a source built in code gets the same check
+    with pytest.raises(DatasetError, match=r"source 'a': repeat_time above 1 must be a whole number"):
+        expand_sources([source])
+
+
 def test_meta_without_training_entries_is_an_error(tmp_path: Path) -> None:
     a = write_dataset(tmp_path / "a")
     path = tmp_path / "meta.json"

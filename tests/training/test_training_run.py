@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -123,6 +124,11 @@ def test_lora_run_folder_describes_itself(lora_run: tuple[Path, Path]) -> None:
     assert params["lora"]["trainable"] == params["total"]["trainable"] > 0
     with Image.open(run / "loss.png") as curve:  # the training curve, drawn from metrics.csv
         assert curve.format == "PNG" and curve.size == (900, 520)
+    # final/ is shared like any folder (umask permissions), not private as temp folders are made.
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert (run / "final").stat().st_mode & 0o777 == 0o777 & ~umask
+    assert {p.stat().st_mode & 0o777 for p in (run / "final").iterdir()} == {0o666 & ~umask}
 
 
 def test_lora_run_loads_back_for_inference(lora_run: tuple[Path, Path]) -> None:
@@ -255,6 +261,20 @@ def test_bad_line_is_named_before_training(tmp_path: Path, capsys: pytest.Captur
     assert _train("lora", data, tmp_path / "run") == 2
     err = capsys.readouterr().err
     assert f"{data / 'train.jsonl'}:9" in err and "bad JSON" in err
+
+
+def test_a_bad_meta_json_is_named_before_the_model_loads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mini_internvl_adapt.training import train_main
+
+    meta = tmp_path / "meta.json"
+    meta.write_text('{"x": {"root": ".", "annotation": null, "length": 1}}')
+    # The model does not exist either: the meta's problem must be the one reported, the model never loaded.
+    argv = ["--data", str(meta), "--model", str(tmp_path / "no-model"), "--out", str(tmp_path / "run")]
+    assert train_main(argv) == 2
+    err = capsys.readouterr().err
+    assert "meta.json" in err and "entry 'x'" in err and "no-model" not in err
 
 
 def test_existing_run_needs_resume_and_resume_needs_a_run(

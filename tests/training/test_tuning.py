@@ -128,6 +128,26 @@ def test_lora_with_trainable_projector_lm_head_and_vit_lora() -> None:
     assert scalings and set(scalings.values()) == {2.0}
 
 
+def test_modules_trained_in_full_on_a_bf16_base_get_fp32_weights_that_take_small_steps() -> None:
+    cfg = TuningConfig(method="lora", use_llm_lora=4, freeze_mlp=False, unfreeze_lm_head=True)
+    model = apply_tuning(build_tiny("qwen2").to(torch.bfloat16), cfg)
+    assert tuning.upcast_trainable(model) > 0
+    dtypes = {n: p.dtype for n, p in model.named_parameters()}
+    trained = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trained and all(dtypes[n] == torch.float32 for n in trained)
+    assert any(d == torch.bfloat16 for d in dtypes.values())  # the frozen base stays bf16
+    projector = [p for n, p in model.named_parameters() if p.requires_grad and "multi_modal_projector" in n]
+    before = [p.detach().clone() for p in projector]
+    optimizer = torch.optim.AdamW(projector, lr=4e-5, weight_decay=0.0)
+    for p in projector:
+        p.grad = torch.ones_like(p)
+    optimizer.step()  # a 4e-5 step, far below bf16's spacing at weights around 1: lost unless fp32
+    assert all(bool((p != b).all()) for p, b in zip(projector, before))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # Lightning's bf16-mixed runs the mixed model
+        out = model(**_batch())
+    assert torch.isfinite(out.loss)
+
+
 def test_full_freeze_flags_and_last_vit_layers() -> None:
     model = apply_tuning(build_tiny("qwen2"), TuningConfig(method="full", unfreeze_vit_layers=1))
     trainable = _trainable(model)
