@@ -135,7 +135,7 @@ def _convert_stage(
         # The job evaluates on a test split: hold one out unless the user chose how.
         options["test_fraction"] = DEFAULT_TEST_FRACTION
         print(
-            f"holding out {DEFAULT_TEST_FRACTION:.0%} of the data as the test split "
+            f"records without a split of their own: {DEFAULT_TEST_FRACTION:.0%} held out as the test split "
             "(--test-fraction F or --test FILE to choose)",
             file=sys.stderr,
         )

@@ -105,7 +105,7 @@ def test_raw_source_gets_a_held_out_test_split(tmp_path: Path, capsys: pytest.Ca
     out = tmp_path / "run"
     argv = ["--domain", "driving", "--source", str(source), "--model", "tiny", "--max-steps", "1"]
     assert main([*argv, "--max-tiles", "1", "--max-new-tokens", "4", "--out", str(out), "--no-export"]) == 0
-    assert "holding out 10% of the data as the test split" in capsys.readouterr().err
+    assert "records without a split of their own: 10% held out as the test split" in capsys.readouterr().err
     train = (out / "data" / "train.jsonl").read_text().splitlines()
     test = (out / "data" / "test.jsonl").read_text().splitlines()
     assert train and test
