@@ -100,7 +100,7 @@ def split_sources(
     return train, val_sources
 
 
-def expand_sources(sources: Sequence[DatasetSource], seed: int = 0, check_files: bool = False) -> list[Entry]:
+def expand_sources(sources: Sequence[DatasetSource], check_files: bool = False) -> list[Entry]:
     """Read every source and apply its repeat_time as the official ``LazySupervisedDataset`` does.
 
     repeat_time below 1 keeps the first ``int(len * repeat_time)`` samples of the file (the official loader
@@ -108,13 +108,11 @@ def expand_sources(sources: Sequence[DatasetSource], seed: int = 0, check_files:
 
     Args:
         sources: The sources (from `split_sources` or `resolve_sources`).
-        seed: Unused: the official rule takes no randomness (the sampler shuffles). Kept for callers.
         check_files: Also check that every image file exists.
 
     Raises:
         DatasetError: A bad line, or a repeat_time above 1 that is not a whole number.
     """
-    del seed
     entries: list[Entry] = []
     for source in sources:
         repeat = source.repeat_time

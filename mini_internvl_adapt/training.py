@@ -247,8 +247,8 @@ def run_training(config: TrainConfig, *, resume: bool = False) -> Path:
     )
     processor = SampleProcessor(loaded.tokenizer, processing)
 
-    train_entries, train_budget = budget_check(expand_sources(train_sources, config.train.seed), processor)
-    val_entries, val_budget = budget_check(expand_sources(val_sources, config.train.seed), processor)
+    train_entries, train_budget = budget_check(expand_sources(train_sources), processor)
+    val_entries, val_budget = budget_check(expand_sources(val_sources), processor)
 
     model = tuning_mod.apply_tuning(loaded.model, tuning_cfg)
     precision = _precision(config.train.precision, on_gpu)

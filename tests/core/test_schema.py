@@ -146,29 +146,16 @@ def test_official_jsonl_round_trips_unchanged(tmp_path: Path) -> None:
             {"id": None, "conversations": [{"from": "human", "value": "a"}, {"from": "gpt", "value": "b"}]},
             "missing or empty 'id'",
         ),
-        (
-            {
-                "id": "x",
-                "meta": [1],
-                "conversations": [{"from": "human", "value": "a"}, {"from": "gpt", "value": "b"}],
-            },
-            "'meta' must be an object, got list",
-        ),
-        (
-            {
-                "id": "x",
-                "meta": 3,
-                "conversations": [{"from": "human", "value": "a"}, {"from": "gpt", "value": "b"}],
-            },
-            "'meta' must be an object, got int",
-        ),
-        (
-            {
-                "id": "x",
-                "meta": "ab",
-                "conversations": [{"from": "human", "value": "a"}, {"from": "gpt", "value": "b"}],
-            },
-            "'meta' must be an object, got str",
+        *(
+            (
+                {
+                    "id": "x",
+                    "meta": meta,
+                    "conversations": [{"from": "human", "value": "a"}, {"from": "gpt", "value": "b"}],
+                },
+                f"'meta' must be an object, got {kind}",
+            )
+            for meta, kind in (([1], "list"), (3, "int"), ("ab", "str"))
         ),
     ],
 )

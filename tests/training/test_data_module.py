@@ -80,11 +80,11 @@ def test_meta_json_repeat_time_and_val_entries(tmp_path: Path) -> None:
     path = tmp_path / "meta.json"
     path.write_text(json.dumps(meta))
     train, val = split_sources(path)
-    entries = expand_sources(train, seed=0)
+    entries = expand_sources(train)
     ids = [e.sample.id for e in entries]
     assert len(ids) == 4 * 2 + 2  # a repeated twice, half of b
     assert sum(i.startswith("a") for i in ids) == 8 and sum(i.startswith("b") for i in ids) == 2
-    assert [e.sample.id for e in expand_sources(val, seed=0)] == ["a4", "a5"]
+    assert [e.sample.id for e in expand_sources(val)] == ["a4", "a5"]
 
 
 def test_repeat_time_follows_the_official_loader(tmp_path: Path) -> None:
@@ -96,8 +96,8 @@ def test_repeat_time_follows_the_official_loader(tmp_path: Path) -> None:
         json.dumps({"a": {"root": str(a), "annotation": str(a / "train.jsonl"), "repeat_time": 0.35}})
     )
     train, _ = split_sources(path)
-    assert [e.sample.id for e in expand_sources(train, seed=0)] == ["a0", "a1", "a2"]
-    assert [e.sample.id for e in expand_sources(train, seed=1)] == ["a0", "a1", "a2"]
+    assert [e.sample.id for e in expand_sources(train)] == ["a0", "a1", "a2"]
+    assert [e.sample.id for e in expand_sources(train)] == ["a0", "a1", "a2"]
     path.write_text(
         json.dumps({"a": {"root": str(a), "annotation": str(a / "train.jsonl"), "repeat_time": 1.5}})
     )
@@ -123,7 +123,7 @@ def test_dataset_processes_lazily_and_names_broken_samples(
     tmp_path: Path, processor: SampleProcessor
 ) -> None:
     write_dataset(tmp_path)
-    entries = expand_sources(split_sources(tmp_path)[0], seed=0)
+    entries = expand_sources(split_sources(tmp_path)[0])
     dataset = SampleDataset(entries, processor)
     item = dataset[0]
     assert item.id == "s0" and item.pixel_values.shape[1:] == (3, 448, 448)
@@ -137,7 +137,7 @@ def test_dataset_processes_lazily_and_names_broken_samples(
 
 def test_budget_check_drops_samples_that_cannot_fit(tmp_path: Path, processor: SampleProcessor) -> None:
     write_dataset(tmp_path)
-    entries = expand_sources(split_sources(tmp_path)[0], seed=0)
+    entries = expand_sources(split_sources(tmp_path)[0])
     small = SampleProcessor(
         processor.tokenizer, ProcessingConfig(template="Hermes-2", max_tiles=2, max_length=300)
     )
@@ -150,7 +150,7 @@ def test_budget_check_drops_samples_that_cannot_fit(tmp_path: Path, processor: S
     long_answer = {"id": "long", "conversations": [
         {"from": "human", "value": "Describe the scene."}, {"from": "gpt", "value": "car " * 400}]}  # fmt: skip
     (tmp_path / "train.jsonl").write_text(json.dumps(long_answer) + "\n")
-    kept, report = budget_check(expand_sources(split_sources(tmp_path)[0], seed=0), small, progress=False)
+    kept, report = budget_check(expand_sources(split_sources(tmp_path)[0]), small, progress=False)
     assert [e.sample.id for e in kept] == ["long"] and report.counts["long"] > 300
     assert report.truncated == ["long"] and report.to_json()["truncated"] == ["long"]
 
@@ -189,7 +189,7 @@ def test_sampler_pads_uneven_sizes_and_resumes_mid_epoch() -> None:
 
 def test_datamodule_position_survives_a_checkpoint(tmp_path: Path, processor: SampleProcessor) -> None:
     write_dataset(tmp_path, n_train=6, n_val=0)
-    entries = expand_sources(split_sources(tmp_path)[0], seed=0)
+    entries = expand_sources(split_sources(tmp_path)[0])
     dm = InternVLDataModule(entries, [], processor, {}, batch_size=2, seed=1)
     batches = list(dm.train_dataloader())
     assert [len(b["ids"]) for b in batches] == [2, 2, 2]
@@ -212,8 +212,8 @@ def test_validation_loss_counts_every_sample_once(tmp_path: Path, processor: Sam
 
     write_dataset(tmp_path, n_train=2, n_val=3)
     train, val = split_sources(tmp_path)
-    train_entries, report = budget_check(expand_sources(train, seed=0), processor, progress=False)
-    val_entries, _ = budget_check(expand_sources(val, seed=0), processor, progress=False)
+    train_entries, report = budget_check(expand_sources(train), processor, progress=False)
+    val_entries, _ = budget_check(expand_sources(val), processor, progress=False)
     module = InternVLDataModule(train_entries, val_entries, processor, report.counts, batch_size=2)
     batches = list(module.val_dataloader())
     assert [b["ids"] for b in batches] == [["s2", "s3"], ["s4", "s2"]]

@@ -139,7 +139,7 @@ def test_samples_sharing_ids_across_sources_keep_their_own_token_counts(tmp_path
         build_tiny_tokenizer("qwen2"), ProcessingConfig(template="Hermes-2", max_tiles=6, max_length=2048)
     )
     train, _ = split_sources(tmp_path / "meta.json")
-    entries, report = budget_check(expand_sources(train, seed=0), processor, progress=False)
+    entries, report = budget_check(expand_sources(train), processor, progress=False)
     assert len(report.counts) == 8 and report.counts["0"] > 1000 > report.counts["small/0"]
     module = InternVLDataModule(entries, [], processor, report.counts, batch_size=1, packing=True)
     for i, believed in enumerate(module.train_lengths):
