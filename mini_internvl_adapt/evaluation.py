@@ -12,7 +12,7 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -204,12 +204,10 @@ def generate_answers(
     pixel_dtype = _vision_dtype(model)
     answers: dict[str, str] = {}
     bar = tqdm(total=len(samples), desc="eval", unit="sample", disable=not show_progress, file=sys.stderr)
+    rows = (sample_processor.generation_inputs(s, root) for s in samples)
     try:
-        for start in range(0, len(samples), batch_size):
-            chunk = samples[start : start + batch_size]
-            batch = processing.collate(
-                [sample_processor.generation_inputs(s, root) for s in chunk], pad_id, padding_side="left"
-            )
+        for chunk in _rope_safe_batches(rows, batch_size, rope_switch(model), max_new_tokens):
+            batch = processing.collate(chunk, pad_id, padding_side="left")
             inputs: dict[str, Any] = {
                 "input_ids": batch["input_ids"].to(device),
                 "attention_mask": batch["attention_mask"].to(device),
@@ -228,7 +226,7 @@ def generate_answers(
                 )
             new_tokens = out[:, inputs["input_ids"].shape[1] :]
             texts = [_clean(t, sep) for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
-            ids = [s.id for s in chunk]
+            ids = [row.id for row in chunk]
             answers.update(zip(ids, texts))
             if on_batch is not None:
                 on_batch(ids, texts)
@@ -236,6 +234,72 @@ def generate_answers(
     finally:
         bar.close()
     return answers
+
+
+def rope_switch(model: Any) -> tuple[str, int] | None:
+    """("longrope" | "dynamic", length) when the LLM's RoPE frequencies follow the longest row of a batch.
+
+    transformers picks Phi-3's long-context factors (longrope) for the whole batch once any position
+    passes original_max_position_embeddings, and dynamic NTK RoPE (InternLM2) rescales for the whole batch
+    past max_position_embeddings; a short row batched with a long one would then be answered with other
+    frequencies than when run alone. None for plain RoPE.
+    """
+    for module in model.modules():
+        rope_type = getattr(module, "rope_type", None)
+        if not isinstance(rope_type, str) or not hasattr(module, "original_inv_freq"):
+            continue
+        if rope_type == "longrope":
+            return rope_type, int(module.config.rope_parameters["original_max_position_embeddings"])
+        if "dynamic" in rope_type:
+            return "dynamic", int(module.original_max_seq_len)
+    return None
+
+
+def _rope_safe_batches(
+    rows: Iterable[processing.ProcessedSample],
+    batch_size: int,
+    switch: tuple[str, int] | None,
+    max_new_tokens: int,
+) -> Iterator[list[processing.ProcessedSample]]:
+    """Batches of up to `batch_size` rows in which every row gets the RoPE frequencies it gets alone.
+
+    With a switch length L: rows that stay within L to their last generated token batch together;
+    longrope rows whose prompt already exceeds L (long factors from the first step, alone or not)
+    batch together; a row that would cross L while generating, and any row past L under dynamic
+    RoPE, runs alone.
+    """
+    if switch is None:
+        yield from _chunked(rows, batch_size)
+        return
+    kind, length = switch
+    open_batches: dict[str, list[processing.ProcessedSample]] = {}
+    for row in rows:
+        prompt = len(row.input_ids)
+        if prompt + max_new_tokens <= length:
+            key = "short"
+        elif kind == "longrope" and prompt > length:
+            key = "long"
+        else:
+            yield [row]
+            continue
+        batch = open_batches.setdefault(key, [])
+        batch.append(row)
+        if len(batch) == batch_size:
+            yield open_batches.pop(key)
+    yield from open_batches.values()
+
+
+def _chunked(
+    rows: Iterable[processing.ProcessedSample], size: int
+) -> Iterator[list[processing.ProcessedSample]]:
+    batch: list[processing.ProcessedSample] = []
+    for row in rows:
+        batch.append(row)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def _vision_dtype(model: Any) -> torch.dtype:

@@ -223,3 +223,78 @@ def test_score_reads_eval_predictions_with_unicode_line_separators(
     argv = ["score", "--domain", ExactDomain.name, "--data", str(tmp_path / "gold.jsonl")]
     assert main([*argv, "--predictions", str(predictions)]) == 0
     assert json.loads(capsys.readouterr().out)["accuracy"] == 1.0
+
+
+def _text_sample(sample_id: str, words: int) -> Sample:
+    question = " ".join(["describe the road ahead"] * words)
+    return Sample(id=sample_id, conversations=[Turn("human", question), Turn("gpt", "x")])
+
+
+def test_longrope_rows_get_the_answers_they_get_alone(tmp_path: Path) -> None:
+    """Phi-3 (longrope) switches the whole batch to its long factors once any row passes the switch
+    length: rows are grouped so that a short row never rides along with a long one."""
+    from mini_internvl_adapt.evaluation import generate_answers, rope_switch
+
+    model = load_eval_model("tiny-phi3", device="cpu")
+    samples = [_text_sample("short-a", 1), _text_sample("long", 30), _text_sample("short-b", 2)]
+    sample_processor = processing.SampleProcessor(model.tokenizer, model.processing)
+    lengths = {s.id: len(sample_processor.generation_inputs(s, tmp_path).input_ids) for s in samples}
+    switch = (
+        lengths["short-b"] + 8
+    )  # short rows end (prompt + 6 new tokens) below it; the long one starts past it
+    assert lengths["long"] > switch
+    for module in model.model.modules():
+        if getattr(module, "rope_type", None) == "longrope":
+            # Phi3Config keeps the length twice; transformers restores rope_parameters from the attribute.
+            module.config.original_max_position_embeddings = switch
+            module.config.rope_parameters["original_max_position_embeddings"] = switch
+    assert rope_switch(model.model) == ("longrope", switch)
+    alone = {
+        s.id: generate_answers(model, [s], tmp_path, batch_size=1, max_new_tokens=6, show_progress=False)[
+            s.id
+        ]
+        for s in samples
+    }
+    calls: list[list[str]] = []
+    together = generate_answers(
+        model,
+        samples,
+        tmp_path,
+        batch_size=8,
+        max_new_tokens=6,
+        show_progress=False,
+        on_batch=lambda ids, _: calls.append(ids),
+    )
+    assert together == alone
+    assert calls == [["short-a", "short-b"], ["long"]]  # the long row is batched apart
+
+
+def test_rope_safe_batches_groups_rows_by_side_of_the_switch() -> None:
+    from mini_internvl_adapt.evaluation import _rope_safe_batches
+
+    def rows(*lengths: int) -> list[processing.ProcessedSample]:
+        return [
+            processing.ProcessedSample(
+                f"r{i}", torch.zeros(n, dtype=torch.long), torch.zeros(n), torch.zeros(0)
+            )
+            for i, n in enumerate(lengths)
+        ]
+
+    def ids(batches) -> list[list[str]]:
+        return [[r.id for r in batch] for batch in batches]
+
+    data = rows(10, 200, 95, 12, 300, 11)  # switch at 100 with 8 new tokens: 95 would cross it
+    assert ids(_rope_safe_batches(data, 2, None, 8)) == [["r0", "r1"], ["r2", "r3"], ["r4", "r5"]]
+    assert ids(_rope_safe_batches(data, 2, ("longrope", 100), 8)) == [
+        ["r2"],
+        ["r0", "r3"],
+        ["r1", "r4"],
+        ["r5"],
+    ]
+    # Dynamic NTK rescales with the exact longest row: everything past the switch runs alone.
+    assert ids(_rope_safe_batches(data, 8, ("dynamic", 100), 8)) == [
+        ["r1"],
+        ["r2"],
+        ["r4"],
+        ["r0", "r3", "r5"],
+    ]
