@@ -272,6 +272,13 @@ def _check_values(config: TrainConfig, where: str, keys: set[tuple[str, str]] | 
                 f"{where}: train.strategy must be auto or a Lightning strategy name "
                 f"({', '.join(sorted(n for n in names if '_find_unused' not in n))}), got {config.train.strategy!r}"
             )
+        try:  # building one is cheap (no process group yet) and names a missing package (deepspeed ...)
+            StrategyRegistry.get(config.train.strategy)
+        except Exception as e:
+            message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ValueError(
+                f"{where}: train.strategy {config.train.strategy!r} cannot be used here: {message}"
+            ) from None
     if config.data.template is not None and (keys is None or ("data", "template") in keys):
         from mini_internvl_adapt.models.templates import get_template
 

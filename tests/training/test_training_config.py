@@ -73,6 +73,21 @@ def test_strategy_check_rejects_what_cannot_be_built() -> None:
             _assert_strategy_constructible("deepspeed_stage_2", Path("x.yaml"))
 
 
+@pytest.mark.skipif(
+    __import__("importlib.util").util.find_spec("deepspeed") is not None, reason="deepspeed is installed"
+)
+def test_a_strategy_whose_package_is_missing_is_refused_when_the_config_is_read(tmp_path: Path) -> None:
+    config = tmp_path / "ds.yaml"
+    config.write_text("train:\n  strategy: deepspeed_stage_2\n")
+    with pytest.raises(
+        ValueError, match=r"ds.yaml: train.strategy 'deepspeed_stage_2' cannot be used here: .*deepspeed"
+    ):
+        load_config(config)
+    with pytest.raises(ValueError, match=r"command line: train.strategy 'deepspeed_stage_3'.*pip install"):
+        load_config(None, {"train.strategy": "deepspeed_stage_3"})
+    assert load_config(None, {"train.strategy": "ddp"}).train.strategy == "ddp"
+
+
 def test_flags_and_dotted_overrides_win_over_the_file(tmp_path: Path) -> None:
     args = _parse(
         [
