@@ -182,6 +182,7 @@ def budget_check(
     report = BudgetReport(processor.config.max_length, {}, [], {})
     kept: list[Entry] = []
     owners: dict[str, str] = {}
+    seen: dict[str, int] = {}
     dataset = SampleDataset([], processor)
     for entry in tqdm(entries, desc="token budget", unit="sample", disable=not progress):
         try:
@@ -189,11 +190,13 @@ def budget_check(
         except (ValueError, OSError) as e:
             raise _sample_error(entry, e) from e
         entry.tokens = one.counts[entry.sample.id]
-        # token_budget.json keys counts by id; an id another source already used gets its source's name.
+        # token_budget.json keys counts by id; an id another source already used gets its source's name,
+        # an id repeated within a source (repeat_time, or a file reusing ids) its occurrence number.
         key = entry.sample.id
         if owners.setdefault(key, entry.source.name) != entry.source.name:
             key = f"{entry.source.name}/{key}"
-        report.counts[key] = entry.tokens
+        seen[key] = seen.get(key, 0) + 1
+        report.counts[key if seen[key] == 1 else f"{key}#{seen[key]}"] = entry.tokens
         if one.too_long:
             report.too_long += one.too_long
             report.reasons.update(one.reasons)

@@ -155,6 +155,26 @@ def test_budget_check_drops_samples_that_cannot_fit(tmp_path: Path, processor: S
     assert report.truncated == ["long"] and report.to_json()["truncated"] == ["long"]
 
 
+def test_budget_report_counts_every_entry_of_a_repeated_id(
+    tmp_path: Path, processor: SampleProcessor
+) -> None:
+    question = {"from": "human", "value": "Describe the scene."}
+    lines = [
+        {"id": "same", "conversations": [question, {"from": "gpt", "value": "car"}]},
+        {"id": "same", "conversations": [question, {"from": "gpt", "value": "car " * 40}]},
+    ]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    [source] = split_sources(tmp_path)[0]
+    source.repeat_time = 2
+    entries = expand_sources([source])
+    kept, report = budget_check(entries, processor, progress=False)
+    summary = report.to_json()
+    assert len(kept) == 4 and summary["samples"] == 4
+    assert list(report.counts) == ["same", "same#2", "same#3", "same#4"]
+    assert summary["mean_tokens"] == sum(e.tokens for e in kept) / 4
+    assert summary["max_tokens"] == max(e.tokens for e in kept) > min(e.tokens for e in kept)
+
+
 def test_sampler_shards_ranks_and_groups_lengths() -> None:
     lengths = [(i * 37) % 101 for i in range(40)]
     ranks = [
