@@ -32,6 +32,10 @@ def test_answer_format_and_parsing() -> None:
     assert parse_boxes(text) == [[1, 2, 3, 4], [5, 6, 7, 8]]
     assert first_box("it is at [[10, 20, 30, 40]] and [[1, 1, 2, 2]]") == [10, 20, 30, 40]
     assert first_box("no box here") is None
+    # A malformed list before the real one is passed over.
+    assert first_box("[[12, 30]] so <box>[[10, 20, 30, 40]]</box>") == [10, 20, 30, 40]
+    assert parse_boxes("[[a, b, c, d]] then [[1, 2, 3, 4], [5, 6, 7]]") == [[1, 2, 3, 4]]
+    assert first_box("[[1, 2, 3]] only") is None
 
 
 def test_iou_plus_one_convention() -> None:

@@ -45,11 +45,13 @@ def grounding_answer(phrase: str, boxes: Sequence[Box]) -> str:
 
 
 def parse_boxes(text: str) -> list[list[float]]:
-    """All boxes of the first ``[[x1, y1, x2, y2], ...]`` list in `text` (empty when there is none)."""
-    match = _BOX_LIST.search(text)
-    if match is None:
-        return []
-    return [[float(v) for v in m.groups()] for m in _ONE_BOX.finditer(match.group(0))]
+    """All boxes of the first ``[[x1, y1, x2, y2], ...]`` list in `text` that holds a box (empty when none
+    does): a malformed list before it (``[[12, 30]]``, ``[[a, b, c, d]]``) is passed over, not read as a miss."""
+    for match in _BOX_LIST.finditer(text):
+        boxes = [[float(v) for v in m.groups()] for m in _ONE_BOX.finditer(match.group(0))]
+        if boxes:
+            return boxes
+    return []
 
 
 def box_iou(a: Box, b: Box, plus_one: bool = True) -> float:
