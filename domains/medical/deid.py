@@ -70,13 +70,15 @@ def allowed_attributes(ds: Any, allow_demographics: bool = False) -> dict[str, s
     Returns:
         E.g. {"modality": "CT", "body_part": "CHEST", "photometric": "MONOCHROME2"}.
     """
+    from mini_internvl_adapt.domains.medical.header import value as header_value  # needs pydicom, as ds does
+
     out: dict[str, str] = {}
     for keyword, key in ALLOWED.items():
-        value = str(ds.get(keyword, "") or "").strip()
+        value = str(header_value(ds, keyword, "") or "").strip()
         if value and _CODE.match(value):
             out[key] = value
     if allow_demographics:
-        sex = str(ds.get("PatientSex", "") or "").strip().upper()
+        sex = str(header_value(ds, "PatientSex", "") or "").strip().upper()
         if sex in ("M", "F", "O"):
             out["sex"] = sex
         band = age_band(str(ds.get("PatientAge", "") or ""))

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from mini_internvl_adapt.domains.medical import deid
+from mini_internvl_adapt.domains.medical import deid, header
 from mini_internvl_adapt.domains.medical.windows import (
     Window,
     parse_window,
@@ -137,7 +137,7 @@ def render_source(path: Path, options: RenderOptions) -> Rendered:
 
 def header_number(item: Any, keyword: str, default: float) -> float:
     """A numeric attribute (DS / IS / US ...) or `default` when absent; RenderError names a malformed one."""
-    value = item.get(keyword, None)
+    value = header.value(item, keyword)
     if value is None or value == "":
         return default
     try:
@@ -215,7 +215,7 @@ def _render_file(path: Path, options: RenderOptions) -> Rendered:
         if index >= n_frames:
             raise RenderError(f"frame {index} requested but the file has {n_frames} frame(s)")
         indices = [index]
-    uid_digest = deid.digest(str(ds.get("SOPInstanceUID", "")) or hashlib_bytes(path.read_bytes()))
+    uid_digest = deid.digest(str(header.value(ds, "SOPInstanceUID", "")) or hashlib_bytes(path.read_bytes()))
     images, windows = [], []
     for index in indices:
         pixels, window = render_frame(ds, index if n_frames > 1 else None, options)
@@ -243,8 +243,9 @@ def _check_frame_count(ds: Any, n_frames: int) -> None:
     if not isinstance(data, bytes):
         return
     try:
-        rows, cols = int(ds.Rows), int(ds.Columns)
-        samples, bits = int(ds.get("SamplesPerPixel", 1) or 1), int(ds.BitsAllocated)
+        rows, cols = int(header.value(ds, "Rows")), int(header.value(ds, "Columns"))
+        samples = int(header.value(ds, "SamplesPerPixel", 1) or 1)
+        bits = int(header.value(ds, "BitsAllocated"))
     except (AttributeError, TypeError, ValueError):
         raise RenderError("Rows / Columns / BitsAllocated missing or not numbers") from None
     meta = getattr(ds, "file_meta", {})
@@ -253,7 +254,9 @@ def _check_frame_count(ds: Any, n_frames: int) -> None:
     uncompressed = tsyntax.is_transfer_syntax and not tsyntax.is_compressed
     # A frame's exact size is plain only for whole-byte samples without chroma subsampling (1-bit frames
     # pack back to back, YBR_FULL_422 takes 2 bytes a pixel); elsewhere a frame takes at least one byte.
-    plain = uncompressed and bits % 8 == 0 and "422" not in str(ds.get("PhotometricInterpretation", ""))
+    plain = (
+        uncompressed and bits % 8 == 0 and "422" not in str(header.value(ds, "PhotometricInterpretation", ""))
+    )
     smallest = rows * cols * samples * bits // 8 if plain else 1
     if n_frames * max(smallest, 1) > len(data):
         raise RenderError(f"NumberOfFrames is {n_frames} but the pixel data holds fewer frames")
@@ -262,7 +265,7 @@ def _check_frame_count(ds: Any, n_frames: int) -> None:
 def _group(ds: Any, fallback: str) -> str:
     # Held in memory only (never written): the split keeps a patient's images together.
     for keyword in ("PatientID", "StudyInstanceUID"):
-        value = str(ds.get(keyword, "") or "")
+        value = str(header.value(ds, keyword, "") or "")
         if value:
             return deid.digest(f"{keyword}:{value}")
     return fallback
@@ -274,7 +277,10 @@ def _code(ds: Any, keyword: str) -> str:
 
 
 def _check_burned_in(ds: Any, options: RenderOptions) -> None:
-    if str(ds.get("BurnedInAnnotation", "")).strip().upper() == "YES" and not options.allow_burned_in:
+    if (
+        str(header.value(ds, "BurnedInAnnotation", "")).strip().upper() == "YES"
+        and not options.allow_burned_in
+    ):
         raise RenderError(
             "BurnedInAnnotation is YES: the pixels may show identifying text (--allow-burned-in)"
         )
@@ -341,10 +347,11 @@ def _native_frame(ds: Any, tsyntax: str, index: int | None) -> np.ndarray | None
     if tsyntax not in _NATIVE_LITTLE_ENDIAN or "PixelData" not in ds:
         return None
     try:
-        bits, stored = int(ds.BitsAllocated), int(ds.BitsStored)
-        signed, samples = int(ds.PixelRepresentation) == 1, int(ds.get("SamplesPerPixel", 1) or 1)
-        rows, cols = int(ds.Rows), int(ds.Columns)
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        bits, stored = int(header.value(ds, "BitsAllocated")), int(header.value(ds, "BitsStored"))
+        signed = int(header.value(ds, "PixelRepresentation")) == 1
+        samples = int(header.value(ds, "SamplesPerPixel", 1) or 1)
+        rows, cols = int(header.value(ds, "Rows")), int(header.value(ds, "Columns"))
+        frames = int(header.value(ds, "NumberOfFrames", 1) or 1)
     except (AttributeError, TypeError, ValueError):
         return None
     if (
@@ -398,15 +405,17 @@ def modality_values(ds: Any, raw: np.ndarray, index: int | None) -> np.ndarray:
 
 
 def _window_values(item: Any, options: RenderOptions) -> tuple[float, float, str] | None:
-    if item is None or item.get("WindowCenter") is None or item.get("WindowWidth") is None:
+    if item is None:
         return None
-    centers, widths = item["WindowCenter"], item["WindowWidth"]
-    centers = list(centers.value) if centers.VM > 1 else [centers.value]
-    widths = list(widths.value) if widths.VM > 1 else [widths.value]
+    centers, widths = header.value(item, "WindowCenter"), header.value(item, "WindowWidth")
+    if centers is None or widths is None:
+        return None
+    centers = centers if isinstance(centers, list) else [centers]
+    widths = widths if isinstance(widths, list) else [widths]
     i = options.window_index
     if i >= min(len(centers), len(widths)):
         raise RenderError(f"--window-index {i} but the file has {min(len(centers), len(widths))} window(s)")
-    function = str(item.get("VOILUTFunction", "LINEAR") or "LINEAR").upper()
+    function = str(header.value(item, "VOILUTFunction", "LINEAR") or "LINEAR").upper()
     try:
         center, width = float(centers[i]), float(widths[i])
     except (TypeError, ValueError):
@@ -441,7 +450,7 @@ def render_frame(ds: Any, index: int | None, options: RenderOptions) -> tuple[np
     by pydicom), PALETTE COLOR through its LUT, more than 8 bits scaled down.
     """
     raw = decode_frame(ds, index)
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    photometric = str(header.value(ds, "PhotometricInterpretation", "MONOCHROME2")).upper()
     if photometric == "PALETTE COLOR":
         rgb = dpx.apply_color_lut(raw, ds)
         bits = int(ds.RedPaletteColorLookupTableDescriptor[2])
@@ -568,7 +577,7 @@ def _render_series(folder: Path, options: RenderOptions) -> Rendered:
         pixels, window = render_frame(ds, None, options)
         # Without a SOPInstanceUID the file's bytes name the slice (a slice index would collide across series).
         digest = deid.digest(
-            str(ds.get("SOPInstanceUID", "")) or hashlib_bytes(ordered[pick][0].read_bytes())
+            str(header.value(ds, "SOPInstanceUID", "")) or hashlib_bytes(ordered[pick][0].read_bytes())
         )
         images.append(RenderedImage(pixels, digest))
         windows.append(window.to_json())
