@@ -42,7 +42,7 @@ class Frame:
 
     @property
     def id(self) -> str:
-        return f"{self.scene}_{self.token}"
+        return f"{self.scene}_{self.token}" if self.token else self.scene  # no token: a broken scene
 
     def questions(self) -> list[Question]:
         """All QA pairs with challenge ids ``{scene}_{frame}_{i}`` (i over the four types, in order)."""
@@ -79,7 +79,7 @@ def load_drivelm(path: Path) -> list[Frame]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise DriveLMError(f"{path}: bad JSON: {e.msg} (line {e.lineno})") from None
-    if not isinstance(data, Mapping) or not all(
+    if not isinstance(data, Mapping) or not any(
         isinstance(v, Mapping) and isinstance(v.get("key_frames"), Mapping) for v in data.values()
     ):
         raise DriveLMError(
@@ -87,6 +87,15 @@ def load_drivelm(path: Path) -> list[Frame]:
         )
     frames = []
     for scene, scene_data in data.items():
+        if not isinstance(scene_data, Mapping) or not isinstance(scene_data.get("key_frames"), Mapping):
+            # One broken scene is that scene's skip (its token names it), not the whole file's failure.
+            why = (
+                "scene has no key_frames object"
+                if isinstance(scene_data, Mapping)
+                else f"scene is a {type(scene_data).__name__}, not an object with key_frames"
+            )
+            frames.append(Frame(scene=str(scene), token="", qa={}, image_paths={}, problem=why))
+            continue
         for token, raw in scene_data["key_frames"].items():
             problem = _raw_frame_problem(raw)
             ok = problem is None

@@ -37,6 +37,8 @@ _MODALITY_WORDS = {
     "OP": "ophthalmic photography",
     "SM": "slide microscopy",
 }
+# Words read letter by letter from a vowel sound: "an MRI", "an X-ray" (but "a CT").
+_SPELLED_AS_A_VOWEL = {"MRI", "X-ray"}
 # A value of an allowed attribute must still look like a code, not free text that could hide a name.
 _CODE = re.compile(r"^[A-Za-z0-9 _\-]{1,32}$")
 _AGE = re.compile(r"^(\d{3})([DWMY])$")
@@ -95,7 +97,8 @@ def context_sentence(attrs: dict[str, str]) -> str:
     modality = _MODALITY_WORDS.get(attrs.get("modality", "").upper())
     if not modality:
         return ""
-    text = f"This is {'an' if modality[0] in 'AEIOUX' else 'a'} {modality} image"
+    article = "an" if modality[0].upper() in "AEIOU" or modality in _SPELLED_AS_A_VOWEL else "a"
+    text = f"This is {article} {modality} image"
     if attrs.get("body_part"):
         text += f" of the {attrs['body_part'].lower().replace('_', ' ')}"
     if attrs.get("view_position"):

@@ -272,6 +272,26 @@ def test_malformed_frame_fields_skip_that_frame(
     assert saved["skips"][0]["id"] == f"{scene}_{token}"
 
 
+@pytest.mark.parametrize("broken_scene", [{"scene_description": "x"}, {"key_frames": []}, "scene"])
+def test_a_scene_without_key_frames_is_that_scenes_skip(tmp_path: Path, broken_scene: object) -> None:
+    qa = _copy_demo(tmp_path)
+    data = json.loads(qa.read_text())
+    data["broken-scene"] = broken_scene
+    qa.write_text(json.dumps(data))
+    report = DrivingDomain().convert(qa, tmp_path / "out", workers=1)
+    saved = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert saved["read"] == 5 and saved["converted"] == 4 == report.converted
+    [skip] = saved["skips"]
+    assert skip["id"] == "broken-scene" and "key_frames" in skip["reason"]
+
+
+def test_a_file_with_no_scene_at_all_is_refused(tmp_path: Path) -> None:
+    qa = tmp_path / "qa.json"
+    qa.write_text(json.dumps({"s": {"scene_description": "x"}}))
+    with pytest.raises(Exception, match="expected DriveLM format"):
+        DrivingDomain().convert(qa, tmp_path / "out", workers=1)
+
+
 def test_multiple_choice_applies_to_a_challenge_format_file(shared_data: Path, tmp_path: Path) -> None:
     # The official flow: extract_data.py writes the tagged test file, convert_data.py rewrites it.
     tagged = shared_data / "drivelm" / "QA" / "test_sample.json"

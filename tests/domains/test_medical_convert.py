@@ -648,3 +648,21 @@ def test_pmc_vqa_header_case_does_not_matter(tmp_path: Path) -> None:
     report = MedicalDomain().convert(tmp_path / "test_x.csv", tmp_path / "out", workers=0)
     assert report.details["format"] == "pmc-vqa" and report.converted == 1
     assert read_samples(tmp_path / "out/test.jsonl")[0].answer == "B"
+
+
+@pytest.mark.parametrize(
+    ("modality", "sentence"),
+    [
+        ("CT", "This is a CT image."),
+        ("MR", "This is an MRI image."),
+        ("US", "This is an ultrasound image."),
+        ("XA", "This is an angiography image."),
+        ("OP", "This is an ophthalmic photography image."),
+        ("DX", "This is an X-ray image."),
+        ("PT", "This is a PET image."),
+    ],
+)
+def test_context_sentence_article(modality: str, sentence: str) -> None:
+    from mini_internvl_adapt.domains.medical.deid import context_sentence
+
+    assert context_sentence({"modality": modality}) == sentence + "\n"
