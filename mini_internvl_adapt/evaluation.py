@@ -114,6 +114,7 @@ def load_eval_model(
     from mini_internvl_adapt.models.loading import LoadedModel, load_model
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    folder = None if isinstance(model, LoadedModel) else _hub_folder(model)
     if isinstance(model, LoadedModel):
         loaded, source = model, str(model.path)
         config = processing_from(loaded.info, _sidecar(Path(loaded.path)))
@@ -125,13 +126,15 @@ def load_eval_model(
         source, config = str(model), read_run(model).processing
         loaded = load_run_model(Path(model), dtype=dtype)
         net = loaded.model
-    elif (Path(model) / "adapter_config.json").is_file():
+    elif ((folder or Path(model)) / "adapter_config.json").is_file():
         from mini_internvl_adapt.training import load_run_model
 
-        # An adapter-only export (or RUN/final): its sidecar names the base model and the processing.
-        loaded = load_run_model(Path(model), dtype=dtype)
+        # An adapter-only export (or RUN/final, or one pushed to the hub): its sidecar names the base
+        # model and the processing.
+        adapter = folder or Path(model)
+        loaded = load_run_model(adapter, dtype=dtype)
         source, net = str(model), loaded.model
-        config = processing_from(loaded.info, _sidecar(Path(model)))
+        config = processing_from(loaded.info, _sidecar(adapter))
     elif get_published(str(model)) is not None and not Path(model).exists():
         loaded = load_published(str(model), dtype=dtype)
         source, net = str(model), loaded.model
@@ -144,6 +147,21 @@ def load_eval_model(
         net = net.to(device)  # type: ignore[arg-type]  # transformers' .to decorator stubs take a model
     net.eval()
     return EvalModel(model=net, tokenizer=loaded.tokenizer, processing=config, source=source)
+
+
+def _hub_folder(model: str | Path) -> Path | None:
+    """The local snapshot of a hub id (downloaded or cached), so an adapter export pushed to the hub is
+    recognised as one; None for anything else (a local path, a variant or published name)."""
+    from mini_internvl_adapt.checkpoints import get_published
+    from mini_internvl_adapt.models.loading import resolve_model_path
+    from mini_internvl_adapt.models.variants import get_variant
+
+    text = str(model)
+    if Path(text).expanduser().exists() or get_variant(text) is not None or get_published(text) is not None:
+        return None
+    if text.count("/") != 1 or text.startswith((".", "/", "~")):
+        return None
+    return resolve_model_path(text)
 
 
 def _is_quantized(model: Any) -> bool:
@@ -439,6 +457,22 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, help="evaluate only the first N samples")
 
 
+def device_problem(device: str) -> str | None:
+    """Why `device` cannot run the model here ("--device ..." message), or None when it can."""
+    try:
+        wanted = torch.device(device)
+    except RuntimeError as e:
+        return f"--device {device!r} is not a device: {str(e).splitlines()[0]}"
+    if wanted.type == "cuda":
+        if not torch.cuda.is_available():
+            return f"--device {device}: no CUDA device is available here (use --device cpu)"
+        if wanted.index is not None and wanted.index >= torch.cuda.device_count():
+            return f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+    if wanted.type == "mps" and not torch.backends.mps.is_available():
+        return f"--device {device}: MPS is not available here (use --device cpu)"
+    return None
+
+
 def eval_main(argv: Sequence[str]) -> int:
     """``adapt eval``: generate answers for a test set and score them; returns the exit status."""
     from mini_internvl_adapt.registry import add_domain_arguments, available_domains, get_domain
@@ -459,6 +493,10 @@ def eval_main(argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
     if args.limit is not None and args.limit < 1:
         parser.error(f"--limit must be at least 1, got {args.limit}")  # a negative slice would drop samples
+    if args.device is not None:
+        problem = device_problem(args.device)
+        if problem is not None:
+            parser.error(problem)  # before the model loads, not a traceback after it
     domain = get_domain(args.domain)
     own = {"domain", "data", "model", "out", "batch_size", "max_new_tokens", "dtype", "device", "limit"}
     score_options = {k: v for k, v in vars(args).items() if k not in own and v is not None}

@@ -206,6 +206,24 @@ def test_eval_refuses_a_limit_below_one(dataset: Path, tmp_path: Path, capsys, l
     assert not (tmp_path / "res").exists()
 
 
+@pytest.mark.parametrize(
+    ("device", "message"),
+    [("gpu", "--device 'gpu' is not a device"), ("cuda:7", "--device cuda:7: ")],
+)
+def test_eval_refuses_a_device_it_cannot_use_before_loading(
+    dataset: Path, tmp_path: Path, capsys, monkeypatch, device: str, message: str
+) -> None:
+    from mini_internvl_adapt import evaluation
+    from mini_internvl_adapt.cli import main
+
+    monkeypatch.setattr(evaluation, "load_eval_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    argv = ["eval", "--domain", ExactDomain.name, "--data", str(dataset), "--model", "tiny"]
+    with pytest.raises(SystemExit) as info:
+        main([*argv, "--out", str(tmp_path / "res"), "--device", device])
+    assert info.value.code == 2 and message in capsys.readouterr().err
+    assert evaluation.device_problem("cpu") is None
+
+
 def test_score_reads_eval_predictions_with_unicode_line_separators(
     dataset: Path, tmp_path: Path, capsys
 ) -> None:
