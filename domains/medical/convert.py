@@ -6,7 +6,6 @@ import json
 import os
 import random
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -122,26 +121,29 @@ def render_job(path: str, images_dir: str, options: Any) -> RenderResult:
     return RenderResult(path, tuple(names), tuple(sizes), rendered.meta, rendered.group)
 
 
+def render_batch(batch: tuple[list[str], str, Any]) -> list[RenderResult]:
+    """Render a run of image references (paths, images folder, options); what a child process runs."""
+    paths, images_dir, options = batch
+    return [render_job(path, images_dir, options) for path in paths]
+
+
 def render_all(paths: list[str], images_dir: Path, options: Any, workers: int) -> dict[str, RenderResult]:
-    """Render every distinct image reference once, in `workers` processes (0 or 1: in this process)."""
+    """Render every distinct image reference once, in `workers` processes counting this one (see
+    parallel.run_batches; 0 or 1: only this process)."""
+    from mini_internvl_adapt.domains.medical import dicom_render  # noqa: F401 - imported once, before forking
+
+    from mini_internvl_adapt.parallel import run_batches
+    from mini_internvl_adapt.png import deflate_name
+
+    deflate_name()  # loads the deflate module (isal) before forking, not once per child
     images_dir.mkdir(parents=True, exist_ok=True)
-    results: dict[str, RenderResult] = {}
-    bar = tqdm(total=len(paths), desc="rendering medical images", unit="img", disable=None)
-    if workers <= 1 or len(paths) < 2:
-        for path in paths:
-            results[path] = render_job(path, str(images_dir), options)
-            bar.update()
-    else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            chunk = max(1, len(paths) // (workers * 8))
-            jobs = pool.map(
-                render_job, paths, [str(images_dir)] * len(paths), [options] * len(paths), chunksize=chunk
-            )
-            for result in jobs:
-                results[result.key] = result
-                bar.update()
-    bar.close()
-    return results
+    workers = max(1, min(workers, os.cpu_count() or 1))
+    # A few batches per process, so one slow batch does not leave the others idle.
+    size = max(1, -(-len(paths) // (8 * workers)))
+    batches = [(paths[i : i + size], str(images_dir), options) for i in range(0, len(paths), size)]
+    with tqdm(total=len(paths), desc="rendering medical images", unit="img", disable=None) as bar:
+        per_batch = run_batches(render_batch, batches, workers, on_result=lambda done: bar.update(len(done)))
+    return {result.key: result for done in per_batch for result in done}
 
 
 def assign_splits(groups: list[str], given: list[str | None], test_fraction: float, seed: int) -> list[str]:

@@ -126,10 +126,10 @@ def write_chips(
 ) -> list[ChipResult | BaseException]:
     """Read, render and write the chips of one scene, in `workers` processes.
 
-    Each process opens the scene once and reads, stretches, encodes and writes whole runs of
-    neighbouring chips: reads scale with processes (threads would share GDAL's locked block cache, and
-    stretching in Python threads contends for the GIL), and a run of neighbours reuses the blocks they
-    share. Only window lists and small results cross between processes; a scene is never held whole.
+    Each process (this one and `workers` - 1 children, see parallel.run_batches) opens the scene once
+    and reads, stretches, encodes and writes whole runs of neighbouring chips: reads scale with
+    processes (threads would share GDAL's locked block cache, and stretching in Python threads contends
+    for the GIL), and a run of neighbours reuses the blocks they share. Only window lists and small results cross between processes; a scene is never held whole.
 
     Args:
         path: The raster.
@@ -139,39 +139,40 @@ def write_chips(
         names: Image paths relative to `out_root`, one per window (.png, or .jpg for JPEG).
         out_root: The dataset folder.
         min_valid: Chips whose valid share is below this are not written (image None).
-        workers: Processes, at most one per CPU core (0 or 1: everything in this process).
+        workers: Processes counting this one, at most one per CPU core (0 or 1: only this process).
 
     Returns:
         One result per window, in order, or the exception its read (a corrupt block) or its writing raised.
     """
     import os
-    from concurrent.futures import ProcessPoolExecutor
 
     from tqdm import tqdm
 
-    workers = min(
-        workers, os.cpu_count() or 1
-    )  # the work is CPU-bound: more processes than cores only contend
+    from mini_internvl_adapt.parallel import run_batches
 
+    workers = min(workers, os.cpu_count() or 1)  # the work is CPU-bound: more processes than cores contend
     for folder in {(out_root / name).parent for name in names}:
         folder.mkdir(parents=True, exist_ok=True)
-    context = _ChipContext(path, bands, stretch, out_root, min_valid)
     jobs = list(zip(windows, names))
-    results: list[ChipResult | BaseException] = []
+    if workers > 1 and len(jobs) < 2 * workers:
+        workers = 1  # too few chips to pay for starting a process
+    # Runs of neighbouring chips, a few per process so a slow run does not leave the others idle.
+    size = max(1, -(-len(jobs) // (4 * workers)))
+    batches = [jobs[i : i + size] for i in range(0, len(jobs), size)]
+    # This process chips too, with its own handle (a GDAL handle must not cross a fork); the children's
+    # context is handed over unopened.
+    here = _ChipContext(path, bands, stretch, out_root, min_valid)
     with tqdm(total=len(jobs), desc=f"chips {path.name}", unit="chip", leave=False) as bar:
-        if workers <= 1 or len(jobs) < 2 * workers:  # too few chips to pay for starting processes
-            try:
-                for window, name in jobs:
-                    results.append(context.render(window, name))
-                    bar.update(1)
-            finally:
-                context.close()
-            return results
-        # Runs of neighbouring chips, a few per worker so a slow run does not leave the others idle.
-        size = max(1, -(-len(jobs) // (4 * workers)))
-        batches = [jobs[i : i + size] for i in range(0, len(jobs), size)]
-        with ProcessPoolExecutor(workers, initializer=_start_worker, initargs=(context,)) as pool:
-            for batch_results in pool.map(_render_batch, batches):
-                results.extend(batch_results)
-                bar.update(len(batch_results))
-    return results
+        try:
+            per_batch = run_batches(
+                _render_batch,
+                batches,
+                workers,
+                local_run=lambda batch: [here.render(window, name) for window, name in batch],
+                initializer=_start_worker,
+                initargs=(_ChipContext(path, bands, stretch, out_root, min_valid),),
+                on_result=lambda batch_results: bar.update(len(batch_results)),
+            )
+        finally:
+            here.close()
+    return [result for batch_results in per_batch for result in batch_results]
