@@ -137,3 +137,16 @@ def test_write_chips_pipeline_writes_lossless_chips_in_order(tmp_path: Path) -> 
         with Image.open(tmp_path / "ds" / name) as im:
             assert im.size == (128, 128) and (np.asarray(im) == rgb).all()  # PNG is lossless
     assert written == 2 and results[0].valid_fraction == 0.0
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "int8", "uint16", "int16"])
+def test_lookup_stretch_equals_the_arithmetic_one(dtype: str) -> None:
+    # The table is indexed by the values' unsigned view: signed values must land on their own entries.
+    info = np.iinfo(dtype)
+    data = np.random.default_rng(3).integers(info.min, info.max + 1, size=(3, 40, 50)).astype(dtype)
+    data[:, 0, :3] = [[info.min, -1 if info.min else 1, info.max]] * 3
+    stretch = R.Stretch("percentile", [info.min / 3, -5.0, 0.0], [info.max / 2, 100.0, 0.0])  # band 3 flat
+    valid = np.ones(data.shape[1:], dtype=bool)
+    valid[5:9, 7:20] = False
+    want = stretch._scale(data) * valid
+    assert np.array_equal(stretch.planes(data, valid), want)
