@@ -421,6 +421,7 @@ class RunInfo:
         method: "lora", "qlora" or "full".
         base_model: The model that was fine-tuned (variant name, path or hub id).
         processing: The saved processing settings.
+        base_model_path: The local folder the base was loaded from (final/base_model.json), if recorded.
         llm_family: The LLM family of the trained model.
         domain: Domain of the training data, if recorded.
         datasets: Training data locations / names.
@@ -428,6 +429,7 @@ class RunInfo:
         hyperparameters: Training settings for the model card.
         metrics: Eval metrics found in the run folder (RUN/eval/metrics.json), if any.
         eval_dataset: Where those metrics were measured.
+        eval_samples: How many samples those metrics were measured on, if recorded.
     """
 
     run_dir: Path
@@ -435,6 +437,7 @@ class RunInfo:
     method: str
     base_model: str
     processing: ProcessingConfig
+    base_model_path: str | None = None
     llm_family: str = ""
     domain: str | None = None
     datasets: list[str] = field(default_factory=list)
@@ -442,6 +445,7 @@ class RunInfo:
     hyperparameters: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     eval_dataset: str | None = None
+    eval_samples: int | None = None
 
     @property
     def is_adapter(self) -> bool:
@@ -508,6 +512,24 @@ def _dataset_domain(path: str | None) -> str | None:
         return None
 
 
+def run_folder(path: str | Path) -> Path:
+    """The run folder `path` names: the path itself, or the run holding it when it is a run's final/.
+
+    ``--checkpoint RUN/final`` is unambiguous (final/ is always a run's own folder) and what a user who
+    sees the weights there passes, so it means RUN.
+    """
+    path = Path(path)
+    if path.name == "final" and (path.parent / RUN_INFO_FILE).is_file() and (path / RUN_INFO_FILE).is_file():
+        return path.parent
+    return path
+
+
+def _samples_of(metrics: Mapping[str, Any]) -> int | None:
+    """The ``samples`` count an eval metrics.json records, if any."""
+    samples = metrics.get("samples")
+    return samples if isinstance(samples, int) and not isinstance(samples, bool) else None
+
+
 def read_run(run_dir: str | Path) -> RunInfo:
     """Read a run folder written by `adapt train` (see training.py for its layout).
 
@@ -515,7 +537,7 @@ def read_run(run_dir: str | Path) -> RunInfo:
     run_config.yaml (system message, max length); the base model from final/base_model.json.
 
     Args:
-        run_dir: The run folder.
+        run_dir: The run folder (or its final/ folder), or an adapter export.
 
     Returns:
         The run's RunInfo.
@@ -525,7 +547,7 @@ def read_run(run_dir: str | Path) -> RunInfo:
     """
     import yaml
 
-    run_dir = Path(run_dir)
+    run_dir = run_folder(run_dir)
     if not run_dir.is_dir():
         raise ExportError(f"{run_dir}: no such run folder")
     info_file = run_dir / RUN_INFO_FILE
@@ -534,10 +556,20 @@ def read_run(run_dir: str | Path) -> RunInfo:
     info = _read_json(info_file)
     if info.get("format") == "peft-adapter":
         return _read_adapter_export(run_dir, info)
+    if info.get("format") == "hf-native":
+        source = str(info.get("source", "")).removeprefix("export of ")
+        raise ExportError(
+            f"{run_dir}: already a merged export (a plain transformers model); to export again, pass the "
+            f"run folder it came from{f' ({source})' if source else ''} as --checkpoint"
+        )
     final_dir = run_dir / "final"
     if not final_dir.is_dir():
+        if (run_dir / "run_config.yaml").is_file():
+            raise ExportError(
+                f"{run_dir}: no final/ folder; the run did not finish (resume it with `adapt train --resume`)"
+            )
         raise ExportError(
-            f"{run_dir}: no final/ folder; the run did not finish (resume it with `adapt train --resume`)"
+            f"{run_dir}: not a run folder; pass the folder `adapt train` wrote (the one holding final/)"
         )
     config: dict[str, Any] = {}
     if (run_dir / "run_config.yaml").is_file():
@@ -577,20 +609,23 @@ def read_run(run_dir: str | Path) -> RunInfo:
             metrics = card_metrics(_read_json(candidate))
             eval_dataset = "the run's test split"
             break
-    if isinstance(metrics.get("samples"), int):
-        counts.setdefault("test", metrics["samples"])
+    eval_samples = _samples_of(metrics)
+    if eval_samples is not None:
+        counts.setdefault("test", eval_samples)
     return RunInfo(
         run_dir=run_dir,
         final_dir=final_dir,
         method=method,
         base_model=str(base_model),
         processing=processing,
+        base_model_path=base.get("resolved_path"),
         llm_family=str(info.get("llm_family", "")),
         domain=config.get("domain") or _dataset_domain(data.get("path")),
         data_counts=counts,
         hyperparameters=_flat_hyperparameters(config) or {"method": method},
         metrics=metrics,
         eval_dataset=eval_dataset,
+        eval_samples=eval_samples,
     )
 
 
@@ -601,12 +636,14 @@ def _read_adapter_export(folder: Path, info: Mapping[str, Any]) -> RunInfo:
     saved = info.get("card")
     card: Mapping[str, Any] = saved if isinstance(saved, Mapping) else {}
     method = str(info.get("method") or "lora")
+    base = _read_json(folder / "base_model.json")
     return RunInfo(
         run_dir=folder,
         final_dir=folder,
         method=method,
-        base_model=str(info.get("base_model") or _read_json(folder / "base_model.json")["name_or_path"]),
+        base_model=str(info.get("base_model") or base["name_or_path"]),
         processing=processing_config_from(info.get("processing") or {}),
+        base_model_path=base.get("resolved_path"),
         llm_family=str(info.get("llm_family", "")),
         domain=info.get("domain"),
         datasets=list(card.get("datasets") or []),
@@ -614,6 +651,7 @@ def _read_adapter_export(folder: Path, info: Mapping[str, Any]) -> RunInfo:
         hyperparameters=dict(card.get("hyperparameters") or {"method": method}),
         metrics=card_metrics(card.get("metrics") or {}),
         eval_dataset=card.get("eval_dataset"),
+        eval_samples=card.get("eval_samples"),
     )
 
 
@@ -658,21 +696,36 @@ def _card_info(
     merged: bool,
     metrics: Mapping[str, Any] | None,
     datasets: Sequence[str] | None,
+    metrics_source: str | None = None,
 ) -> CardInfo:
+    hub_id = base_model_hub_id(run.base_model, run.base_model_path)
+    base = hub_id or _local_model_name(run.base_model)
+    eval_dataset, eval_samples, counts = run.eval_dataset, run.eval_samples, run.data_counts
+    hyperparameters = dict(run.hyperparameters)
+    if "model.name" in hyperparameters:  # as the card names the base: a local path is nobody else's
+        hyperparameters["model.name"] = base
+    if metrics is not None:
+        # Scores from elsewhere (`--metrics FILE`): their set and size are the file's, and the run's test
+        # count, which came from the RUN/eval scores the card no longer shows, goes with those scores.
+        eval_dataset = f"the set scored in {metrics_source}" if metrics_source else None
+        eval_samples = _samples_of(metrics)
+        counts = {k: v for k, v in run.data_counts.items() if k != "test"}
     return CardInfo(
         model_name=out.name
         if out.name != "export"
-        else f"{_hub_name(run.base_model).split('/')[-1]}-{run.domain or 'adapted'}-{run.method}",
-        base_model=_hub_name(run.base_model),
+        else f"{base.split('/')[-1]}-{run.domain or 'adapted'}-{run.method}",
+        base_model=base,
+        base_model_on_hub=hub_id is not None,
         domain=run.domain,
         method=run.method,
         merged=merged,
         datasets=list(datasets) if datasets is not None else run.datasets,
-        data_counts=run.data_counts,
-        hyperparameters=run.hyperparameters,
+        data_counts=counts,
+        hyperparameters=hyperparameters,
         processing=asdict(run.processing),
         metrics=card_metrics(metrics) if metrics is not None else run.metrics,
-        eval_dataset=run.eval_dataset,
+        eval_dataset=eval_dataset,
+        eval_samples=eval_samples,
     )
 
 
@@ -685,17 +738,76 @@ def _card_facts(card: CardInfo) -> dict[str, Any]:
         "hyperparameters": card.hyperparameters,
         "metrics": card.metrics,
         "eval_dataset": card.eval_dataset,
+        "eval_samples": card.eval_samples,
     }
 
 
-def _hub_name(base_model: str) -> str:
+def _hf_cache_repo(path: Path) -> str | None:
+    """ORG/NAME when `path` lies in a Hugging Face cache snapshot (``models--ORG--NAME/snapshots/REV``)."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    parts = path.parts
+    for i, part in enumerate(parts[:-2]):
+        if part.startswith("models--") and parts[i + 1] == "snapshots":
+            # The cache writes "/" as "--", which a repo id may not contain, so the mapping is exact.
+            repo = part.removeprefix("models--").replace("--", "/")
+            try:
+                validate_repo_id(repo)
+            except HFValidationError:
+                return None
+            return repo
+    return None
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    """Whether `name` reads as ORG/NAME, as `models.loading.resolve_model_path` takes hub ids."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if name.count("/") != 1 or name.startswith((".", "/", "~")) or "\\" in name:
+        return False
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
+def base_model_hub_id(name_or_path: str, resolved_path: str | None = None) -> str | None:
+    """The Hugging Face Hub id of a run's base model, when it can be told honestly; else None.
+
+    A variant or published name maps to its hub id; a folder in the Hugging Face cache is the snapshot
+    of ORG/NAME; a hub id the run loaded is one unless the run recorded a local folder that is not a
+    cache snapshot (a relative path that merely looks like ORG/NAME). Any other local folder has no hub
+    id: its name, or the ``_name_or_path`` in its config (the folder it was last loaded from), is no
+    evidence of which repository holds these weights.
+
+    Args:
+        name_or_path: The base model as the run names it (variant, published name, hub id or path).
+        resolved_path: The folder the run loaded it from (final/base_model.json), if recorded.
+
+    Returns:
+        The hub id, or None (the tiny random models, local checkpoints).
+    """
     from mini_internvl_adapt.models.variants import get_variant
 
-    variant = get_variant(base_model)
-    if variant is not None and variant.hub_id:
-        return variant.hub_id
-    published = get_published(base_model)
-    return published.hub_id if published else base_model
+    variant = get_variant(name_or_path)
+    if variant is not None:
+        return variant.hub_id  # None for the tiny random models
+    published = get_published(name_or_path)
+    if published is not None:
+        return published.hub_id
+    for folder in (resolved_path, name_or_path):
+        repo = _hf_cache_repo(Path(folder)) if folder else None
+        if repo is not None:
+            return repo
+    if _looks_like_hub_id(name_or_path) and resolved_path is None and not Path(name_or_path).is_dir():
+        return name_or_path
+    return None
+
+
+def _local_model_name(name_or_path: str) -> str:
+    """How the card names a base model without a hub id: its folder name, never the local path."""
+    return Path(name_or_path).name or name_or_path
 
 
 def export(
@@ -705,17 +817,19 @@ def export(
     merge_lora: bool = False,
     dtype: str = "bf16",
     metrics: Mapping[str, Any] | None = None,
+    metrics_source: str | None = None,
     datasets: Sequence[str] | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Export a run folder (see the module docstring for what each form holds).
 
     Args:
-        run_dir: The run folder written by `adapt train`, or an adapter export (to merge it).
+        run_dir: The run folder written by `adapt train` (or its final/), or an adapter export (to merge it).
         out_dir: The export folder to create.
         merge_lora: Merge LoRA/QLoRA adapters into the base (full fine-tunes are always exported whole).
         dtype: "bf16", "fp16" or "fp32" for the saved weights.
         metrics: Eval metrics for the card (default: RUN/eval/metrics.json when present).
+        metrics_source: Where `metrics` come from (a file name), named in the card; None: not recorded.
         datasets: Hub dataset ids for the card's ``datasets`` (a run's local data folder never goes there).
         overwrite: Replace an existing non-empty `out_dir`.
 
@@ -728,6 +842,7 @@ def export(
     run = read_run(run_dir)
     out = Path(out_dir)
     torch_dtype = _torch_dtype(dtype)
+    hub_id = base_model_hub_id(run.base_model, run.base_model_path)
     resolved, run_resolved = out.resolve(), run.run_dir.resolve()
     if resolved == run_resolved or resolved in run_resolved.parents or resolved == run.final_dir.resolve():
         raise ExportError(
@@ -752,9 +867,17 @@ def export(
             for item in run.final_dir.iterdir():
                 if item.is_file() and (item.name.startswith("adapter_") or item.name == "base_model.json"):
                     shutil.copy2(item, tmp / item.name)
-            # peft records the base as this machine's cache path; a shared adapter should name the hub id.
+            # peft reads this only in AutoPeftModel.from_pretrained(adapter), to load the base. A shared
+            # adapter names the hub id; a base without one (a local checkpoint, the tiny model) keeps the
+            # folder it was loaded from, the one value that loads at all, as peft itself records it. The
+            # Hub validates the card's base_model, not this; the card leaves the path out.
             adapter_config = _read_json(tmp / "adapter_config.json")
-            adapter_config["base_model_name_or_path"] = _hub_name(run.base_model)
+            local = (
+                run.base_model_path if run.base_model_path and Path(run.base_model_path).is_dir() else None
+            )
+            adapter_config["base_model_name_or_path"] = hub_id or str(
+                Path(local).resolve() if local else run.base_model
+            )
             atomic_write_json(tmp / "adapter_config.json", adapter_config)
         save_tokenizer_and_processor(tokenizer, run.processing, tmp)
         p = run.processing
@@ -775,14 +898,14 @@ def export(
                 "processing": asdict(p),
                 "format": "hf-native" if merged else "peft-adapter",
                 "base_model": run.base_model,
-                "base_model_hub_id": _hub_name(run.base_model),
+                "base_model_hub_id": hub_id,
                 "method": run.method,
                 "merged": merged,
                 "dtype": DTYPES[dtype],
                 "domain": run.domain,
             },
         )
-        card = _card_info(run, out, merged, metrics, datasets)
+        card = _card_info(run, out, merged, metrics, datasets, metrics_source)
         atomic_write_json(tmp / RUN_INFO_FILE, {**_read_json(tmp / RUN_INFO_FILE), "card": _card_facts(card)})
         atomic_write_text(tmp / "README.md", render_model_card(card))
         apply_umask_modes(tmp)  # safetensors writes 0600: an export is for others to read
@@ -931,7 +1054,17 @@ def export_main(argv: Sequence[str]) -> int:
     )
     add_export_arguments(parser)
     args = parser.parse_args(list(argv))
-    already = _is_export_of(args.out, args.checkpoint)
+    if not args.push_to_hub:
+        # Hub options alone do nothing; silently ignored, a "dry run" with --overwrite would still
+        # replace the export.
+        for option, given in (
+            ("--dry-run", args.dry_run),
+            ("--private", args.private),
+            ("--revision", args.revision),
+        ):
+            if given:
+                parser.error(f"{option} needs --push-to-hub REPO")
+    already = _is_export_of(args.out, run_folder(args.checkpoint))
     if already and args.push_to_hub and not args.overwrite:
         # Pushing an export made earlier (e.g. offline): upload it as it is, no re-export.
         out = args.out
@@ -945,6 +1078,7 @@ def export_main(argv: Sequence[str]) -> int:
                 merge_lora=args.merge_lora,
                 dtype=args.dtype,
                 metrics=metrics,
+                metrics_source=args.metrics.name if args.metrics else None,
                 datasets=args.datasets,
                 overwrite=args.overwrite,
             )

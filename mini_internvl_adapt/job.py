@@ -18,7 +18,7 @@ from typing import Any
 from mini_internvl_adapt.registry import Domain, add_domain_arguments, available_domains, get_domain
 
 # What `--demo` trains: the tiny random model, a few steps, few tiles, so it finishes in well under
-# two minutes on two CPU cores. Any of these can still be overridden on the command line.
+# two minutes on two CPU cores. A flag, a key=value or the --config file overrides any of these.
 DEMO_DEFAULTS = {
     "model.name": "tiny",
     "tuning.method": "lora",
@@ -148,6 +148,45 @@ def _convert_stage(
     return dataset
 
 
+def _config_file_keys(args: argparse.Namespace) -> set[str]:
+    """The dotted keys (``train.lr``) the config file the run reads sets: --config, or the resumed run's.
+
+    A file that cannot be read sets nothing here; `config_from_args` reports what is wrong with it.
+    """
+    import yaml
+
+    from mini_internvl_adapt.train_config import RUN_CONFIG
+
+    path = args.config
+    if path is None and args.resume is not None:
+        path = Path(args.resume) / RUN_CONFIG
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) if path is not None else None
+    except (OSError, yaml.YAMLError):
+        return set()
+    if not isinstance(raw, dict):
+        return set()
+    keys = set()
+    for section, block in raw.items():
+        if isinstance(block, dict):
+            keys |= {f"{section}.{key}" for key in block}
+        else:
+            keys.add(str(section))
+    return keys
+
+
+def _demo_overrides(args: argparse.Namespace) -> list[str]:
+    """DEMO_DEFAULTS as key=value overrides, for the keys no flag, key=value or config file sets.
+
+    Overrides beat the config file, so a demo default given as one would silently replace the file's value.
+    """
+    from mini_internvl_adapt.train_config import flag_keys
+
+    given = flag_keys(args) | _config_file_keys(args)
+    given |= {item.split("=", 1)[0].strip() for item in args.overrides if "=" in item}
+    return [f"{key}={value}" for key, value in DEMO_DEFAULTS.items() if key not in given]
+
+
 def cmd_job(argv: Sequence[str]) -> int:
     """Run the whole job; returns the process exit code."""
     from mini_internvl_adapt.checkpoints import export
@@ -171,12 +210,8 @@ def cmd_job(argv: Sequence[str]) -> int:
             f"{out}: no {RUN_CONFIG} to resume from; start the job with --source, --data or --demo"
         )
     args.out = str(out)
-    if args.demo:  # demo defaults first and only where no flag sets them, so the user's own values win
-        from mini_internvl_adapt.train_config import flag_keys
-
-        flagged = flag_keys(args)
-        defaults = [f"{key}={value}" for key, value in DEMO_DEFAULTS.items() if key not in flagged]
-        args.overrides = defaults + list(args.overrides)
+    if args.demo:  # the user's own values win: flags, key=value and the --config file
+        args.overrides = _demo_overrides(args) + list(args.overrides)
     config_from_args(args)  # a typo in the config or an override fails now, not after the conversion
     started = time.perf_counter()
 

@@ -29,7 +29,10 @@ class CardInfo:
 
     Attributes:
         model_name: Display name (the export folder or hub repo name).
-        base_model: Hub id (or local path) of the model that was fine-tuned.
+        base_model: Hub id of the model that was fine-tuned or, when it has none, a name for it (a folder
+            name, never a local path: the card is published).
+        base_model_on_hub: Whether `base_model` is a hub id; only then is it in the metadata, since the
+            Hub refuses a push whose ``base_model`` names no repository.
         domain: The domain plugin the data came from ("driving", "medical", ...), or None.
         method: "lora", "qlora" or "full".
         merged: True when LoRA weights are merged into a plain transformers model.
@@ -38,7 +41,8 @@ class CardInfo:
         hyperparameters: Training settings worth reporting (lr, steps, rank ...).
         processing: Template, tile and length settings (the saved ProcessingConfig).
         metrics: Eval scores (name -> number); non-numbers are listed in the body only.
-        eval_dataset: Name of the set the metrics come from.
+        eval_dataset: Name of the set the metrics come from; None: not recorded.
+        eval_samples: How many samples the metrics were measured on, if recorded.
         license: SPDX id of the licence.
         language: Languages of the training text.
         tags: Extra Hub tags.
@@ -46,6 +50,7 @@ class CardInfo:
 
     model_name: str
     base_model: str
+    base_model_on_hub: bool = True
     domain: str | None = None
     method: str = "full"
     merged: bool = True
@@ -55,12 +60,14 @@ class CardInfo:
     processing: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     eval_dataset: str | None = None
+    eval_samples: int | None = None
     license: str = "mit"
     language: list[str] = field(default_factory=lambda: ["en"])
     tags: list[str] = field(default_factory=list)
 
 
-# Bookkeeping that eval writes next to the scores; not metrics of the model.
+# Bookkeeping that eval writes next to the scores; not metrics of the model. The names are matched on
+# blocks too: a block of counts (driving's "counts", medical's "per_class_count") goes whole.
 _NOT_METRICS = {
     "samples",
     "samples_per_second",
@@ -69,20 +76,29 @@ _NOT_METRICS = {
     "count",
     "unparseable",
     "misses",
+    "features",
 }
+_NOT_METRIC_SUFFIXES = ("_count", "_counts", "_misses", "_max")
 
 
 def _numeric_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
-    # Hub model-index values must be numbers; nested dicts are flattened with dotted names.
+    """The scores of `metrics` for the model-index, nested blocks flattened with dotted names.
+
+    Every score the domains report is a ratio or a mean, a float even when it is whole (JSON keeps 1.0
+    apart from 1), while an integer is a count whatever a domain calls it (grounding misses, GeoJSON
+    features, pending judge calls), so only floats are scores. Of those, a ``*_max`` is a fixed ceiling
+    (driving's final_without_gpt_max), not something measured. No rule names a domain.
+    """
     out: dict[str, float] = {}
     for key, value in metrics.items():
-        if isinstance(value, bool) or key in _NOT_METRICS or str(key).endswith("_count"):
+        name = str(key)
+        if name in _NOT_METRICS or name.endswith(_NOT_METRIC_SUFFIXES):
             continue
-        if isinstance(value, (int, float)):
-            out[str(key)] = float(value)
+        if isinstance(value, float):
+            out[name] = value
         elif isinstance(value, Mapping):
             for sub, number in _numeric_metrics(value).items():
-                out[f"{key}.{sub}"] = number
+                out[f"{name}.{sub}"] = number
     return out
 
 
@@ -100,8 +116,8 @@ def card_metadata(info: CardInfo) -> dict[str, Any]:
     if info.domain:
         tags.append(info.domain)
     tags.append(info.method)
-    meta: dict[str, Any] = {
-        "base_model": info.base_model,
+    meta: dict[str, Any] = {"base_model": info.base_model} if info.base_model_on_hub else {}
+    meta |= {
         "library_name": "transformers" if info.merged else "peft",
         "pipeline_tag": "image-text-to-text",
         "license": info.license,
@@ -122,7 +138,7 @@ def card_metadata(info: CardInfo) -> dict[str, Any]:
                             "name": f"{info.domain or 'domain'} evaluation",
                         },
                         "dataset": {
-                            "name": info.eval_dataset or "test split",
+                            "name": info.eval_dataset or "not recorded",
                             "type": info.datasets[0] if info.datasets else "custom",
                         },
                         "metrics": [
@@ -169,7 +185,8 @@ def _usage(info: CardInfo) -> str:
         f"adapt export --checkpoint {info.model_name} --out merged --merge-lora\n"
         "```\n\n"
         "or with peft: load the base model "
-        f"(`{info.base_model}`, transformers-native layout) and `PeftModel.from_pretrained(base, path)`; "
+        f"({'' if info.base_model_on_hub else 'the local checkpoint '}`{info.base_model}`, transformers-native "
+        "layout) and `PeftModel.from_pretrained(base, path)`; "
         "the processor files here carry the training template and tile settings."
     )
 
@@ -195,11 +212,21 @@ def render_model_card(info: CardInfo) -> str:
         form = (
             "merged into the base weights (a plain transformers model)" if info.merged else "a LoRA adapter"
         )
+    base = (
+        f"`{info.base_model}`"
+        if info.base_model_on_hub
+        else f"a local checkpoint (`{info.base_model}`, not a Hugging Face Hub repository)"
+    )
+    if info.eval_dataset:
+        count = f" ({info.eval_samples} samples)" if info.eval_samples is not None else ""
+        measured = f"\n\nMeasured on: {info.eval_dataset}{count}."
+    else:
+        measured = "\n\nThe evaluation set was not recorded."
     parts = [
         f"---\n{front}---\n",
         f"# {info.model_name}\n",
         f"A Mini-InternVL model adapted to the **{info.domain or 'custom'}** domain with "
-        f"mini-internvl-adapt, fine-tuned from `{info.base_model}` "
+        f"mini-internvl-adapt, fine-tuned from {base} "
         f"by {method}; this export is {form}.\n",
         "## Training data\n",
         (
@@ -223,8 +250,7 @@ def render_model_card(info: CardInfo) -> str:
         + "\n",
         "## Evaluation\n",
         (
-            _table(info.metrics, ("metric", "value"))
-            + (f"\n\nMeasured on: {info.eval_dataset}." if info.eval_dataset else "")
+            _table(info.metrics, ("metric", "value")) + measured
             if info.metrics
             else "This export was not evaluated; run `adapt eval` and export again to record scores."
         )

@@ -159,3 +159,31 @@ def test_eval_hint_names_the_test_file_evaluated(
     assert main([*argv[:3], str(data), *argv[4:], "--out", str(tmp_path / "run2")]) == 0
     err = capsys.readouterr().err
     assert "evaluation skipped" in err and "adapt eval" not in err
+
+
+def test_demo_defaults_never_override_the_config_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mini_internvl_adapt.training as training
+
+    _stub_stages(monkeypatch, tmp_path)
+    trained = []
+    stub = training.run_training
+
+    def run_training(config, resume=False):
+        trained.append(config)
+        return stub(config)
+
+    monkeypatch.setattr(training, "run_training", run_training)
+    recipe = tmp_path / "my.yaml"
+    recipe.write_text(
+        "model:\n  name: tiny-phi3\ntuning:\n  method: full\ntrain:\n  max_steps: 50\n  lr: 1.0e-05\n"
+        "  batch_size: 4\n"
+    )
+    argv = ["--domain", "medical", "--demo", "--config", str(recipe), "--out", str(tmp_path / "run")]
+    # A flag and a key=value still beat the file; demo defaults fill only what nobody set.
+    assert main([*argv, "--max-steps", "7", "train.batch_size=3"]) == 0
+    (config,) = trained
+    assert (config.model.name, config.tuning.method, config.train.lr) == ("tiny-phi3", "full", 1e-5)
+    assert (config.train.max_steps, config.train.batch_size) == (7, 3)
+    assert config.data.max_tiles == 2 and config.train.checkpoint_every_n_steps == 4  # demo defaults
