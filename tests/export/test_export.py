@@ -221,6 +221,30 @@ def test_adapter_export_keeps_the_adapter_and_rebuild_facts(tmp_path: Path) -> N
     assert torch.allclose(got, want, atol=1e-5)
 
 
+def test_adapter_export_on_the_hub_loads_by_its_hub_id(tmp_path: Path, monkeypatch) -> None:
+    """An adapter export pushed to the hub is a --model by its id (its snapshot in the HF cache here)."""
+    import huggingface_hub.constants
+
+    from mini_internvl_adapt.evaluation import load_eval_model
+
+    run = make_run(tmp_path, "qwen2")
+    out = export(run, tmp_path / "adapter", merge_lora=False)
+    repo = tmp_path / "hub" / "models--me--med-adapter"
+    snapshot = repo / "snapshots" / ("b" * 40)
+    snapshot.mkdir(parents=True)
+    for file in out.iterdir():
+        (snapshot / file.name).write_bytes(file.read_bytes())
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("b" * 40)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    by_id, by_path = load_eval_model("me/med-adapter", device="cpu"), load_eval_model(out, device="cpu")
+    assert by_id.source == "me/med-adapter" and by_id.processing == by_path.processing
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        assert torch.equal(by_id.model(input_ids=ids).logits, by_path.model(input_ids=ids).logits)
+
+
 def test_adapter_export_merges_later_with_the_same_card(tmp_path: Path) -> None:
     from mini_internvl_adapt.checkpoints import export_main
 
