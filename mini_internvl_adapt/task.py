@@ -120,12 +120,10 @@ class InternVLTask(pl.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss = self(batch).loss
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(
-                f"loss is {loss.item()} at step {self.global_step} (epoch {self.current_epoch}, batch {batch_idx}); "
-                f"sample ids in this batch: {', '.join(batch['ids'])}. Lower the learning rate, check these "
-                "samples, or use precision 32."
-            )
+        # All ranks decide together: one raising alone would leave the others blocked in the gradient
+        # all-reduce until they die with a transport error (and rank 0 kills the workers on its error).
+        if not self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss)), all=True):
+            raise NonFiniteLossError(self._non_finite_message(loss, batch, batch_idx))
         value = loss.detach().item()
         if self.first_loss is None:
             self.first_loss = value
@@ -138,6 +136,26 @@ class InternVLTask(pl.LightningModule):
         )
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
         return loss
+
+    def _non_finite_message(self, loss: torch.Tensor, batch: dict[str, Any], batch_idx: int) -> str:
+        """What every rank reports when some rank's loss is not finite: which ranks, losses and sample ids."""
+        mine = (loss.item(), list(batch["ids"]))
+        per_rank: list[Any] = [mine]
+        world = self.trainer.world_size
+        if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            # Collective, but safe: every rank got here from the same decision.
+            per_rank = [None] * world
+            torch.distributed.all_gather_object(per_rank, mine)
+        where = f"at step {self.global_step} (epoch {self.current_epoch}, batch {batch_idx})"
+        advice = "Lower the learning rate, check these samples, or use precision 32."
+        if len(per_rank) == 1:
+            return f"loss is {mine[0]} {where}; sample ids in this batch: {', '.join(mine[1])}. {advice}"
+        bad = [
+            f"loss is {value} on rank {rank} {where}; sample ids in its batch: {', '.join(ids)}"
+            for rank, (value, ids) in enumerate(per_rank)
+            if not math.isfinite(value)
+        ]
+        return f"{'; '.join(bad)}. {advice}"
 
     def on_validation_epoch_start(self) -> None:
         self._val_totals = torch.zeros(2, dtype=torch.float64, device=self.device)  # loss sum, tokens

@@ -85,8 +85,8 @@ class TrainSection:
         min_lr_ratio: Cosine floor as a fraction of lr.
         gradient_clip_val: Gradient norm clip (0: none).
         precision: "auto" (bf16-mixed on a GPU that supports it, else 32-true) or any Lightning precision.
-        accelerator: "auto", "cpu", "gpu" ...
-        devices: Number of devices or "auto".
+        accelerator: "auto", "cpu", "gpu", "cuda" ... (checked to be available when the config is read).
+        devices: Number of devices (-1: all), a list of device indices (GPUs), or "auto".
         num_nodes: Number of machines.
         strategy: Any Lightning strategy name: "auto", "ddp", "fsdp", "deepspeed_stage_2" ...
         seed: Seed for weights of new layers, data order and dropout.
@@ -209,6 +209,24 @@ PRECISIONS = (
     "transformer-engine", "transformer-engine-float16", "32", "16", "64", "bf16",
 )  # fmt: skip
 
+
+def _devices_ok(value: Any) -> bool:
+    """Whether `value` is a devices value Lightning accepts for some accelerator (never 0 or empty)."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return value == -1 or value >= 1
+    if isinstance(value, list):
+        return bool(value) and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in value)
+    if isinstance(value, str):
+        text = value.strip()
+        if "," in text:  # Lightning's "0,2" (and "1,"): device indices
+            parts = [part.strip() for part in text.split(",") if part.strip()]
+            return bool(parts) and all(part.isdigit() for part in parts)
+        return text in ("auto", "-1") or (text.isdigit() and int(text) >= 1)
+    return False
+
+
 # (section, key, test, what the value must be): checked when a config is read, before any run folder exists.
 _VALUE_RULES: tuple[tuple[str, str, Callable[[Any], bool], str], ...] = (
     (
@@ -231,6 +249,12 @@ _VALUE_RULES: tuple[tuple[str, str, Callable[[Any], bool], str], ...] = (
     ("train", "min_lr_ratio", lambda v: 0 <= v <= 1, "between 0 and 1"),
     ("train", "gradient_clip_val", lambda v: math.isfinite(v) and v >= 0, "0 (none) or more"),
     ("train", "num_nodes", lambda v: v >= 1, "at least 1"),
+    (
+        "train",
+        "devices",
+        _devices_ok,
+        "auto, a number of devices (at least 1, or -1 for all) or a list of device indices",
+    ),
     ("train", "val_every_n_steps", lambda v: v is None or v >= 1, "null or at least 1"),
     ("train", "val_generate_every_n_steps", lambda v: v is None or v >= 1, "null or at least 1"),
     ("train", "val_generate_samples", lambda v: v >= 1, "at least 1"),
@@ -258,11 +282,17 @@ def _check_values(config: TrainConfig, where: str, keys: set[tuple[str, str]] | 
         raise ValueError(
             f"{where}: data.min_tiles ({config.data.min_tiles}) is more than data.max_tiles ({config.data.max_tiles})"
         )
-    wanted_keys = keys if keys is not None else {("train", "precision"), ("train", "strategy")}
-    if ("train", "precision") in wanted_keys and config.train.precision not in PRECISIONS:
-        raise ValueError(
-            f"{where}: train.precision must be one of {', '.join(PRECISIONS)}, got {config.train.precision!r}"
-        )
+    wanted_keys = (
+        keys
+        if keys is not None
+        else {("train", "precision"), ("train", "strategy"), ("train", "accelerator")}
+    )
+    if ("train", "precision") in wanted_keys:
+        _check_precision(config.train.precision, where)
+    if ("train", "accelerator") in wanted_keys:
+        _check_accelerator(config.train.accelerator, where)
+    if keys is None:  # what devices mean depends on the accelerator: only the whole config can say
+        _check_devices(config.train.accelerator, config.train.devices, where)
     if ("train", "strategy") in wanted_keys and config.train.strategy != "auto":
         from lightning.pytorch.strategies import StrategyRegistry
 
@@ -275,9 +305,8 @@ def _check_values(config: TrainConfig, where: str, keys: set[tuple[str, str]] | 
         try:  # building one is cheap (no process group yet) and names a missing package (deepspeed ...)
             StrategyRegistry.get(config.train.strategy)
         except Exception as e:
-            message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ValueError(
-                f"{where}: train.strategy {config.train.strategy!r} cannot be used here: {message}"
+                f"{where}: train.strategy {config.train.strategy!r} cannot be used here: {_first_line(e)}"
             ) from None
     if config.data.template is not None and (keys is None or ("data", "template") in keys):
         from mini_internvl_adapt.models.templates import get_template
@@ -286,6 +315,70 @@ def _check_values(config: TrainConfig, where: str, keys: set[tuple[str, str]] | 
             get_template(config.data.template)
         except KeyError as e:
             raise ValueError(f"{where}: data.template: {e.args[0] if e.args else e}") from None
+
+
+def _first_line(error: Exception) -> str:
+    """The first line of an error's message (Lightning's run on with hints), or its type's name."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _check_precision(precision: str, where: str) -> None:
+    """ValueError for an unknown precision, or one whose package is missing (transformer-engine)."""
+    if precision not in PRECISIONS:
+        raise ValueError(
+            f"{where}: train.precision must be one of {', '.join(PRECISIONS)}, got {precision!r}"
+        )
+    if precision.startswith("transformer-engine"):
+        import torch
+        from lightning.pytorch.plugins import TransformerEnginePrecision
+
+        try:  # Lightning builds the plugin only after the model loads; building it now names the package
+            TransformerEnginePrecision(weights_dtype=torch.bfloat16)
+        except Exception as e:
+            raise ValueError(
+                f"{where}: train.precision {precision!r} cannot be used here: {_first_line(e)}"
+            ) from None
+
+
+def _check_accelerator(accelerator: str, where: str) -> None:
+    """ValueError for an accelerator Lightning does not know, or one this machine does not have."""
+    if accelerator == "auto":  # whatever is available
+        return
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+
+    names = AcceleratorRegistry.available_accelerators()
+    if accelerator not in ("gpu", *names):
+        raise ValueError(
+            f"{where}: train.accelerator must be auto, gpu or a Lightning accelerator "
+            f"({', '.join(sorted(names))}), got {accelerator!r}"
+        )
+    available = sorted(n for n in names if AcceleratorRegistry[n]["accelerator"].is_available())
+    usable = bool({"cuda", "mps"} & set(available)) if accelerator == "gpu" else accelerator in available
+    if not usable:
+        raise ValueError(
+            f"{where}: train.accelerator {accelerator!r} cannot be used here: no such device on this machine "
+            f"(available: {', '.join(available)})"
+        )
+
+
+def _check_devices(accelerator: str, devices: Any, where: str) -> None:
+    """ValueError for devices the (available) accelerator cannot give: too many GPUs, a list on the CPU ..."""
+    if devices == "auto":
+        return
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+    from lightning.pytorch.trainer.connectors.accelerator_connector import _AcceleratorConnector
+
+    try:  # resolved and parsed as the Trainer will (auto and gpu pick what is available)
+        if accelerator == "auto":
+            accelerator = _AcceleratorConnector._choose_auto_accelerator()
+        elif accelerator == "gpu":
+            accelerator = _AcceleratorConnector._choose_gpu_accelerator_backend()
+        AcceleratorRegistry[accelerator]["accelerator"].parse_devices(devices)
+    except Exception as e:
+        raise ValueError(
+            f"{where}: train.devices {devices!r} cannot be used with the {accelerator} accelerator: {_first_line(e)}"
+        ) from None
 
 
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> TrainConfig:

@@ -377,12 +377,14 @@ def parameter_summary(model: nn.Module) -> dict[str, dict[str, int]]:
     """Trainable and total parameters per component (vision_tower, projector, LLM, lm_head, LoRA, total).
 
     LoRA adapter weights are counted under "lora" (they are new parameters, not part of a component).
-    Tied weights are counted once.
+    Tied weights are counted once, and so is a module trained in full beside LoRA: peft's
+    modules_to_save keeps the frozen original beside the trainable copy, and only the copy counts,
+    so each component's total is the plain model's.
     """
     summary = {c: {"trainable": 0, "total": 0} for c in (*COMPONENTS, "lora", "other")}
     seen: set[int] = set()
     for name, param in model.named_parameters(remove_duplicate=False):
-        if id(param) in seen:
+        if id(param) in seen or ".original_module." in name:
             continue
         seen.add(id(param))
         key = "lora" if "lora_" in name else component_of(name)

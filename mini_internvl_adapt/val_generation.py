@@ -79,11 +79,19 @@ class GenerationMetrics(pl.Callback):
         self.max_new_tokens = max_new_tokens
         self.batch_size = batch_size
         self.history: list[dict[str, Any]] = []
+        self.handled_step = -1
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # A resumed run starts on a step whose generation (if due) the killed run already did.
+        self.handled_step = trainer.global_step
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
         step = trainer.global_step
-        if step == 0 or step % self.every or not self.samples:
+        # With gradient accumulation global_step stays put for accumulate_grad_batches - 1 more
+        # micro-batches after an optimizer step: generate once, on the micro-batch that completed it.
+        if step == 0 or step % self.every or not self.samples or step == self.handled_step:
             return
+        self.handled_step = step
         if trainer.is_global_zero:
             model: Any = pl_module.model
             was_training = model.training

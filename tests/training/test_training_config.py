@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 import pytest
@@ -298,3 +299,114 @@ def test_bad_values_in_a_file_name_the_file_and_key(tmp_path: Path) -> None:
     with pytest.raises(ValueError) as info:
         load_config(path)
     assert "bad YAML" in str(info.value) and "\n" not in str(info.value)
+
+
+def _gpus(monkeypatch: pytest.MonkeyPatch, count: int) -> None:
+    """Make Lightning see `count` CUDA GPUs (and no MPS), whatever this machine has."""
+    import lightning.fabric.accelerators.cuda as fabric_cuda
+    import lightning.fabric.accelerators.mps as fabric_mps
+    import lightning.pytorch.accelerators.cuda as pytorch_cuda
+
+    monkeypatch.setattr(fabric_cuda, "num_cuda_devices", lambda: count)
+    monkeypatch.setattr(pytorch_cuda, "num_cuda_devices", lambda: count)
+    monkeypatch.setattr(fabric_mps.MPSAccelerator, "is_available", staticmethod(lambda: False))
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (
+            ["--accelerator", "gpu"],
+            "command line: train.accelerator 'gpu' cannot be used here: no such device on this machine",
+        ),
+        (["--accelerator", "cuda"], "command line: train.accelerator 'cuda' cannot be used here"),
+        (
+            ["--accelerator", "nope"],
+            "command line: train.accelerator must be auto, gpu or a Lightning accelerator",
+        ),
+        (["--devices", "0"], "command line: train.devices must be auto, a number of devices"),
+        (["train.devices=[]"], "command line: train.devices must be auto"),
+        (["--devices", "-2"], "command line: train.devices must be auto"),
+        (
+            ["--devices", "0,1"],
+            "with the command line's overrides: train.devices '0,1' cannot be used with the cpu",
+        ),
+    ],
+)
+def test_bad_accelerator_and_devices_are_usage_errors_before_the_model_loads(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    flags: list[str],
+    message: str,
+) -> None:
+    from mini_internvl_adapt.models import loading
+    from mini_internvl_adapt.training import train_main
+
+    _gpus(monkeypatch, 0)
+    monkeypatch.setattr(loading, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    out = tmp_path / "run"
+    argv = ["--config", str(REPO / "configs/tiny/lora.yaml"), "--data", str(tmp_path), "--out", str(out)]
+    assert train_main([*argv, *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("adapt train: error: ") and message in err and "Traceback" not in err
+    assert not out.exists()
+
+
+@pytest.mark.skipif(
+    __import__("importlib.util").util.find_spec("transformer_engine") is not None,
+    reason="transformer_engine is installed",
+)
+@pytest.mark.parametrize("precision", ["transformer-engine", "transformer-engine-float16"])
+def test_a_precision_whose_package_is_missing_is_refused_when_the_config_is_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], precision: str
+) -> None:
+    from mini_internvl_adapt.training import train_main
+
+    out = tmp_path / "run"
+    argv = ["--config", str(REPO / "configs/tiny/lora.yaml"), "--data", str(tmp_path), "--out", str(out)]
+    assert train_main([*argv, "--precision", precision]) == 2
+    err = capsys.readouterr().err
+    assert f"adapt train: error: command line: train.precision '{precision}' cannot be used here" in err
+    assert "transformer_engine" in err and not out.exists()
+    config = tmp_path / "te.yaml"
+    config.write_text(f"train:\n  precision: {precision}\n")
+    with pytest.raises(ValueError, match=r"te\.yaml: train\.precision .*transformer_engine"):
+        load_config(config)
+
+
+@pytest.mark.parametrize(
+    ("accelerator", "devices"),
+    [
+        ("cpu", 1),
+        ("cpu", 2),
+        ("cpu", "auto"),
+        ("auto", "auto"),
+        ("auto", 2),
+        ("gpu", -1),
+        ("cuda", "-1"),
+        ("cuda", [0, 1]),
+        ("gpu", "0,1"),
+        ("cuda", "auto"),
+        ("cuda", 1),
+    ],
+)
+def test_accelerator_and_devices_that_the_machine_has_are_kept(
+    monkeypatch: pytest.MonkeyPatch, accelerator: str, devices: int | str | list[int]
+) -> None:
+    _gpus(monkeypatch, 2)
+    config = load_config(None, {"train.accelerator": accelerator, "train.devices": devices})
+    assert (config.train.accelerator, config.train.devices) == (accelerator, devices)
+
+
+@pytest.mark.parametrize(("accelerator", "devices"), [("cuda", 3), ("gpu", [2]), ("auto", 4), ("cpu", [0])])
+def test_devices_the_accelerator_cannot_give_are_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, accelerator: str, devices: int | list[int]
+) -> None:
+    _gpus(monkeypatch, 2)
+    path = tmp_path / "c.yaml"
+    path.write_text(f"train:\n  accelerator: {accelerator}\n  devices: {devices}\n")
+    with pytest.raises(
+        ValueError, match=re.escape(f"c.yaml: train.devices {devices!r} cannot be used with the")
+    ):
+        load_config(path)

@@ -1,4 +1,5 @@
-"""DDP with 2 CPU processes (gloo): ranks see different samples and end with identical weights."""
+"""DDP with 2 CPU processes (gloo): ranks see different samples and end with identical weights, and a
+NaN loss on one rank stops every rank with the same message."""
 
 from __future__ import annotations
 
@@ -6,10 +7,18 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
+import pytest
 import torch
 from safetensors.torch import load_file
+from torch import nn
+
+from mini_internvl_adapt.task import InternVLTask, NonFiniteLossError, OptimConfig
+from mini_internvl_adapt.tuning import TuningConfig
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -75,3 +84,105 @@ def test_ddp_two_cpu_processes_shard_data_and_stay_in_sync(tmp_path: Path) -> No
     adapter = load_file(run / "final" / "adapter_model.safetensors")
     assert any(v.abs().sum() > 0 for k, v in adapter.items() if "lora_B" in k)
     assert all(torch.isfinite(v).all() for v in adapter.values())
+
+
+class _LossModel(nn.Module):
+    """Stands in for the InternVL model: a finite loss from one weight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(1))
+
+    def forward(self, **inputs: Any) -> SimpleNamespace:
+        return SimpleNamespace(loss=self.w.sum() * 2)
+
+
+class _Strategy:
+    """Reports a non-finite loss on some other rank (every rank's decision is False)."""
+
+    def __init__(self) -> None:
+        self.decisions: list[bool] = []
+
+    def reduce_boolean_decision(self, decision: bool, all: bool = True) -> bool:
+        self.decisions.append(decision)
+        return False
+
+
+def test_a_rank_with_a_finite_loss_stops_when_another_ranks_loss_is_not() -> None:
+    task = InternVLTask(_LossModel(), TuningConfig(), OptimConfig())
+    strategy = _Strategy()
+    task._trainer = SimpleNamespace(  # type: ignore[assignment]
+        strategy=strategy, world_size=2, global_step=3, current_epoch=0
+    )
+    batch = {
+        "input_ids": torch.zeros(1, 2, dtype=torch.long),
+        "attention_mask": torch.ones(1, 2, dtype=torch.long),
+        "labels": torch.zeros(1, 2, dtype=torch.long),
+        "ids": ["a1"],
+        "tokens": 2,
+    }
+    with pytest.raises(NonFiniteLossError):
+        task.training_step(batch, 0)
+    assert strategy.decisions == [True]  # its own loss was finite: the decision was shared
+
+
+@pytest.mark.slow  # two gloo processes on the CPU: ~30-60 s
+def test_ddp_nan_on_one_rank_stops_every_rank_with_the_message(tmp_path: Path) -> None:
+    data = _dataset(tmp_path / "data", n=8)
+    script = tmp_path / "nan_on_rank1.py"
+    # A script, not -m: Lightning relaunches sys.argv for rank 1, so the patch applies on both ranks.
+    script.write_text(
+        textwrap.dedent(
+            """
+            import os, sys
+            from mini_internvl_adapt import task as task_mod
+            from mini_internvl_adapt.training import train_main
+
+            original = task_mod.InternVLTask.forward
+
+            def forward(self, batch):
+                out = original(self, batch)
+                if self.trainer.global_rank == 1 and self.global_step == 2 and self.training:
+                    out.loss = out.loss * float("nan")
+                return out
+
+            task_mod.InternVLTask.forward = forward
+            rc = train_main(sys.argv[1:])
+            print(f"RANK-EXIT {os.environ.get('LOCAL_RANK', '0')} rc={rc}", file=sys.stderr, flush=True)
+            sys.exit(rc)
+            """
+        )
+    )
+    command = [
+        sys.executable,
+        str(script),
+        "--config",
+        str(REPO / "configs" / "tiny" / "lora.yaml"),
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "run"),
+        "--max-steps",
+        "4",
+        "--batch-size",
+        "1",
+        "--strategy",
+        "ddp",
+        "--devices",
+        "2",
+        "--accelerator",
+        "cpu",
+        "train.progress_bar=false",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert result.returncode == 1, result.stderr[-3000:]
+    stopped = [
+        line for line in result.stderr.splitlines() if line.startswith("adapt train: training stopped:")
+    ]
+    assert stopped and all("loss is nan on rank 1 at step 2" in line for line in stopped), result.stderr[
+        -3000:
+    ]
+    assert "RANK-EXIT 0 rc=1" in result.stderr
+    assert "Connection closed" not in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "run" / "final").exists()

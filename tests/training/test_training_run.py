@@ -201,7 +201,8 @@ def test_qlora_run_trains_a_4bit_tiny_model_from_an_official_meta_json(tmp_path:
     )
     assert _train("qlora", meta, tmp_path / "run", "--max-steps", "3") == 0
     budget = json.loads((tmp_path / "run" / "token_budget.json").read_text())
-    assert budget["train"]["samples"] == 8  # counted per id; the 16 repeated entries train
+    assert budget["train"]["samples"] == 16  # every repeated entry counted (ids 1..8, then id#2)
+    assert sum(key.endswith("#2") for key in budget["train"]["counts"]) == 8
     base = json.loads((tmp_path / "run" / "final" / "base_model.json").read_text())
     assert base["method"] == "qlora" and base["quantized_4bit"] is True
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())

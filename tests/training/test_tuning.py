@@ -361,3 +361,20 @@ def test_everything_trained_beside_the_adapter_is_saved_and_restored(
     assert trained.keys() <= reloaded.keys()
     for name, value in trained.items():
         assert torch.equal(reloaded[name], value), name
+
+
+def test_summary_counts_modules_trained_beside_lora_once() -> None:
+    # peft keeps the frozen original of each modules_to_save module beside the trained copy.
+    plain = parameter_summary(build_tiny("qwen2"))
+    cfg = TuningConfig(
+        method="lora", use_llm_lora=4, freeze_mlp=False, unfreeze_lm_head=True, unfreeze_vit_layers=1
+    )
+    summary = parameter_summary(apply_tuning(build_tiny("qwen2"), cfg))
+    for component in ("vision_tower", "multi_modal_projector", "language_model", "lm_head"):
+        assert summary[component]["total"] == plain[component]["total"], component
+    for component in ("multi_modal_projector", "lm_head"):
+        assert summary[component]["trainable"] == summary[component]["total"], component
+    assert 0 < summary["vision_tower"]["trainable"] < summary["vision_tower"]["total"]
+    assert summary["total"]["total"] == plain["total"]["total"] + summary["lora"]["total"]
+    rows = {line.split()[0]: line for line in tuning.format_summary(summary).splitlines()}
+    assert rows["multi_modal_projector"].endswith("100.00%")
