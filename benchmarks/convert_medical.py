@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-from machine import cpu_model  # benchmarks/machine.py, beside this script
+from machine import cpu_model, work_folder  # benchmarks/machine.py, beside this script
 from mini_internvl_adapt.domains.medical import MedicalDomain
 from mini_internvl_adapt.domains.medical.dicom_render import RenderOptions, render_source
 from PIL import Image
@@ -212,6 +212,7 @@ def main() -> None:
         ],
         "convert": runs,
         "encode_one_slice": encode,
+        "work_folder": work_folder(),
         "machine": {
             "cpu": cpu_model(),
             "cores": os.cpu_count(),
@@ -224,17 +225,25 @@ def main() -> None:
     print(json.dumps(entry, indent=2))
 
 
+def _filesystem(entry: dict) -> str:
+    """The filesystem type the run's files lived on ("ext4", "tmpfs" ...; older results: unrecorded)."""
+    folder = entry.get("work_folder", "")
+    return folder.rsplit("(", 1)[-1].rstrip(")") if "(" in folder else "unrecorded"
+
+
 def write_results(entry: dict) -> None:
-    """Merge `entry` into the results (one entry per deflate implementation) and write JSON and Markdown."""
+    """Merge `entry` into the results (one per deflate implementation and filesystem), write JSON and Markdown."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / "convert_medical.json"
     try:
         kept = [
-            e for e in json.loads(path.read_text()).get("runs", []) if e.get("deflate") != entry["deflate"]
+            e
+            for e in json.loads(path.read_text()).get("runs", [])
+            if (e.get("deflate"), _filesystem(e)) != (entry["deflate"], _filesystem(entry))
         ]
     except (OSError, ValueError, AttributeError):
         kept = []  # no results yet, or the older single-run layout
-    entries = sorted([*kept, entry], key=lambda e: e["deflate"])
+    entries = sorted([*kept, entry], key=lambda e: (e["deflate"], _filesystem(e)))
     path.write_text(json.dumps({"goal_ratio": GOAL, "runs": entries}, indent=2) + "\n")
     lines = [
         "# Medical conversion speed",
@@ -243,16 +252,17 @@ def write_results(entry: dict) -> None:
         "floor = pydicom `dcmread` + `pixel_array` on the same files and nothing else, in one process and in",
         "a pool of as many processes as the converter's workers (workers 0 runs in process). Times: best of",
         "interleaved repeats; CPU = all processes. Goal (issue 5): conversion within 1.5x of the floor.",
-        "Reproduce: `python benchmarks/convert_medical.py` (with and without the `isal` package installed).",
+        "Reproduce: `python benchmarks/convert_medical.py` (with and without the `isal` package installed;",
+        "`TMPDIR=/dev/shm` keeps every file on tmpfs, taking the VM disk's file-creation time out).",
     ]
     for e in entries:
         m = e["machine"]
         lines += [
             "",
-            f"## Deflate: {e['deflate']}",
+            f"## Deflate: {e['deflate']}; files on {_filesystem(e)}",
             "",
             f"{e['files']} files of {e['image']}; machine: {m['cpu']}, {m['cores']} cores, Python {m['python']},"
-            f" pydicom {m['pydicom']}, numpy {m['numpy']}.",
+            f" pydicom {m['pydicom']}, numpy {m['numpy']}; files in {e.get('work_folder', 'the temp folder')}.",
             "",
             "| floor processes | files/s | CPU s |",
             "| --- | --- | --- |",
