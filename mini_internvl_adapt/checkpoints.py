@@ -266,7 +266,8 @@ def chat_template_jinja(template: ChatTemplate, system_message: str | None = Non
     Images render as ``<IMG_CONTEXT>``, the placeholder InternVLProcessor expands into
     ``<img>`` + context tokens + ``</img>``: an ``{"type": "image"}`` item becomes ``<IMG_CONTEXT>\\n``
     (our ``<image>\\n`` prefix) and ``<image>`` inside string content becomes ``<IMG_CONTEXT>``.
-    Without a leading system message the training default is used.
+    Without a leading system message the training default is used; messages are trimmed where the
+    template strips them in training (internlm2-chat).
 
     Args:
         template: The run's chat template.
@@ -302,7 +303,7 @@ def chat_template_jinja(template: ChatTemplate, system_message: str | None = Non
         + f"{{%- if message['role'] == 'user' -%}}{{{{- {lit(template.user_role)} -}}}}"
         + f"{{%- elif message['role'] == 'assistant' -%}}{{{{- {lit(template.assistant_role)} -}}}}"
         + "{%- else -%}{{- raise_exception('roles must be system (first), user or assistant') -}}{%- endif -%}"
-        + f"{{{{- render_content(message['content']) + {lit(template.sep)} -}}}}"
+        + f"{{{{- render_content(message['content']){' | trim' if template.strip_values else ''} + {lit(template.sep)} -}}}}"
         + "{%- endfor -%}"
         + f"{{%- if add_generation_prompt -%}}{{{{- {lit(template.assistant_role)} -}}}}{{%- endif -%}}"
     )

@@ -26,6 +26,8 @@ class ChatTemplate:
         user_role: Prefix of a user turn.
         assistant_role: Prefix of an assistant turn.
         sep: Appended after the system block and after every message.
+        strip_values: Strip each user and assistant message first, as the official preprocessing of
+            this template does (preprocess_internlm: ``sentence['value'].strip()``).
     """
 
     name: str
@@ -34,6 +36,7 @@ class ChatTemplate:
     user_role: str
     assistant_role: str
     sep: str
+    strip_values: bool = False
 
     def segments(
         self, conversations: Sequence[Turn], system_message: str | None = None
@@ -51,12 +54,13 @@ class ChatTemplate:
             (self.system_template.format(system_message=system) + self.sep, False)
         ]
         for turn in turns:
+            value = turn.value.strip() if self.strip_values else turn.value
             if turn.role == HUMAN:
-                segments.append((self.user_role + turn.value + self.sep + self.assistant_role, False))
+                segments.append((self.user_role + value + self.sep + self.assistant_role, False))
             elif turn.role == GPT:
                 # The end-of-turn token is trained; a newline after it (internvl2_5) is not, as officially.
                 end_of_turn = self.sep.rstrip("\n")
-                segments.append((turn.value + end_of_turn, True))
+                segments.append((value + end_of_turn, True))
                 if end_of_turn != self.sep:
                     segments.append((self.sep[len(end_of_turn) :], False))
             else:
@@ -86,6 +90,7 @@ TEMPLATES: dict[str, ChatTemplate] = {
             user_role="<|im_start|>user\n",
             assistant_role="<|im_start|>assistant\n",
             sep="<|im_end|>",
+            strip_values=True,
         ),
         ChatTemplate(
             name="phi3-chat",

@@ -64,3 +64,44 @@ def test_generation_prompt_ends_with_assistant_role_and_system_turn_overrides() 
 def test_unknown_template_lists_known_ones() -> None:
     with pytest.raises(KeyError, match="Hermes-2"):
         get_template("vicuna")
+
+
+def test_internlm2_chat_strips_messages_as_the_official_preprocessing() -> None:
+    # preprocess_internlm strips every user and assistant value; the other templates keep them as given.
+    conversation = [
+        Turn("human", "  <image>\nWhat is it? \n"),
+        Turn("gpt", " A car.\n"),
+        Turn("human", "Why?\n"),
+    ]
+    internlm = get_template("internlm2-chat")
+    assert internlm.render(conversation) == (
+        f"<|im_start|>system\n{INTERNVL_SYSTEM_MESSAGE}<|im_end|><|im_start|>user\n<image>\nWhat is it?<|im_end|>"
+        "<|im_start|>assistant\nA car.<|im_end|><|im_start|>user\nWhy?<|im_end|><|im_start|>assistant\n"
+    )
+    assert [text for text, trained in internlm.segments(conversation) if trained] == ["A car.<|im_end|>"]
+    assert "What is it? \n<|im_end|>" in get_template("Hermes-2").render(conversation)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_exported_jinja_template_renders_the_training_prompt(name: str) -> None:
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    from mini_internvl_adapt.checkpoints import chat_template_jinja
+
+    template = get_template(name)
+    conversation = [
+        Turn("human", " <image>\nWhat is it? \n"),
+        Turn("gpt", " A car.\n"),
+        Turn("human", "Why? "),
+    ]
+    messages = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is it? \n"}]},
+        {"role": "assistant", "content": " A car.\n"},
+        {"role": "user", "content": "Why? "},
+    ]
+    if not template.strip_values:  # the leading space before <image> only exists in string content
+        conversation[0] = Turn("human", "<image>\nWhat is it? \n")
+    rendered = render_jinja_template(
+        [messages], chat_template=chat_template_jinja(template), add_generation_prompt=True
+    )[0][0]
+    assert rendered == template.render(conversation).replace("<image>", "<IMG_CONTEXT>")
