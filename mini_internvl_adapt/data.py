@@ -29,10 +29,14 @@ from mini_internvl_adapt.processing import (
     check_token_budget,
     collate,
 )
-from mini_internvl_adapt.schema import DatasetError, DatasetSource, Sample, resolve_sources
-
-VAL_SPLITS = ("val", "validation", "dev")
-EXCLUDED_SPLITS = ("test",)
+from mini_internvl_adapt.schema import (
+    EXCLUDED_SPLITS,
+    VAL_SPLITS,
+    DatasetError,
+    DatasetSource,
+    Sample,
+    resolve_sources,
+)
 
 
 class DataError(ValueError):
@@ -131,11 +135,15 @@ def expand_sources(sources: Sequence[DatasetSource], check_files: bool = False) 
 
 
 def _processor_for(processor: SampleProcessor, source: DatasetSource) -> SampleProcessor:
-    """A processor honouring a source's max_dynamic_patch from the meta file (never above the config's)."""
+    """A processor with a source's max_dynamic_patch from the meta file in place of the config's tile
+    budget, above or below it, as the official build_datasets does (`max_num` is replaced)."""
     limit = source.max_dynamic_patch
-    if limit is None or limit >= processor.config.max_tiles:
+    if limit is None or limit == processor.config.max_tiles:
         return processor
-    return SampleProcessor(processor.tokenizer, replace(processor.config, max_tiles=int(limit)))
+    config = replace(
+        processor.config, max_tiles=int(limit), min_tiles=min(processor.config.min_tiles, int(limit))
+    )
+    return SampleProcessor(processor.tokenizer, config)
 
 
 class SampleDataset(Dataset):

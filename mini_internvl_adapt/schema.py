@@ -415,24 +415,32 @@ class ConversionReport:
         }
 
 
+# Split names that never train: validation sets, and test sets (never seen before evaluation).
+VAL_SPLITS = ("val", "validation", "dev")
+EXCLUDED_SPLITS = ("test",)
+
+
 def write_dataset(
     out: str | Path,
     splits: Mapping[str, Iterable[Sample]],
     report: ConversionReport,
     *,
     name: str | None = None,
-    max_dynamic_patch: int = 12,
+    max_dynamic_patch: int | None = None,
 ) -> Path:
     """Write a dataset folder: one JSONL per split, meta.json (official format) and report.json.
 
-    Images are written by the converter under ``out/images/`` before this call.
+    Images are written by the converter under ``out/images/`` before this call. meta.json lists the
+    training splits only: the official scripts train on every entry of a meta file, so a val or test
+    entry there would be trained on. report.json's ``samples`` lists every split.
 
     Args:
         out: The dataset folder.
         splits: Split name -> samples.
         report: The conversion report; its per-split counts are filled in here.
         name: Dataset name used in meta.json keys (default: the folder name).
-        max_dynamic_patch: Written to meta.json for the official scripts.
+        max_dynamic_patch: Tile budget written to meta.json; None (the default) leaves it out, so the
+            official scripts (and `adapt train`) use their own setting: a meta value replaces it.
 
     Returns:
         The dataset folder.
@@ -445,11 +453,13 @@ def write_dataset(
     for split, samples in splits.items():
         n = write_samples(out / f"{split}.jsonl", samples)
         report.samples[split] = n
+        if split.lower() in (*VAL_SPLITS, *EXCLUDED_SPLITS):
+            continue
         meta[f"{name}_{split}"] = {
             "root": str(out.resolve()),
             "annotation": str((out / f"{split}.jsonl").resolve()),
             "data_augment": False,
-            "max_dynamic_patch": max_dynamic_patch,
+            **({"max_dynamic_patch": max_dynamic_patch} if max_dynamic_patch is not None else {}),
             "repeat_time": 1,
             "length": n,
             "split": split,
@@ -460,17 +470,21 @@ def write_dataset(
 
 
 def _remove_stale_splits(out: Path, splits: set[str]) -> None:
-    """Delete the split files an earlier conversion into `out` listed in its meta.json and this one does not
-    write, so a stale ``val.jsonl`` is never trained on. Files meta.json does not list are left alone."""
-    try:
-        old = json.loads((out / "meta.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return
-    if not isinstance(old, dict):
-        return
-    for entry in old.values():
-        split = entry.get("split") if isinstance(entry, dict) else None
-        if isinstance(split, str) and split not in splits and Path(split).name == split:
+    """Delete the split files an earlier conversion into `out` wrote (its report.json's samples, or the
+    splits of its meta.json) and this one does not, so a stale ``val.jsonl`` is never trained on. Files
+    neither lists are left alone."""
+    old: set[str] = set()
+    for file, read in (
+        ("report.json", lambda data: data.get("samples")),
+        ("meta.json", lambda data: [e.get("split") for e in data.values() if isinstance(e, dict)]),
+    ):
+        try:
+            data = json.loads((out / file).read_text(encoding="utf-8"))
+            old.update(s for s in read(data) or () if isinstance(s, str))
+        except (OSError, ValueError, AttributeError, TypeError):
+            continue
+    for split in old - splits:
+        if Path(split).name == split:
             (out / f"{split}.jsonl").unlink(missing_ok=True)
 
 

@@ -189,7 +189,9 @@ def test_write_dataset_writes_meta_and_report_and_reads_back(tmp_path: Path) -> 
     write_dataset(out, {"train": [sample], "test": [sample]}, report)
     meta = json.loads((out / "meta.json").read_text())
     assert meta["ds_train"]["length"] == 1 and meta["ds_train"]["annotation"].endswith("train.jsonl")
-    assert meta["ds_train"]["repeat_time"] == 1 and "max_dynamic_patch" in meta["ds_train"]
+    assert meta["ds_train"]["repeat_time"] == 1 and "max_dynamic_patch" not in meta["ds_train"]
+    # The official scripts train on every meta entry: the test split is not one of them.
+    assert list(meta) == ["ds_train"]
     rep = json.loads((out / "report.json").read_text())
     assert rep["read"] == rep["converted"] + rep["skipped"] == 2
     assert rep["skips"] == [{"source": "raw/b", "reason": "broken", "id": "s2"}]
@@ -388,3 +390,16 @@ def test_meta_paths_relative_to_the_working_directory(
     _write_lines(beside / "train.jsonl", OFFICIAL_LINES[:1])
     [src] = resolve_sources(meta)
     assert src.annotation == beside / "train.jsonl" and src.root == beside
+
+
+def test_meta_json_lists_only_training_splits_and_stale_splits_still_go(tmp_path: Path) -> None:
+    out = tmp_path / "ds"
+    sample = Sample("s1", [Turn("human", "Q"), Turn("gpt", "A")])
+    report = ConversionReport(domain="d", source="raw", read=3, converted=3)
+    write_dataset(out, {"train": [sample], "val": [sample], "test": [sample]}, report, max_dynamic_patch=6)
+    meta = json.loads((out / "meta.json").read_text())
+    assert list(meta) == ["ds_train"] and meta["ds_train"]["max_dynamic_patch"] == 6
+    assert json.loads((out / "report.json").read_text())["samples"] == {"train": 1, "val": 1, "test": 1}
+    # Converting again without a val split removes the old val.jsonl (listed in report.json, not meta.json).
+    write_dataset(out, {"train": [sample], "test": [sample]}, ConversionReport(domain="d", source="raw"))
+    assert sorted(p.name for p in out.glob("*.jsonl")) == ["test.jsonl", "train.jsonl"]

@@ -256,3 +256,22 @@ def test_validation_loss_counts_every_sample_once(tmp_path: Path, processor: Sam
             ).loss
             total, tokens = total + float(loss) * n, tokens + n
     assert logged == pytest.approx(total / tokens, rel=1e-5)
+
+
+@pytest.mark.parametrize(("meta_tiles", "tiles"), [(12, 9), (2, 3), (1, 1), (None, 3)])
+def test_meta_max_dynamic_patch_replaces_the_config_budget(
+    tmp_path: Path, processor: SampleProcessor, meta_tiles: int | None, tiles: int
+) -> None:
+    # As the official build_datasets: a meta entry's max_dynamic_patch replaces max_num, above or below it.
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (1792, 896), (20, 90, 20)).save(tmp_path / "images" / "wide.png")
+    line = {"id": "w", "image": "images/wide.png", "conversations": [
+        {"from": "human", "value": "<image>\nWhat is it?"}, {"from": "gpt", "value": "A field."}]}  # fmt: skip
+    (tmp_path / "train.jsonl").write_text(json.dumps(line) + "\n")
+    entry = {"root": str(tmp_path), "annotation": str(tmp_path / "train.jsonl"), "repeat_time": 1}
+    if meta_tiles is not None:
+        entry["max_dynamic_patch"] = meta_tiles
+    (tmp_path / "meta.json").write_text(json.dumps({"wide": entry}))
+    entries = expand_sources(split_sources(tmp_path / "meta.json")[0])
+    assert processor.config.max_tiles == 2
+    assert SampleDataset(entries, processor)[0].pixel_values.shape[0] == tiles  # 4x2 grid + thumbnail at 12
