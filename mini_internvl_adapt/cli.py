@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mini_internvl_adapt.registry import (
+    DomainError,
     MissingDependencyError,
     UnknownDomainError,
     add_domain_arguments,
@@ -195,7 +196,13 @@ def cmd_preview(argv: Sequence[str]) -> int:
         parser.error(f"--n and --columns must be at least 1, got {args.n} and {args.columns}")
     samples = read_samples(args.data)
     if args.task:
-        samples = [s for s in samples if s.task == args.task]
+        chosen = [s for s in samples if s.task == args.task]
+        if samples and not chosen:
+            present = sorted({s.task or "(none)" for s in samples})
+            raise CliError(
+                f"{args.data}: no sample of task '{args.task}' (tasks there: {', '.join(present)})"
+            )
+        samples = chosen
     make_preview(samples, args.data.parent, args.out, n=args.n, columns=args.columns)
     print(f"preview of {min(args.n, len(samples))} samples written to {args.out}")
     return 0
@@ -285,6 +292,7 @@ def _is_user_error(error: Exception) -> bool:
 
     expected = (
         CliError,
+        DomainError,  # a domain's input or service error (a judge that cannot be reached)
         ValueError,  # DatasetError, DataError, bad options: every message names the file or option
         FloatingPointError,  # a NaN/inf loss: the message names the step and the sample ids
         UnknownDomainError,

@@ -417,7 +417,14 @@ def evaluate(
     atomic_write_text(out / PREDICTIONS_FILE, "".join(line + "\n" for line in lines))
     metrics: dict[str, Any] = {}
     if scorer is not None:
-        metrics = dict(scorer.score(samples, predictions, **dict(score_options or {})))
+        from mini_internvl_adapt.registry import DomainError
+
+        try:
+            metrics = dict(scorer.score(samples, predictions, **dict(score_options or {})))
+        except DomainError as e:  # the generation is not lost with the scoring
+            raise DomainError(
+                f"{e}; the predictions are kept in {out / PREDICTIONS_FILE} (score them with `adapt score`)"
+            ) from e
     metrics.update(
         {
             "samples": len(samples),

@@ -145,6 +145,12 @@ def _convert_stage(
         f"({len(report.skipped)} skipped, reasons in {dataset / 'report.json'})",
         file=sys.stderr,
     )
+    if args.test is None and not report.samples.get("test"):
+        # Too few records (or scene chips) to hold any out: the job trains and exports, without evaluation.
+        print(
+            "the test split is empty (too few records to hold out; give --test FILE): evaluation will be skipped",
+            file=sys.stderr,
+        )
     return dataset
 
 
@@ -230,6 +236,9 @@ def cmd_job(argv: Sequence[str]) -> int:
     metrics: dict[str, Any] = {}
     if test_file is None or not test_file.is_file():
         print(f"no test split in {dataset} (give one with --test): evaluation skipped", file=sys.stderr)
+        test_file = None
+    elif not any(line.strip() for line in test_file.read_text(encoding="utf-8").splitlines()):
+        print(f"{test_file} holds no sample (give one with --test): evaluation skipped", file=sys.stderr)
         test_file = None
     else:
         metrics = evaluate(

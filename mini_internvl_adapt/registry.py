@@ -50,6 +50,11 @@ class MissingDependencyError(ImportError):
         super().__init__(f"the '{domain}' domain needs {package}: pip install 'mini-internvl-adapt[{extra}]'")
 
 
+class DomainError(RuntimeError):
+    """A domain's error about the user's input or a service it was pointed at (a scoring judge that cannot
+    be reached): the command line prints its message as one line, without a traceback."""
+
+
 class UnknownDomainError(KeyError):
     def __str__(self) -> str:  # KeyError quotes its message otherwise
         return str(self.args[0])

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from mini_internvl_adapt.schema import file_mode
 from mini_internvl_adapt.train_config import LAST_CHECKPOINT, TrainConfig
 
 
@@ -143,6 +144,7 @@ def _atomic_checkpoint_io() -> Any:
                     torch.save(checkpoint, f)
                     f.flush()
                     os.fsync(f.fileno())
+                os.chmod(tmp, file_mode())  # mkstemp's 0600 -> what the umask gives a plain file
                 os.replace(tmp, path)
                 with contextlib.suppress(OSError):  # make the rename itself durable
                     dir_fd = os.open(path.parent, os.O_RDONLY)

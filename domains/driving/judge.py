@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from mini_internvl_adapt.registry import DomainError
+
 SYSTEM_MESSAGE = "an evaluator who rates my answer based on the correct answer"
 PROMPT = (
     "Rate my answer based on the correct answer out of 100, with higher scores indicating that the answer is "
@@ -24,7 +26,7 @@ _THINK = re.compile(r"<think>[\s\S]*?</think>\s*")
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
 
-class JudgeError(RuntimeError):
+class JudgeError(DomainError):
     """The judge could not be reached or gave no number."""
 
 

@@ -98,6 +98,14 @@ def test_cli_preview_refuses_empty_grids(tmp_path: Path, capsys) -> None:
         assert "must be at least 1" in capsys.readouterr().err
 
 
+def test_cli_preview_names_a_task_that_no_sample_has(tmp_path: Path, capsys) -> None:
+    ds = _dataset(tmp_path)
+    argv = ["preview", "--data", str(ds / "train.jsonl"), "--out", str(tmp_path / "p.png"), "--task", "nope"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "no sample of task 'nope'" in err and "tasks there: " in err and not (tmp_path / "p.png").exists()
+
+
 def test_reversed_box_is_drawn_with_sorted_corners(tmp_path: Path) -> None:
     (tmp_path / "images").mkdir()
     Image.new("RGB", (640, 320), "white").save(tmp_path / "images/a.png")

@@ -162,6 +162,30 @@ def test_judge_unreachable_is_a_clear_error() -> None:
         judge.rate("a", "b")
 
 
+def test_cli_score_with_an_unreachable_judge_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MINI_INTERNVL_ADAPT_DEBUG", raising=False)
+    DrivingDomain().convert(DrivingDomain().demo_source(), tmp_path / "ds", test_fraction=0.5, workers=1)
+    test = read_samples(tmp_path / "ds" / "test.jsonl")
+    (tmp_path / "pred.jsonl").write_text(
+        "".join(json.dumps({"id": s.id, "answer": s.answer}) + "\n" for s in test)
+    )
+    argv = ["score", "--domain", "driving", "--data", str(tmp_path / "ds" / "test.jsonl")]
+    argv += [
+        "--predictions",
+        str(tmp_path / "pred.jsonl"),
+        "--judge",
+        "http://127.0.0.1:9/v1",
+        "--judge-model",
+        "x",
+    ]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "adapt: error: judge at http://127.0.0.1:9/v1/chat/completions not reachable" in err
+    assert "Traceback" not in err
+
+
 def _grounding(i: int, box: list[float]) -> Sample:
     return Sample(
         id=f"g{i}",

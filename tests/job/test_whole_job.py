@@ -187,3 +187,27 @@ def test_demo_defaults_never_override_the_config_file(
     assert (config.model.name, config.tuning.method, config.train.lr) == ("tiny-phi3", "full", 1e-5)
     assert (config.train.max_steps, config.train.batch_size) == (7, 3)
     assert config.data.max_tiles == 2 and config.train.checkpoint_every_n_steps == 4  # demo defaults
+
+
+def test_an_empty_test_split_skips_evaluation_and_still_exports(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mini_internvl_adapt.registry import get_domain
+
+    medical = get_domain("medical")
+    data = tmp_path / "data"
+    medical.convert(medical.demo_source(), data, **medical.demo_convert_options())
+    (tmp_path / "empty.jsonl").write_text("")
+    out = tmp_path / "run"
+    argv = [
+        "--domain",
+        "medical",
+        "--data",
+        str(data / "train.jsonl"),
+        "--test",
+        str(tmp_path / "empty.jsonl"),
+    ]
+    argv += ["--model", "tiny", "--max-steps", "1", "--max-tiles", "1", "--out", str(out)]
+    assert main(argv) == 0
+    assert "holds no sample" in capsys.readouterr().err
+    assert not (out / "eval").exists() and (out / "export" / "README.md").is_file()

@@ -293,6 +293,9 @@ def test_checkpoint_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     io = _atomic_checkpoint_io()
     path = tmp_path / "checkpoints" / "last.ckpt"
     io.save_checkpoint({"step": 1, "w": torch.ones(3)}, path)
+    from mini_internvl_adapt.schema import file_mode
+
+    assert path.stat().st_mode & 0o777 == file_mode()  # the umask's mode, not mkstemp's 0600
 
     def dies_halfway(obj, f, *args, **kwargs):
         f.write(b"PK\x03\x04 half a checkpoint")
