@@ -148,7 +148,7 @@ def test_eval_hint_names_the_test_file_evaluated(
     (data / "train.jsonl").write_text("")
     mine = tmp_path / "elsewhere" / "mine.jsonl"
     mine.parent.mkdir()
-    mine.write_text("")
+    mine.write_text('{"id": "a", "conversations": []}\n')  # not empty: an empty test file skips evaluation
     argv = ["--domain", "medical", "--data", str(data / "train.jsonl"), "--model", "tiny"]
     assert main([*argv, "--test", str(mine), "--out", str(tmp_path / "run")]) == 0
     err = capsys.readouterr().err
