@@ -124,13 +124,21 @@ class LocalJudge:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.path = str(path)
+        try:
+            self.model = AutoModelForCausalLM.from_pretrained(
+                self.path, local_files_only=True, use_safetensors=True
+            )
+        except ValueError as e:  # transformers lists every causal-LM config class: one line is enough
+            if "Unrecognized configuration class" not in str(e):
+                raise
+            raise JudgeError(
+                f"local judge {self.path}: not a causal language model folder (a chat LLM such as "
+                "Qwen2.5-Instruct; a vision-language checkpoint is not one)"
+            ) from None
         self.tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(
-            self.path, local_files_only=True, use_safetensors=True
-        )
         self.model.eval()
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model.to(self.device)  # type: ignore[arg-type]  # transformers' .to decorator stubs take a model

@@ -329,6 +329,16 @@ def test_local_transformers_judge(tmp_path: Path) -> None:
     assert LocalJudge(folder, max_new_tokens=3).rate("a", "b") == 100.0
 
 
+def test_a_vision_language_folder_as_local_judge_is_a_short_error() -> None:
+    from mini_internvl_adapt.domains.driving.judge import LocalJudge
+
+    from mini_internvl_adapt.models.tiny import tiny_model_path
+
+    with pytest.raises(JudgeError, match="not a causal language model folder") as info:
+        LocalJudge(tiny_model_path("tiny"))
+    assert len(str(info.value)) < 300
+
+
 def test_grid_rounding_costs_perfect_answers_a_little_language_score(
     shared_data: Path, tmp_path: Path
 ) -> None:
