@@ -764,7 +764,9 @@ def _looks_like_hub_id(name: str) -> bool:
     """Whether `name` reads as ORG/NAME, as `models.loading.resolve_model_path` takes hub ids."""
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-    if name.count("/") != 1 or name.startswith((".", "/", "~")) or "\\" in name:
+    from mini_internvl_adapt.models.loading import looks_like_hub_id
+
+    if not looks_like_hub_id(name):
         return False
     try:
         validate_repo_id(name)

@@ -153,15 +153,13 @@ def _hub_folder(model: str | Path) -> Path | None:
     """The local snapshot of a hub id (downloaded or cached), so an adapter export pushed to the hub is
     recognised as one; None for anything else (a local path, a variant or published name)."""
     from mini_internvl_adapt.checkpoints import get_published
-    from mini_internvl_adapt.models.loading import resolve_model_path
+    from mini_internvl_adapt.models.loading import looks_like_hub_id, resolve_model_path
     from mini_internvl_adapt.models.variants import get_variant
 
     text = str(model)
     if Path(text).expanduser().exists() or get_variant(text) is not None or get_published(text) is not None:
         return None
-    if text.count("/") != 1 or text.startswith((".", "/", "~")):
-        return None
-    return resolve_model_path(text)
+    return resolve_model_path(text) if looks_like_hub_id(text) else None
 
 
 def _is_quantized(model: Any) -> bool:

@@ -128,6 +128,11 @@ def _download(hub_id: str) -> Path:
         raise ModelUnavailableError(f"cannot download {hub_id}: {exc}") from exc
 
 
+def looks_like_hub_id(text: str) -> bool:
+    """Whether a name that is no local path reads as a hub id (ORG/NAME), the form resolve_model_path downloads."""
+    return text.count("/") == 1 and not text.startswith((".", "/", "~")) and "\\" not in text
+
+
 def resolve_model_path(name_or_path: str) -> Path:
     """Turn a model name into a local checkpoint folder.
 
@@ -160,8 +165,7 @@ def resolve_model_path(name_or_path: str) -> Path:
     if get_published(str(name_or_path)) is not None:
         return resolve_published(str(name_or_path))
     text = str(name_or_path)
-    looks_like_hub_id = text.count("/") == 1 and not text.startswith((".", "/", "~")) and "\\" not in text
-    if looks_like_hub_id:
+    if looks_like_hub_id(text):
         return _download(text)
     raise FileNotFoundError(
         f"{name_or_path}: no such model folder, and not a known variant ({', '.join(VARIANTS)}) or hub id"

@@ -63,14 +63,19 @@ def test_a_config_typo_fails_before_the_conversion(
     assert "no run_config.yaml to resume from" in capsys.readouterr().err
 
 
-def test_job_trains_on_a_plain_jsonl_and_evaluates_on_test(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def _medical_demo_dataset(data: Path) -> Path:
+    """The medical demo sample converted as the demo job converts it."""
     from mini_internvl_adapt.registry import get_domain
 
     medical = get_domain("medical")
-    data = tmp_path / "data"
     medical.convert(medical.demo_source(), data, **medical.demo_convert_options())
+    return data
+
+
+def test_job_trains_on_a_plain_jsonl_and_evaluates_on_test(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = _medical_demo_dataset(tmp_path / "data")
     out = tmp_path / "run"
     argv = ["--domain", "medical", "--data", str(data / "train.jsonl"), "--test", str(data / "test.jsonl")]
     assert (
@@ -192,11 +197,7 @@ def test_demo_defaults_never_override_the_config_file(
 def test_an_empty_test_split_skips_evaluation_and_still_exports(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from mini_internvl_adapt.registry import get_domain
-
-    medical = get_domain("medical")
-    data = tmp_path / "data"
-    medical.convert(medical.demo_source(), data, **medical.demo_convert_options())
+    data = _medical_demo_dataset(tmp_path / "data")
     (tmp_path / "empty.jsonl").write_text("")
     out = tmp_path / "run"
     argv = [

@@ -46,6 +46,13 @@ def _dataset(root: Path, n: int = 16) -> Path:
     return root
 
 
+def _ddp_train_args(data: Path, out: Path) -> list[str]:
+    """`adapt train` arguments for a 4-step tiny LoRA run on 2 CPU processes (gloo)."""
+    config = str(REPO / "configs" / "tiny" / "lora.yaml")
+    return ["--config", config, "--data", str(data), "--out", str(out), "--max-steps", "4", "--batch-size", "1",
+            "--strategy", "ddp", "--devices", "2", "--accelerator", "cpu", "train.progress_bar=false"]  # fmt: skip
+
+
 def test_ddp_two_cpu_processes_shard_data_and_stay_in_sync(tmp_path: Path) -> None:
     data = _dataset(tmp_path / "data")
     run = tmp_path / "run"
@@ -53,23 +60,7 @@ def test_ddp_two_cpu_processes_shard_data_and_stay_in_sync(tmp_path: Path) -> No
         sys.executable,
         "-m",
         "mini_internvl_adapt.training",
-        "--config",
-        str(REPO / "configs" / "tiny" / "lora.yaml"),
-        "--data",
-        str(data),
-        "--out",
-        str(run),
-        "--max-steps",
-        "4",
-        "--batch-size",
-        "1",
-        "--strategy",
-        "ddp",
-        "--devices",
-        "2",
-        "--accelerator",
-        "cpu",
-        "train.progress_bar=false",
+        *_ddp_train_args(data, run),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
@@ -156,23 +147,7 @@ def test_ddp_nan_on_one_rank_stops_every_rank_with_the_message(tmp_path: Path) -
     command = [
         sys.executable,
         str(script),
-        "--config",
-        str(REPO / "configs" / "tiny" / "lora.yaml"),
-        "--data",
-        str(data),
-        "--out",
-        str(tmp_path / "run"),
-        "--max-steps",
-        "4",
-        "--batch-size",
-        "1",
-        "--strategy",
-        "ddp",
-        "--devices",
-        "2",
-        "--accelerator",
-        "cpu",
-        "train.progress_bar=false",
+        *_ddp_train_args(data, tmp_path / "run"),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
