@@ -108,7 +108,7 @@ def build_real(name: str, out: Path) -> Path:
     import torch
     from transformers import AutoConfig, InternVLConfig, InternVLForConditionalGeneration
 
-    from mini_internvl_adapt.models.loading import ModelInfo
+    from mini_internvl_adapt.models.info import ModelInfo
     from mini_internvl_adapt.models.tokenizer import build_tiny_tokenizer
 
     spec = REAL_LLMS[name]
@@ -183,7 +183,8 @@ def run_row(
     command = [
         sys.executable,
         "-m",
-        "mini_internvl_adapt.training",
+        "mini_internvl_adapt.cli",
+        "train",
         "--config",
         str(REPO / "configs" / "tiny" / f"{method}.yaml"),
         "--model",

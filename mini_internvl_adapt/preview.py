@@ -10,8 +10,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from mini_internvl_adapt.data_format.samples import Sample
 from mini_internvl_adapt.metrics.boxes import denormalize_box
-from mini_internvl_adapt.schema import Sample
 
 _REF_BOX = re.compile(
     r"(?:<ref>(?P<ref>[^<]*)</ref>)?\s*<box>\s*\[(?P<boxes>(?:\s*\[[^\[\]]*\]\s*,?)+)\]\s*</box>"

@@ -13,7 +13,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from mini_internvl_adapt.schema import ConversionReport, Sample
+from mini_internvl_adapt.data_format.dataset import ConversionReport
+from mini_internvl_adapt.data_format.samples import Sample
+from mini_internvl_adapt.errors import UnknownDomainError
 
 ENTRY_POINT_GROUP = "mini_internvl_adapt.domains"
 
@@ -41,23 +43,6 @@ class Domain(Protocol):
     ) -> dict[str, Any]:
         """Score predicted answers (sample id -> text) against the samples' references."""
         ...
-
-
-class MissingDependencyError(ImportError):
-    """A domain's heavy dependency is not installed; the message names the extra to install."""
-
-    def __init__(self, domain: str, package: str, extra: str) -> None:
-        super().__init__(f"the '{domain}' domain needs {package}: pip install 'mini-internvl-adapt[{extra}]'")
-
-
-class DomainError(RuntimeError):
-    """A domain's error about the user's input or a service it was pointed at (a scoring judge that cannot
-    be reached): the command line prints its message as one line, without a traceback."""
-
-
-class UnknownDomainError(KeyError):
-    def __str__(self) -> str:  # KeyError quotes its message otherwise
-        return str(self.args[0])
 
 
 _registered: dict[str, Callable[[], Domain]] = {}

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mini_internvl_adapt.tiling import (
+from mini_internvl_adapt.processing.tiling import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     candidate_grids,

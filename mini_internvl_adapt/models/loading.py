@@ -9,24 +9,27 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import InternVLConfig, InternVLForConditionalGeneration, PreTrainedTokenizerBase
 
+from mini_internvl_adapt.errors import ModelUnavailableError
 from mini_internvl_adapt.models.conversion import (
     convert_original_config,
     convert_original_state_dict,
     detect_layout,
     llm_family,
 )
+from mini_internvl_adapt.models.info import SIDECAR, ModelInfo
+from mini_internvl_adapt.models.published import get_published, resolve_published
+from mini_internvl_adapt.models.templates import IMG_CONTEXT
+from mini_internvl_adapt.models.tiny import tiny_model_path
 from mini_internvl_adapt.models.tokenizer import load_tokenizer
 from mini_internvl_adapt.models.variants import VARIANTS, get_variant
 
-SIDECAR = "mini_internvl_adapt.json"
-IMG_CONTEXT_TOKEN = "<IMG_CONTEXT>"
 # What a hub download fetches: weights, configs and tokenizer files; never code or pickles.
 HUB_ALLOW_PATTERNS = (
     "*.safetensors",
@@ -38,53 +41,25 @@ HUB_ALLOW_PATTERNS = (
     "vocab.*",
 )
 
+# Weight dtypes by their short names (the command line's) and their torch names (configs, sidecars).
+DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype called `name`: bf16/fp16/fp32 or bfloat16/float16/float32.
+
+    Raises:
+        ValueError: Not one of those names.
+    """
+    full = DTYPES.get(name, name)
+    if full not in DTYPES.values():
+        raise ValueError(f"unknown dtype '{name}'; choose one of {', '.join(DTYPES)}")
+    return getattr(torch, full)
+
+
 # Template assumed for an HF-layout checkpoint without a sidecar, by transformers text model_type.
 _DEFAULT_TEMPLATES = {"qwen2": "internvl2_5", "llama": "internlm2-chat", "phi3": "phi3-chat"}
 _FAMILY_OF_MODEL_TYPE = {"qwen2": "qwen2", "llama": "llama", "phi3": "phi3"}
-
-
-class ModelUnavailableError(RuntimeError):
-    """A model name that cannot be turned into a local folder (offline, not found)."""
-
-
-@dataclass
-class ModelInfo:
-    """What a checkpoint says about itself; saved next to the weights as ``mini_internvl_adapt.json``.
-
-    Attributes:
-        llm_family: "qwen2", "internlm2", "phi3" or "llama" (the LLM it was built on).
-        template: Official chat template name.
-        layout: The layout it was loaded from: "hf" or "original".
-        image_size: Tile size in pixels.
-        num_image_token: Image tokens per tile (256 for 448 px, patch 14, pixel shuffle 0.5).
-        min_dynamic_patch: Minimum number of tiles.
-        max_dynamic_patch: Maximum number of tiles.
-        use_thumbnail: Whether a thumbnail tile follows multi-tile images.
-        source: Where it came from (name, path or a description).
-    """
-
-    llm_family: str
-    template: str
-    layout: str
-    image_size: int = 448
-    num_image_token: int = 256
-    min_dynamic_patch: int = 1
-    max_dynamic_patch: int = 12
-    use_thumbnail: bool = True
-    source: str = ""
-
-    def to_json(self) -> dict:
-        """A JSON-ready dict of every field."""
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, d: dict) -> ModelInfo:
-        """Build from a dict; unknown keys (written by newer versions) are ignored."""
-        known = {f.name for f in fields(cls)}
-        missing = {"llm_family", "template", "layout"} - set(d)
-        if missing:
-            raise ValueError(f"model info lacks {', '.join(sorted(missing))}: {d}")
-        return cls(**{k: v for k, v in d.items() if k in known})
 
 
 @dataclass
@@ -153,14 +128,8 @@ def resolve_model_path(name_or_path: str) -> Path:
     variant = get_variant(str(name_or_path))
     if variant is not None:
         if variant.hub_id is None:
-            from mini_internvl_adapt.models.tiny import tiny_model_path
-
             return tiny_model_path(variant.name)
         return _download(variant.hub_id)
-    from mini_internvl_adapt.checkpoints import (  # lazy: checkpoints imports us
-        get_published,
-        resolve_published,
-    )
 
     if get_published(str(name_or_path)) is not None:
         return resolve_published(str(name_or_path))
@@ -296,7 +265,7 @@ def load_model(
     path = resolve_model_path(str(name_or_path))
     layout = detect_layout(path)
     tokenizer = load_tokenizer(path)
-    image_token_id = int(tokenizer.convert_tokens_to_ids(IMG_CONTEXT_TOKEN))  # type: ignore[arg-type]
+    image_token_id = int(tokenizer.convert_tokens_to_ids(IMG_CONTEXT))  # type: ignore[arg-type]
     common: dict[str, Any] = {
         "dtype": dtype,
         "quantization_config": quantization_config,
@@ -340,3 +309,20 @@ def load_model(
     info = read_model_info(path, source=str(name_or_path))
     info.layout = layout
     return LoadedModel(model=model, tokenizer=tokenizer, info=info, path=path)
+
+
+def load_published(name: str, *, dtype: Any = None, device_map: Any = None) -> Any:
+    """Resolve a published checkpoint and load it through the original-layout conversion.
+
+    Args:
+        name: Short name or hub id of a published checkpoint.
+        dtype: Passed to `models.loading.load_model`.
+        device_map: Passed to `models.loading.load_model`.
+
+    Returns:
+        The `LoadedModel` (model, tokenizer, info, path).
+    """
+
+    return load_model(
+        str(resolve_published(name)), dtype=dtype, quantization_config=None, device_map=device_map
+    )

@@ -9,10 +9,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from mini_internvl_adapt.schema import GPT, HUMAN, SYSTEM, Turn
+from mini_internvl_adapt.data_format.samples import GPT, HUMAN, SYSTEM, Turn
+from mini_internvl_adapt.errors import UnknownTemplateError
 
 INTERNVL_SYSTEM_MESSAGE = "你是由上海人工智能实验室联合商汤科技开发的书生多模态大模型，英文名叫InternVL, 是一个有用无害的人工智能助手。"
 INTERNVL2_5_SYSTEM_MESSAGE = "你是书生·万象，英文名是InternVL，是由上海人工智能实验室、清华大学及多家合作单位联合开发的多模态大语言模型。"
+
+# The image strings of the InternVL family: each image becomes IMG_START + IMG_CONTEXT x N + IMG_END.
+IMG_START, IMG_END, IMG_CONTEXT = "<img>", "</img>", "<IMG_CONTEXT>"
 
 
 @dataclass(frozen=True)
@@ -110,13 +114,6 @@ TEMPLATES: dict[str, ChatTemplate] = {
         ),
     )
 }
-
-
-class UnknownTemplateError(KeyError, ValueError):
-    """A template name that is not one of TEMPLATES (a ValueError too, so the CLIs print it as one line)."""
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""  # KeyError would quote the message
 
 
 def get_template(name: str) -> ChatTemplate:

@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 from transformers import InternVLForConditionalGeneration
 
 from mini_internvl_adapt.models.conversion import convert_hf_state_dict_to_original, convert_original_config
-from mini_internvl_adapt.models.loading import SIDECAR, ModelInfo
+from mini_internvl_adapt.models.info import SIDECAR, ModelInfo
 from mini_internvl_adapt.models.tokenizer import build_tiny_tokenizer
 from mini_internvl_adapt.models.variants import get_variant
 

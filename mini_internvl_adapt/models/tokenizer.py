@@ -1,7 +1,7 @@
 """Tokenizers: the InternVL special tokens, a tiny locally trained tokenizer, and safe loading.
 
 Nothing here trusts remote code. Original-layout InternLM2 checkpoints ship a custom tokenizer class
-(``InternLM2Tokenizer``, a SentencePiece model); we rebuild it as a Llama-style tokenizer instead.
+(``InternLM2Tokenizer``, a SentencePiece model); we rebuild it as a fast tokenizer that encodes the same.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ import json
 from pathlib import Path
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+from mini_internvl_adapt.models.conversion import LLM_ARCHITECTURES
 
 INTERNVL_SPECIAL_TOKENS: tuple[str, ...] = (
     "<img>",
@@ -123,11 +125,12 @@ def _is_internlm2_remote_tokenizer(config: dict) -> bool:
 
 
 def _load_internlm2_tokenizer(path: Path, config: dict) -> PreTrainedTokenizerBase:
-    """Rebuild an InternLM2 tokenizer as a Llama-style one (best effort, never remote code).
+    """Rebuild an InternLM2 tokenizer as a fast one that tokenizes like the official slow class (no remote code).
 
     A ``tokenizer.json`` is used as is; otherwise ``tokenizer.model`` (SentencePiece) is converted by
-    transformers' LlamaTokenizer, which needs the ``sentencepiece`` package. The added tokens of
-    ``tokenizer_config.json`` (chat and InternVL tokens) are re-added and their ids checked.
+    transformers' generic TokenizersBackend, which needs the ``sentencepiece`` package and keeps the model's
+    own normaliser (InternLM2 adds no dummy prefix). The added tokens of ``tokenizer_config.json`` (chat and
+    InternVL tokens) are re-added and their ids checked.
     """
     special = {
         key: config[key]
@@ -139,11 +142,14 @@ def _load_internlm2_tokenizer(path: Path, config: dict) -> PreTrainedTokenizerBa
             tokenizer_file=str(path / "tokenizer.json"), **special
         )
     elif (path / "tokenizer.model").is_file():
-        from transformers import LlamaTokenizer
+        from transformers import TokenizersBackend
 
         try:
-            # from_pretrained converts tokenizer.model fully; the vocab_file constructor does not (transformers 5).
-            tokenizer = LlamaTokenizer.from_pretrained(path, legacy=False, **special)
+            # The generic backend follows the SentencePiece model's own normaliser, as the official slow
+            # InternLM2Tokenizer (sp_model.encode on every chunk between added tokens) does; LlamaTokenizer would
+            # impose LLaMA's dummy prefix. It also renames the placeholder pieces ("[UNUSED_TOKEN_146]") that
+            # added_tokens_decoder maps the chat tokens onto, keeping their ids (see docs/models.md).
+            tokenizer = TokenizersBackend.from_pretrained(path, legacy=True, **special)
         except (ImportError, ValueError) as exc:
             raise RuntimeError(
                 f"{path}: the InternLM2 tokenizer.model needs the 'sentencepiece' package to be rebuilt "
@@ -183,8 +189,6 @@ def _llm_config_kwargs(path: Path) -> dict:
         return {}
     from transformers import AutoConfig
 
-    from mini_internvl_adapt.models.conversion import LLM_ARCHITECTURES
-
     arch = (llm.get("architectures") or [None])[0]
     model_type = str(LLM_ARCHITECTURES.get(arch, (llm.get("model_type"), ""))[0])
     try:
@@ -221,3 +225,34 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
         )
     add_internvl_tokens(tokenizer)
     return tokenizer
+
+
+def slow_prompt_prefix_ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    """The ids the official slow tokenizer puts before `text` that this (fast) one does not (Phi-3, the 4B).
+
+    transformers 4's slow ``LlamaTokenizer`` with ``legacy: false`` (Phi-3-mini's setting, used by the official
+    fine-tuning) prepends "▁" to the whole text and then splits it on the added tokens. When the text starts
+    with an added token that is not one of ``all_special_tokens`` (``<|system|>``, ``<|user|>``, ...), that "▁"
+    is left as a token of its own; the fast tokenizer never emits it. So every official 4B prompt starts
+    ``<s> ▁ <|system|>``, and ``preprocess_phi3`` counts the "▁" (its ``- 2`` for later turns). Tokenizing
+    `text` whole and putting these ids right after BOS gives the official ids (docs/models.md, "Tokenizer
+    parity").
+
+    Args:
+        tokenizer: A tokenizer from :func:`load_tokenizer`.
+        text: The text about to be tokenized whole, e.g. a rendered prompt.
+
+    Returns:
+        The id of "▁" for such a tokenizer and text, else an empty list.
+    """
+    from transformers import LlamaTokenizer
+
+    if not isinstance(tokenizer, LlamaTokenizer) or getattr(tokenizer, "legacy", True) is not False:
+        return []
+    if getattr(tokenizer, "add_prefix_space", None) is False:
+        return []
+    starts = [token for token in tokenizer.added_tokens_encoder if token and text.startswith(token)]
+    if not starts or max(starts, key=len) in tokenizer.all_special_tokens:
+        return []
+    prefix = tokenizer.convert_tokens_to_ids("▁")
+    return [prefix] if isinstance(prefix, int) and prefix != tokenizer.unk_token_id else []

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from mini_internvl_adapt.data_format.dataset import ConversionReport
+from mini_internvl_adapt.data_format.samples import read_samples
 from mini_internvl_adapt.registry import Domain, available_domains, get_domain, register_domain
-from mini_internvl_adapt.schema import ConversionReport, read_samples
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -99,7 +99,7 @@ def test_png_writer_is_lossless_for_rgb_and_grey() -> None:
 
 
 def test_a_grey_png_tiles_exactly_like_the_rgb_png_it_stands_for(tmp_path: Path) -> None:
-    from mini_internvl_adapt.tiling import tile_image
+    from mini_internvl_adapt.processing.tiling import tile_image
 
     grey = np.random.default_rng(1).integers(0, 256, (300, 500), dtype=np.uint8)
     write_png(tmp_path / "grey.png", np.broadcast_to(grey[..., None], (300, 500, 3)))

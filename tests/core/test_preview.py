@@ -9,8 +9,9 @@ import pytest
 from PIL import Image
 
 from mini_internvl_adapt.cli import main
+from mini_internvl_adapt.data_format.dataset import ConversionReport, write_dataset
+from mini_internvl_adapt.data_format.samples import Sample, Turn
 from mini_internvl_adapt.preview import PANEL_WIDTH, render_sample
-from mini_internvl_adapt.schema import ConversionReport, Sample, Turn, write_dataset
 
 RED = np.array([0xFF, 0x3B, 0x30])
 
@@ -47,7 +48,7 @@ def _dataset(tmp_path: Path) -> Path:
 
 def test_box_is_drawn_on_its_region(tmp_path: Path) -> None:
     ds = _dataset(tmp_path)
-    from mini_internvl_adapt.schema import read_samples
+    from mini_internvl_adapt.data_format.samples import read_samples
 
     box, tag = read_samples(ds / "train.jsonl")
     panel = render_sample(box, ds)

@@ -9,17 +9,17 @@ import pytest
 import torch
 from PIL import Image
 
+from mini_internvl_adapt.data_format.samples import Sample, Turn
+from mini_internvl_adapt.errors import SampleTooLongError
 from mini_internvl_adapt.models.templates import INTERNVL_SYSTEM_MESSAGE, get_template
 from mini_internvl_adapt.models.tokenizer import build_tiny_tokenizer
-from mini_internvl_adapt.processing import (
+from mini_internvl_adapt.processing.transform import (
     IGNORE_INDEX,
     ProcessingConfig,
     SampleProcessor,
-    SampleTooLongError,
     check_token_budget,
     collate,
 )
-from mini_internvl_adapt.schema import Sample, Turn
 
 FAMILY_TEMPLATE = {"qwen2": "Hermes-2", "internlm2": "internlm2-chat", "phi3": "phi3-chat"}
 

@@ -9,16 +9,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from mini_internvl_adapt.schema import (
-    ConversionReport,
-    DatasetError,
-    Sample,
-    Turn,
-    read_samples,
-    resolve_sources,
-    write_dataset,
-    write_samples,
-)
+from mini_internvl_adapt.data_format.dataset import ConversionReport, write_dataset
+from mini_internvl_adapt.data_format.samples import Sample, Turn, read_samples, write_samples
+from mini_internvl_adapt.data_format.sources import resolve_sources
+from mini_internvl_adapt.errors import DatasetError
 
 
 def _image(root: Path, rel: str) -> None:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from mini_internvl_adapt.schema import DatasetError
-from mini_internvl_adapt.source_files import normalise_split, read_csv_header, read_csv_rows
+from mini_internvl_adapt.data_format.source_files import normalise_split, read_csv_header, read_csv_rows
+from mini_internvl_adapt.errors import DatasetError
 
 
 def test_rows_carry_the_line_they_start_on(tmp_path: Path) -> None:

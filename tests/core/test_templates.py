@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from mini_internvl_adapt.data_format.samples import Turn
 from mini_internvl_adapt.models.templates import (
     INTERNVL2_5_SYSTEM_MESSAGE,
     INTERNVL_SYSTEM_MESSAGE,
     get_template,
 )
-from mini_internvl_adapt.schema import Turn
 
 CONV = [Turn("human", "<image>\nQ1"), Turn("gpt", "A1"), Turn("human", "Q2"), Turn("gpt", "A2")]
 
@@ -86,7 +86,7 @@ def test_internlm2_chat_strips_messages_as_the_official_preprocessing() -> None:
 def test_exported_jinja_template_renders_the_training_prompt(name: str) -> None:
     from transformers.utils.chat_template_utils import render_jinja_template
 
-    from mini_internvl_adapt.checkpoints import chat_template_jinja
+    from mini_internvl_adapt.processing.hf_files import chat_template_jinja
 
     template = get_template(name)
     conversation = [

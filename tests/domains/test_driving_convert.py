@@ -28,8 +28,8 @@ from mini_internvl_adapt.domains.driving.tags import (
 )
 from PIL import Image
 
+from mini_internvl_adapt.data_format.samples import read_samples
 from mini_internvl_adapt.metrics.boxes import parse_boxes
-from mini_internvl_adapt.schema import read_samples
 
 
 def _jsonl(path: Path) -> list[dict]:

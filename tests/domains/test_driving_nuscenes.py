@@ -11,7 +11,7 @@ import pytest
 from mini_internvl_adapt.domains.driving import DrivingDomain
 from PIL import Image
 
-from mini_internvl_adapt.schema import read_samples
+from mini_internvl_adapt.data_format.samples import read_samples
 
 pytest.importorskip("nuscenes")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))

@@ -15,7 +15,7 @@ from mini_internvl_adapt.domains.driving.judge import PROMPT, JudgeError, OpenAI
 from mini_internvl_adapt.domains.driving.scoring import in_graph, language_score, match_points, score_driving
 
 from mini_internvl_adapt.cli import main
-from mini_internvl_adapt.schema import Sample, Turn, read_samples
+from mini_internvl_adapt.data_format.samples import Sample, Turn, read_samples
 
 KEYS = {"accuracy", "bleu_1", "bleu_2", "bleu_3", "bleu_4", "rouge_l", "cider", "language", "match_f1", "gpt",
         "match", "final", "final_without_gpt", "final_without_gpt_max", "counts"}  # fmt: skip

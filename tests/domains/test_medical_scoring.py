@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from mini_internvl_adapt.domains.medical import MedicalDomain
 
-from mini_internvl_adapt.schema import GPT, HUMAN, Sample, Turn
+from mini_internvl_adapt.data_format.samples import GPT, HUMAN, Sample, Turn
 
 
 def sample(sid: str, task: str, answer: str, **meta: object) -> Sample:

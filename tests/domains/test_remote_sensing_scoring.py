@@ -6,7 +6,7 @@ import pytest
 from mini_internvl_adapt.domains.remote_sensing import RemoteSensingDomain
 from mini_internvl_adapt.domains.remote_sensing.scoring import count_bin, vqa_correct
 
-from mini_internvl_adapt.schema import Sample, Turn
+from mini_internvl_adapt.data_format.samples import Sample, Turn
 
 
 def sample(sid: str, task: str, answer: str, **meta: object) -> Sample:

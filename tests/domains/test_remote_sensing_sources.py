@@ -14,7 +14,7 @@ from mini_internvl_adapt.domains.remote_sensing import RemoteSensingDomain, dete
 from mini_internvl_adapt.domains.remote_sensing.geochat import convert_text, geochat_box_to_internvl  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from mini_internvl_adapt.schema import read_samples  # noqa: E402
+from mini_internvl_adapt.data_format.samples import read_samples
 
 
 def png(path: Path, size: tuple[int, int] = (64, 48), colour: tuple[int, int, int] = (10, 120, 200)) -> Path:
@@ -314,7 +314,7 @@ def test_format_detection_and_errors(tmp_path: Path) -> None:
 def test_dior_rsvg_split_file_lines_are_counted_at_newlines_only(tmp_path: Path) -> None:
     from mini_internvl_adapt.domains.remote_sensing.dior_rsvg import read_split_files
 
-    from mini_internvl_adapt.schema import DatasetError
+    from mini_internvl_adapt.errors import DatasetError
 
     # A form feed or U+2028 after an index is whitespace, not a line break: the bad line is line 4.
     (tmp_path / "train.txt").write_text("0\n1\x0c\n2\u2028\nabc\n", encoding="utf-8")

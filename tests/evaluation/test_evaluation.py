@@ -13,11 +13,13 @@ import torch
 from PIL import Image
 
 from mini_internvl_adapt import processing
-from mini_internvl_adapt.evaluation import eval_main, evaluate, format_metrics_table, load_eval_model
+from mini_internvl_adapt.cli.eval import eval_main
+from mini_internvl_adapt.data_format.samples import Sample, Turn, write_samples
+from mini_internvl_adapt.evaluation import evaluate, format_metrics_table
+from mini_internvl_adapt.inference import load_eval_model
 from mini_internvl_adapt.models.templates import INTERNVL2_5_SYSTEM_MESSAGE
 from mini_internvl_adapt.models.tiny import tiny_model_path
 from mini_internvl_adapt.registry import register_domain
-from mini_internvl_adapt.schema import Sample, Turn, write_samples
 
 
 class ExactDomain:
@@ -164,7 +166,7 @@ def test_eval_command(dataset: Path, tmp_path: Path, capsys) -> None:
 
 def test_repeated_ids_are_refused_before_any_generation(dataset: Path, tmp_path: Path, capsys) -> None:
     from mini_internvl_adapt.cli import main
-    from mini_internvl_adapt.schema import DatasetError
+    from mini_internvl_adapt.errors import DatasetError
 
     lines = dataset.read_text().splitlines()
     repeated = dataset.with_name("repeated.jsonl")
@@ -213,7 +215,7 @@ def test_eval_refuses_a_limit_below_one(dataset: Path, tmp_path: Path, capsys, l
 def test_eval_refuses_a_device_it_cannot_use_before_loading(
     dataset: Path, tmp_path: Path, capsys, monkeypatch, device: str, message: str
 ) -> None:
-    from mini_internvl_adapt import evaluation
+    from mini_internvl_adapt import evaluation, inference
     from mini_internvl_adapt.cli import main
 
     monkeypatch.setattr(evaluation, "load_eval_model", lambda *a, **k: pytest.fail("the model was loaded"))
@@ -221,13 +223,14 @@ def test_eval_refuses_a_device_it_cannot_use_before_loading(
     with pytest.raises(SystemExit) as info:
         main([*argv, "--out", str(tmp_path / "res"), "--device", device])
     assert info.value.code == 2 and message in capsys.readouterr().err
-    assert evaluation.device_problem("cpu") is None
+    assert inference.device_problem("cpu") is None
 
 
 def test_score_reads_eval_predictions_with_unicode_line_separators(
     dataset: Path, tmp_path: Path, capsys
 ) -> None:
-    from mini_internvl_adapt.cli import main, read_predictions
+    from mini_internvl_adapt.cli import main
+    from mini_internvl_adapt.cli.score import read_predictions
 
     answers = {"q0": "x", "q1": "a\u2028b", "q2": "c\u0085d\u2029", "text-only": "e\x1cf"}
     samples = [Sample(id=i, conversations=[Turn("human", "Q"), Turn("gpt", a)]) for i, a in answers.items()]
@@ -251,7 +254,7 @@ def _text_sample(sample_id: str, words: int) -> Sample:
 def test_longrope_rows_get_the_answers_they_get_alone(tmp_path: Path) -> None:
     """Phi-3 (longrope) switches the whole batch to its long factors once any row passes the switch
     length: rows are grouped so that a short row never rides along with a long one."""
-    from mini_internvl_adapt.evaluation import generate_answers, rope_switch
+    from mini_internvl_adapt.inference import generate_answers, rope_switch
 
     model = load_eval_model("tiny-phi3", device="cpu")
     samples = [_text_sample("short-a", 1), _text_sample("long", 30), _text_sample("short-b", 2)]
@@ -288,7 +291,7 @@ def test_longrope_rows_get_the_answers_they_get_alone(tmp_path: Path) -> None:
 
 
 def test_rope_safe_batches_groups_rows_by_side_of_the_switch() -> None:
-    from mini_internvl_adapt.evaluation import _rope_safe_batches
+    from mini_internvl_adapt.inference import _rope_safe_batches
 
     def rows(*lengths: int) -> list[processing.ProcessedSample]:
         return [

@@ -12,14 +12,11 @@ import pytest
 import yaml
 from test_export import make_run  # tests/export is on sys.path (pytest prepend import mode)
 
-from mini_internvl_adapt.checkpoints import (
-    ExportError,
-    base_model_hub_id,
-    card_metrics,
-    export,
-    export_main,
-)
-from mini_internvl_adapt.model_card import CardInfo, card_metadata
+from mini_internvl_adapt.cli.export import export_main
+from mini_internvl_adapt.errors import ExportError
+from mini_internvl_adapt.export.exporter import base_model_hub_id, export
+from mini_internvl_adapt.export.model_card import CardInfo, card_metadata
+from mini_internvl_adapt.runs import card_metrics
 
 
 def _front_matter(card: str) -> dict[str, Any]:
@@ -106,8 +103,8 @@ def test_card_with_a_metrics_file_reports_that_file_not_the_run_test_split(tmp_p
 
 def _domain_scores(name: str, tmp_path: Path) -> dict[str, Any]:
     """The domain's own score output on its demo test split, for a model that answers nothing."""
+    from mini_internvl_adapt.data_format.samples import read_samples
     from mini_internvl_adapt.registry import get_domain
-    from mini_internvl_adapt.schema import read_samples
 
     if name == "remote-sensing":
         pytest.importorskip("rasterio")

@@ -12,12 +12,14 @@ import torch
 import yaml
 from PIL import Image
 
-from mini_internvl_adapt.checkpoints import ExportError, export, read_run
+from mini_internvl_adapt.data_format.samples import Sample, Turn
+from mini_internvl_adapt.errors import ExportError
+from mini_internvl_adapt.export.exporter import export
 from mini_internvl_adapt.models.loading import load_model
 from mini_internvl_adapt.models.templates import INTERNVL_SYSTEM_MESSAGE
-from mini_internvl_adapt.processing import SampleProcessor
-from mini_internvl_adapt.schema import Sample, Turn
-from mini_internvl_adapt.tiling import tile_image
+from mini_internvl_adapt.processing.tiling import tile_image
+from mini_internvl_adapt.processing.transform import SampleProcessor
+from mini_internvl_adapt.runs import read_run
 from mini_internvl_adapt.tuning import TuningConfig, apply_tuning, quantization_config, save_trained
 
 TEMPLATES = {"qwen2": "Hermes-2", "internlm2": "internlm2-chat", "phi3": "phi3-chat"}
@@ -69,7 +71,7 @@ def make_run(root: Path, family: str = "qwen2", method: str = "lora", max_tiles:
 
 def run_model(run: Path) -> torch.nn.Module:
     """The run's model as training left it, unmerged, in fp32."""
-    from mini_internvl_adapt.training import load_run_model
+    from mini_internvl_adapt.runs import load_run_model
 
     return load_run_model(run).model.eval()
 
@@ -210,7 +212,7 @@ def test_adapter_export_keeps_the_adapter_and_rebuild_facts(tmp_path: Path) -> N
     assert "| data.max_tiles | 2 |" in card and "| data.max_length | 4096 |" in card
     assert "data.path" not in card and str(tmp_path) not in card
     # The adapter export is a --model on its own: same weights and processing as the run.
-    from mini_internvl_adapt.evaluation import load_eval_model
+    from mini_internvl_adapt.inference import load_eval_model
 
     rebuilt = load_eval_model(out, device="cpu")
     assert rebuilt.processing.template == "internlm2-chat" and rebuilt.processing.max_tiles == 2
@@ -225,7 +227,7 @@ def test_adapter_export_on_the_hub_loads_by_its_hub_id(tmp_path: Path, monkeypat
     """An adapter export pushed to the hub is a --model by its id (its snapshot in the HF cache here)."""
     import huggingface_hub.constants
 
-    from mini_internvl_adapt.evaluation import load_eval_model
+    from mini_internvl_adapt.inference import load_eval_model
 
     run = make_run(tmp_path, "qwen2")
     out = export(run, tmp_path / "adapter", merge_lora=False)
@@ -246,7 +248,7 @@ def test_adapter_export_on_the_hub_loads_by_its_hub_id(tmp_path: Path, monkeypat
 
 
 def test_adapter_export_merges_later_with_the_same_card(tmp_path: Path) -> None:
-    from mini_internvl_adapt.checkpoints import export_main
+    from mini_internvl_adapt.cli.export import export_main
 
     run = make_run(tmp_path, "qwen2")
     # An eval metrics.json as `adapt eval` writes it: scores plus its provenance blocks.
@@ -344,7 +346,7 @@ def test_export_errors_name_the_problem(tmp_path: Path) -> None:
 
 
 def test_failed_overwrite_keeps_the_previous_export(tmp_path: Path, monkeypatch) -> None:
-    from mini_internvl_adapt import checkpoints
+    from mini_internvl_adapt.export import exporter as export_module
 
     run = make_run(tmp_path, "qwen2")
     out = export(run, tmp_path / "out", merge_lora=False)
@@ -353,7 +355,7 @@ def test_failed_overwrite_keeps_the_previous_export(tmp_path: Path, monkeypatch)
     def broken(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(checkpoints, "render_model_card", broken)
+    monkeypatch.setattr(export_module, "render_model_card", broken)
     with pytest.raises(RuntimeError, match="disk full"):
         export(run, out, merge_lora=False, overwrite=True)
     assert sorted(p.name for p in out.iterdir()) == before
@@ -361,7 +363,7 @@ def test_failed_overwrite_keeps_the_previous_export(tmp_path: Path, monkeypatch)
 
 
 def test_export_command_push_dry_run_and_offline(tmp_path: Path, monkeypatch, capsys) -> None:
-    from mini_internvl_adapt.checkpoints import export_main
+    from mini_internvl_adapt.cli.export import export_main
 
     run = make_run(tmp_path, "qwen2")
     rc = export_main(
@@ -395,7 +397,7 @@ def test_push_later_uploads_the_existing_export_with_private_and_revision(
     """An export made offline is pushed later as it is; the options reach huggingface_hub."""
     import huggingface_hub
 
-    from mini_internvl_adapt.checkpoints import export_main
+    from mini_internvl_adapt.cli.export import export_main
 
     run = make_run(tmp_path, "qwen2")
     out = export(run, tmp_path / "exp", merge_lora=False)

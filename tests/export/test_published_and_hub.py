@@ -8,16 +8,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mini_internvl_adapt.checkpoints import (
-    HubUnavailableError,
+from mini_internvl_adapt.errors import HubUnavailableError
+from mini_internvl_adapt.export.hub import push_to_hub
+from mini_internvl_adapt.export.model_card import CardInfo, render_model_card
+from mini_internvl_adapt.models.loading import load_published
+from mini_internvl_adapt.models.published import (
     format_published_table,
     get_published,
     list_published,
-    load_published,
-    push_to_hub,
     resolve_published,
 )
-from mini_internvl_adapt.model_card import CardInfo, render_model_card
 
 
 def test_registry_lists_the_twelve_models_with_reference_scores() -> None:

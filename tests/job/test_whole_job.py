@@ -119,9 +119,7 @@ def test_raw_source_gets_a_held_out_test_split(tmp_path: Path, capsys: pytest.Ca
 
 def _stub_stages(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[Path]:
     """Train, evaluate and export replaced by stubs: only the job's own flow and messages run."""
-    import mini_internvl_adapt.checkpoints as checkpoints
-    import mini_internvl_adapt.evaluation as evaluation
-    import mini_internvl_adapt.training as training
+    import mini_internvl_adapt.cli.job as job
 
     evaluated: list[Path] = []
 
@@ -138,9 +136,9 @@ def _stub_stages(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[Path]:
         out.mkdir(parents=True)
         return out
 
-    monkeypatch.setattr(training, "run_training", run_training)
-    monkeypatch.setattr(evaluation, "evaluate", evaluate)
-    monkeypatch.setattr(checkpoints, "export", export)
+    monkeypatch.setattr(job, "run_training", run_training)
+    monkeypatch.setattr(job, "evaluate", evaluate)
+    monkeypatch.setattr(job, "export", export)
     return evaluated
 
 
@@ -169,17 +167,17 @@ def test_eval_hint_names_the_test_file_evaluated(
 def test_demo_defaults_never_override_the_config_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import mini_internvl_adapt.training as training
+    import mini_internvl_adapt.cli.job as job
 
     _stub_stages(monkeypatch, tmp_path)
     trained = []
-    stub = training.run_training
+    stub = job.run_training
 
     def run_training(config, resume=False):
         trained.append(config)
         return stub(config)
 
-    monkeypatch.setattr(training, "run_training", run_training)
+    monkeypatch.setattr(job, "run_training", run_training)
     recipe = tmp_path / "my.yaml"
     recipe.write_text(
         "model:\n  name: tiny-phi3\ntuning:\n  method: full\ntrain:\n  max_steps: 50\n  lr: 1.0e-05\n"

@@ -9,14 +9,9 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from mini_internvl_adapt.models.loading import (
-    SIDECAR,
-    LoadedModel,
-    ModelInfo,
-    ModelUnavailableError,
-    load_model,
-    resolve_model_path,
-)
+from mini_internvl_adapt.errors import ModelUnavailableError
+from mini_internvl_adapt.models.info import SIDECAR, ModelInfo
+from mini_internvl_adapt.models.loading import LoadedModel, load_model, resolve_model_path
 from mini_internvl_adapt.models.tiny import build_tiny_model, tiny_model_path
 
 FAMILIES = ("qwen2", "internlm2", "phi3")

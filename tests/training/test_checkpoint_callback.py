@@ -10,7 +10,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from mini_internvl_adapt.training import TrainConfig, _build_callbacks
+from mini_internvl_adapt.training.callbacks import _build_callbacks
+from mini_internvl_adapt.training.config import TrainConfig
 
 
 class _Toy(pl.LightningModule):

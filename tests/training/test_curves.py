@@ -7,7 +7,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from mini_internvl_adapt.curves import MARGIN, SERIES, SIZE, nice_ticks, plot_training_curve, read_curves
+from mini_internvl_adapt.training.curves import (
+    MARGIN,
+    SERIES,
+    SIZE,
+    nice_ticks,
+    plot_training_curve,
+    read_curves,
+)
 
 METRICS = """epoch,lr,step,train_loss,val_loss
 0,0.001,0,6.0,

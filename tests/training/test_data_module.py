@@ -9,8 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from mini_internvl_adapt.data import (
-    DataError,
+from mini_internvl_adapt.errors import DataError, DatasetError
+from mini_internvl_adapt.models.loading import load_model
+from mini_internvl_adapt.processing.transform import ProcessingConfig, SampleProcessor
+from mini_internvl_adapt.training.data import (
     InternVLDataModule,
     LengthGroupedSampler,
     SampleDataset,
@@ -18,9 +20,6 @@ from mini_internvl_adapt.data import (
     expand_sources,
     split_sources,
 )
-from mini_internvl_adapt.models.loading import load_model
-from mini_internvl_adapt.processing import ProcessingConfig, SampleProcessor
-from mini_internvl_adapt.schema import DatasetError
 
 
 def write_dataset(root: Path, n_train: int = 6, n_val: int = 2, prefix: str = "s") -> Path:
@@ -226,8 +225,8 @@ def test_validation_loss_counts_every_sample_once(tmp_path: Path, processor: Sam
     # labels are all ignored, so val_loss is the token mean over the 3 samples, each once.
     import lightning.pytorch as pl
 
-    from mini_internvl_adapt.processing import IGNORE_INDEX, collate
-    from mini_internvl_adapt.task import InternVLTask, OptimConfig
+    from mini_internvl_adapt.processing.transform import IGNORE_INDEX, collate
+    from mini_internvl_adapt.training.task import InternVLTask, OptimConfig
     from mini_internvl_adapt.tuning import TuningConfig
 
     write_dataset(tmp_path, n_train=2, n_val=3)

@@ -11,8 +11,8 @@ import torch
 from test_training_run import _train, make_dataset
 from test_tuning import FAMILIES, build_tiny
 
-from mini_internvl_adapt.packing import PackedDataset, pack_indices, pack_samples
-from mini_internvl_adapt.processing import IGNORE_INDEX, ProcessedSample, collate
+from mini_internvl_adapt.processing.packing import PackedDataset, pack_indices, pack_samples
+from mini_internvl_adapt.processing.transform import IGNORE_INDEX, ProcessedSample, collate
 
 IMAGE_TOKEN, IMAGE_TOKENS = 5, 256  # build_tiny: image_token_id 5, 256 tokens per tile
 
@@ -122,9 +122,14 @@ def test_samples_sharing_ids_across_sources_keep_their_own_token_counts(tmp_path
     # 1344x448 images (many tiles), the other 48x48. Packs must be built from each entry's own count.
     from PIL import Image
 
-    from mini_internvl_adapt.data import InternVLDataModule, budget_check, expand_sources, split_sources
     from mini_internvl_adapt.models.tokenizer import build_tiny_tokenizer
-    from mini_internvl_adapt.processing import ProcessingConfig, SampleProcessor
+    from mini_internvl_adapt.processing.transform import ProcessingConfig, SampleProcessor
+    from mini_internvl_adapt.training.data import (
+        InternVLDataModule,
+        budget_check,
+        expand_sources,
+        split_sources,
+    )
 
     meta = {}
     for name, size in (("big", (1344, 448)), ("small", (48, 48))):

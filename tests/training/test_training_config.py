@@ -8,7 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from mini_internvl_adapt.training import add_train_arguments, config_from_args, load_config, save_config
+from mini_internvl_adapt.training.config import (
+    add_train_arguments,
+    config_from_args,
+    load_config,
+    save_config,
+)
 from mini_internvl_adapt.tuning import TuningConfig
 
 REPO = Path(__file__).resolve().parents[2]
@@ -148,7 +153,7 @@ def test_key_value_overrides_win_over_flags() -> None:
 
 
 def test_unknown_template_is_one_line_naming_the_known_ones(capsys: pytest.CaptureFixture[str]) -> None:
-    from mini_internvl_adapt.training import train_main
+    from mini_internvl_adapt.cli.train import train_main
 
     code = train_main(
         [
@@ -232,7 +237,7 @@ def test_help_documents_every_option(capsys: pytest.CaptureFixture[str]) -> None
 def test_local_paths_are_stored_absolute_and_names_as_typed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from mini_internvl_adapt.training import _absolute_if_local
+    from mini_internvl_adapt.training.run import _absolute_if_local
 
     (tmp_path / "my-model").mkdir()
     monkeypatch.chdir(tmp_path)
@@ -247,8 +252,8 @@ def test_train_help_lists_every_config_key_with_its_default_and_meaning(
 ) -> None:
     from dataclasses import fields
 
-    from mini_internvl_adapt.train_config import _SECTIONS
-    from mini_internvl_adapt.training import train_main
+    from mini_internvl_adapt.cli.train import train_main
+    from mini_internvl_adapt.training.config import _SECTIONS
 
     with pytest.raises(SystemExit):
         train_main(["--help"])
@@ -276,7 +281,7 @@ def test_train_help_lists_every_config_key_with_its_default_and_meaning(
 def test_bad_override_values_blame_the_command_line_before_any_run_folder(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], override: str, message: str
 ) -> None:
-    from mini_internvl_adapt.training import train_main
+    from mini_internvl_adapt.cli.train import train_main
 
     out = tmp_path / "run"
     argv = ["--config", str(REPO / "configs/tiny/lora.yaml"), "--data", str(tmp_path), "--out", str(out)]
@@ -340,8 +345,8 @@ def test_bad_accelerator_and_devices_are_usage_errors_before_the_model_loads(
     flags: list[str],
     message: str,
 ) -> None:
+    from mini_internvl_adapt.cli.train import train_main
     from mini_internvl_adapt.models import loading
-    from mini_internvl_adapt.training import train_main
 
     _gpus(monkeypatch, 0)
     monkeypatch.setattr(loading, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
@@ -361,7 +366,7 @@ def test_bad_accelerator_and_devices_are_usage_errors_before_the_model_loads(
 def test_a_precision_whose_package_is_missing_is_refused_when_the_config_is_read(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], precision: str
 ) -> None:
-    from mini_internvl_adapt.training import train_main
+    from mini_internvl_adapt.cli.train import train_main
 
     out = tmp_path / "run"
     argv = ["--config", str(REPO / "configs/tiny/lora.yaml"), "--data", str(tmp_path), "--out", str(out)]

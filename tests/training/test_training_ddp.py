@@ -17,7 +17,8 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from mini_internvl_adapt.task import InternVLTask, NonFiniteLossError, OptimConfig
+from mini_internvl_adapt.errors import NonFiniteLossError
+from mini_internvl_adapt.training.task import InternVLTask, OptimConfig
 from mini_internvl_adapt.tuning import TuningConfig
 
 REPO = Path(__file__).resolve().parents[2]
@@ -59,7 +60,8 @@ def test_ddp_two_cpu_processes_shard_data_and_stay_in_sync(tmp_path: Path) -> No
     command = [
         sys.executable,
         "-m",
-        "mini_internvl_adapt.training",
+        "mini_internvl_adapt.cli",
+        "train",
         *_ddp_train_args(data, run),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -126,7 +128,7 @@ def test_ddp_nan_on_one_rank_stops_every_rank_with_the_message(tmp_path: Path) -
         textwrap.dedent(
             """
             import os, sys
-            from mini_internvl_adapt import task as task_mod
+            from mini_internvl_adapt.training import task as task_mod
             from mini_internvl_adapt.training import train_main
 
             original = task_mod.InternVLTask.forward

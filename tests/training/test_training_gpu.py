@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mini_internvl_adapt.training import train_main
+from mini_internvl_adapt.cli.train import train_main
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -21,7 +21,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mini_internvl_adapt.training import train_main
+from mini_internvl_adapt.cli.train import train_main
 
 REPO = Path(__file__).resolve().parents[2]
 # Optimizer steps per accumulate_grad_batches: 30 micro-batches either way, all inside the first epoch
@@ -108,7 +108,7 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(
     killed = tmp_path / "killed"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mini_internvl_adapt.training", *_args(data, killed, accumulate, packing)],
+        [sys.executable, "-m", "mini_internvl_adapt.cli", "train", *_args(data, killed, accumulate, packing)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         env=env,
@@ -258,7 +258,7 @@ def test_validation_interval_counts_optimizer_steps_under_accumulation(tmp_path:
 
 
 def test_merged_metrics_keep_the_resumed_sessions_rows_for_redone_steps(tmp_path: Path) -> None:
-    from mini_internvl_adapt.training import _merge_metrics
+    from mini_internvl_adapt.training.run import _merge_metrics
 
     for version, rows in (
         (0, "step,train_loss\n1,2.0\n2,1.9\n3,1.8\n"),

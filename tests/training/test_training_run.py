@@ -13,11 +13,13 @@ import yaml
 from PIL import Image
 from safetensors.torch import load_file
 
-from mini_internvl_adapt import task as task_mod
+from mini_internvl_adapt.cli.train import train_main
+from mini_internvl_adapt.data_format.samples import read_samples
 from mini_internvl_adapt.models.loading import load_model
-from mini_internvl_adapt.processing import ProcessingConfig, SampleProcessor, collate
-from mini_internvl_adapt.schema import read_samples
-from mini_internvl_adapt.training import _atomic_checkpoint_io, load_run_model, train_main
+from mini_internvl_adapt.processing.transform import ProcessingConfig, SampleProcessor, collate
+from mini_internvl_adapt.runs import load_run_model
+from mini_internvl_adapt.training import task as task_mod
+from mini_internvl_adapt.training.callbacks import _atomic_checkpoint_io
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -79,7 +81,7 @@ def lora_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def test_run_and_its_final_folder_prompt_with_the_trained_system_message(lora_run: tuple[Path, Path]) -> None:
-    from mini_internvl_adapt.evaluation import load_eval_model
+    from mini_internvl_adapt.inference import load_eval_model
 
     run, _ = lora_run
     for model in (run, run / "final"):
@@ -267,7 +269,7 @@ def test_bad_line_is_named_before_training(tmp_path: Path, capsys: pytest.Captur
 def test_a_bad_meta_json_is_named_before_the_model_loads(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from mini_internvl_adapt.training import train_main
+    from mini_internvl_adapt.cli.train import train_main
 
     meta = tmp_path / "meta.json"
     meta.write_text('{"x": {"root": ".", "annotation": null, "length": 1}}')
@@ -293,7 +295,7 @@ def test_checkpoint_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     io = _atomic_checkpoint_io()
     path = tmp_path / "checkpoints" / "last.ckpt"
     io.save_checkpoint({"step": 1, "w": torch.ones(3)}, path)
-    from mini_internvl_adapt.schema import file_mode
+    from mini_internvl_adapt.fileio import file_mode
 
     assert path.stat().st_mode & 0o777 == file_mode()  # the umask's mode, not mkstemp's 0600
 

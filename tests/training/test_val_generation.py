@@ -11,10 +11,10 @@ import pytest
 import torch
 from test_training_run import _train, make_dataset
 
-from mini_internvl_adapt import val_generation
-from mini_internvl_adapt.processing import ProcessingConfig
-from mini_internvl_adapt.schema import Sample, Turn
-from mini_internvl_adapt.val_generation import GenerationMetrics, flatten_numbers, score_answers
+from mini_internvl_adapt.data_format.samples import Sample, Turn
+from mini_internvl_adapt.processing.transform import ProcessingConfig
+from mini_internvl_adapt.training import val_generation
+from mini_internvl_adapt.training.val_generation import GenerationMetrics, flatten_numbers, score_answers
 
 
 def test_generation_metrics_every_n_steps(tmp_path: Path) -> None:

@@ -12,14 +12,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from mini_internvl_adapt.processing import IGNORE_INDEX
+from mini_internvl_adapt.errors import NonFiniteLossError
+from mini_internvl_adapt.processing.transform import IGNORE_INDEX
 from mini_internvl_adapt.tuning import TuningConfig, parameter_groups
 
 RNG_KEY = "mini_internvl_adapt_rng"
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The loss became NaN or infinite; the message names the step and the batch's sample ids."""
 
 
 @dataclass

@@ -16,7 +16,8 @@ from typing import Any
 
 import yaml
 
-from mini_internvl_adapt.schema import atomic_write_text
+from mini_internvl_adapt.fileio import atomic_write_text
+from mini_internvl_adapt.models.templates import get_template
 from mini_internvl_adapt.tuning import METHODS, TuningConfig
 
 # Names inside a run folder that configs, callbacks and the run itself share.
@@ -309,8 +310,6 @@ def _check_values(config: TrainConfig, where: str, keys: set[tuple[str, str]] | 
                 f"{where}: train.strategy {config.train.strategy!r} cannot be used here: {_first_line(e)}"
             ) from None
     if config.data.template is not None and (keys is None or ("data", "template") in keys):
-        from mini_internvl_adapt.models.templates import get_template
-
         try:
             get_template(config.data.template)
         except KeyError as e:

@@ -14,10 +14,12 @@ from typing import Any
 
 import lightning.pytorch as pl
 
-from mini_internvl_adapt.evaluation import EvalModel, generate_answers
+from mini_internvl_adapt.data_format.samples import Sample
+from mini_internvl_adapt.fileio import atomic_write_json
+from mini_internvl_adapt.inference import EvalModel, generate_answers
 from mini_internvl_adapt.metrics.answers import exact_match
-from mini_internvl_adapt.processing import ProcessingConfig
-from mini_internvl_adapt.schema import Sample, atomic_write_json
+from mini_internvl_adapt.processing.transform import ProcessingConfig
+from mini_internvl_adapt.registry import available_domains, get_domain
 
 
 def flatten_numbers(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
@@ -34,7 +36,6 @@ def flatten_numbers(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, f
 
 def score_answers(samples: Sequence[Sample], answers: Mapping[str, str]) -> dict[str, Any]:
     """The samples' domain metrics; exact match for samples of no (installed) domain."""
-    from mini_internvl_adapt.registry import available_domains, get_domain
 
     domains = {s.domain for s in samples}
     if len(domains) == 1 and (name := domains.pop()) in available_domains():

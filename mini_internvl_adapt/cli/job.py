@@ -15,7 +15,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from mini_internvl_adapt.cli import CliError
+from mini_internvl_adapt.cli.common import domain_from_argv
+from mini_internvl_adapt.evaluation import evaluate, format_metrics_table
+from mini_internvl_adapt.export.exporter import export
 from mini_internvl_adapt.registry import Domain, add_domain_arguments, available_domains, get_domain
+from mini_internvl_adapt.training.config import (
+    RUN_CONFIG,
+    add_train_arguments,
+    config_from_args,
+    flag_keys,
+    load_config,
+)
+from mini_internvl_adapt.training.run import run_training
 
 # What `--demo` trains: the tiny random model, a few steps, few tiles, so it finishes in well under
 # two minutes on two CPU cores. A flag, a key=value or the --config file overrides any of these.
@@ -46,8 +58,6 @@ def _stage(number: int, name: str) -> None:
 
 def build_parser(argv: Sequence[str]) -> tuple[argparse.ArgumentParser, Domain | None]:
     """The whole job's parser: the domain's convert options plus every `adapt train` option."""
-    from mini_internvl_adapt.cli import _domain_from_argv
-    from mini_internvl_adapt.training import add_train_arguments
 
     # A domain option that shares a name with a train option (--seed) takes its place and feeds both.
     parser = argparse.ArgumentParser(
@@ -77,7 +87,7 @@ def build_parser(argv: Sequence[str]) -> tuple[argparse.ArgumentParser, Domain |
     )
     add_train_arguments(parser)
     domain = None
-    name = _domain_from_argv(argv)
+    name = domain_from_argv(argv)
     if name is not None:
         domain = get_domain(name)
         add_domain_arguments(
@@ -117,8 +127,6 @@ def _convert_stage(
         print(f"resuming: reusing the converted dataset {dataset}", file=sys.stderr)
         return dataset
     if args.resume is not None and args.source is None and not args.demo:
-        from mini_internvl_adapt.train_config import RUN_CONFIG, load_config
-
         trained_on = load_config(out / RUN_CONFIG).data.path
         if trained_on is None:
             raise ValueError(f"{out / RUN_CONFIG}: no data.path; give --data DATASET to resume")
@@ -161,8 +169,6 @@ def _config_file_keys(args: argparse.Namespace) -> set[str]:
     """
     import yaml
 
-    from mini_internvl_adapt.train_config import RUN_CONFIG
-
     path = args.config
     if path is None and args.resume is not None:
         path = Path(args.resume) / RUN_CONFIG
@@ -186,7 +192,6 @@ def _demo_overrides(args: argparse.Namespace) -> list[str]:
 
     Overrides beat the config file, so a demo default given as one would silently replace the file's value.
     """
-    from mini_internvl_adapt.train_config import flag_keys
 
     given = flag_keys(args) | _config_file_keys(args)
     given |= {item.split("=", 1)[0].strip() for item in args.overrides if "=" in item}
@@ -195,10 +200,6 @@ def _demo_overrides(args: argparse.Namespace) -> list[str]:
 
 def cmd_job(argv: Sequence[str]) -> int:
     """Run the whole job; returns the process exit code."""
-    from mini_internvl_adapt.checkpoints import export
-    from mini_internvl_adapt.cli import CliError
-    from mini_internvl_adapt.evaluation import evaluate, format_metrics_table
-    from mini_internvl_adapt.training import RUN_CONFIG, config_from_args, run_training
 
     parser, domain = build_parser(argv)
     args = parser.parse_intermixed_args(argv)  # section.key=value overrides may sit between flags

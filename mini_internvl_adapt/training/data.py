@@ -20,8 +20,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
-from mini_internvl_adapt.packing import PackedDataset, pack_indices
-from mini_internvl_adapt.processing import (
+from mini_internvl_adapt.data_format.dataset import EXCLUDED_SPLITS, VAL_SPLITS
+from mini_internvl_adapt.data_format.samples import Sample
+from mini_internvl_adapt.data_format.sources import DatasetSource, resolve_sources
+from mini_internvl_adapt.errors import DataError, DatasetError
+from mini_internvl_adapt.processing.packing import PackedDataset, pack_indices
+from mini_internvl_adapt.processing.transform import (
     IGNORE_INDEX,
     BudgetReport,
     ProcessedSample,
@@ -29,26 +33,6 @@ from mini_internvl_adapt.processing import (
     check_token_budget,
     collate,
 )
-from mini_internvl_adapt.schema import (
-    EXCLUDED_SPLITS,
-    VAL_SPLITS,
-    DatasetError,
-    DatasetSource,
-    Sample,
-    resolve_sources,
-)
-
-
-class DataError(ValueError):
-    """A sample could not be turned into model inputs; the message names the sample and its files."""
-
-    def __init__(self, message: str) -> None:
-        # A DataLoader worker's exception comes back as DataError("Caught DataError in DataLoader worker
-        # process N.\nOriginal Traceback ...\n<module>.DataError: <message>"): keep just the message.
-        marker = f"{DataError.__module__}.DataError: "
-        if message.startswith("Caught DataError") and marker in message:
-            message = message.rsplit(marker, 1)[1].strip()
-        super().__init__(message)
 
 
 def _sample_error(entry: Entry, error: Exception) -> DataError:

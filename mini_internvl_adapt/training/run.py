@@ -31,7 +31,6 @@ The run folder (``out``) describes itself, so evaluation and export need nothing
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import hashlib
@@ -39,65 +38,38 @@ import json
 import os
 import resource
 import shutil
-import sys
 import tempfile
 import warnings
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from mini_internvl_adapt.curves import plot_training_curve
-from mini_internvl_adapt.schema import DatasetError, apply_umask_modes, atomic_write_json, atomic_write_text
-from mini_internvl_adapt.train_callbacks import (  # noqa: F401 - re-exported for tests and tools
+from mini_internvl_adapt import tuning as tuning_mod
+from mini_internvl_adapt.fileio import atomic_write_json, atomic_write_text
+from mini_internvl_adapt.models.info import SIDECAR
+from mini_internvl_adapt.models.loading import load_model
+from mini_internvl_adapt.processing.transform import ProcessingConfig, SampleProcessor
+from mini_internvl_adapt.runs import save_final
+from mini_internvl_adapt.training.callbacks import (
     _atomic_checkpoint_io,
     _build_callbacks,
     _generation_callback,
 )
-from mini_internvl_adapt.train_config import (  # noqa: F401 - the config API, re-exported here
+from mini_internvl_adapt.training.config import (
     LAST_CHECKPOINT,
     RUN_CONFIG,
-    DataSection,
-    ModelSection,
     TrainConfig,
-    TrainSection,
-    add_train_arguments,
-    config_from_args,
-    config_from_dict,
-    load_config,
     save_config,
 )
-from mini_internvl_adapt.tuning import TuningConfig
-
-BASE_MODEL_FILE = "base_model.json"
-
-
-def train_main(argv: Sequence[str] | None = None) -> int:
-    """`adapt train`: returns 0 on success, 2 on a usage or data error, 1 when training diverges."""
-    from mini_internvl_adapt.data import DataError
-    from mini_internvl_adapt.task import NonFiniteLossError
-
-    parser = argparse.ArgumentParser(
-        prog="adapt train",
-        description="Fine-tune a Mini-InternVL model (LoRA, QLoRA or full) under Lightning. "
-        "Options override the --config file; the resolved config is saved in the run folder.",
-    )
-    add_train_arguments(parser)
-    # Intermixed: key=value overrides may come before, between or after the flags.
-    args = parser.parse_intermixed_args(argv)
-    try:
-        config = config_from_args(args)
-        run = run_training(config, resume=args.resume is not None)
-    except NonFiniteLossError as e:
-        print(f"adapt train: training stopped: {e}", file=sys.stderr)
-        return 1
-    except (ValueError, FileNotFoundError, DatasetError, DataError) as e:
-        print(f"adapt train: error: {e}", file=sys.stderr)
-        return 2
-    print(f"run folder: {run}", file=sys.stderr)
-    return 0
-
+from mini_internvl_adapt.training.curves import plot_training_curve
+from mini_internvl_adapt.training.data import (
+    InternVLDataModule,
+    budget_check,
+    expand_sources,
+    split_sources,
+)
+from mini_internvl_adapt.training.task import InternVLTask, OptimConfig
 
 # -- the run ------------------------------------------------------------------------------------------
 
@@ -198,12 +170,6 @@ def run_training(config: TrainConfig, *, resume: bool = False) -> Path:
     import lightning.pytorch as pl
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
     from lightning.pytorch.utilities import rank_zero_info
-
-    from mini_internvl_adapt import tuning as tuning_mod
-    from mini_internvl_adapt.data import InternVLDataModule, budget_check, expand_sources, split_sources
-    from mini_internvl_adapt.models.loading import SIDECAR, load_model
-    from mini_internvl_adapt.processing import ProcessingConfig, SampleProcessor
-    from mini_internvl_adapt.task import InternVLTask, OptimConfig
 
     run = Path(config.out)
     tuning_cfg = config.tuning.resolved()
@@ -387,7 +353,9 @@ def run_training(config: TrainConfig, *, resume: bool = False) -> Path:
         )
     trainer.strategy.barrier()
     if trainer.is_global_zero:
-        _save_final(run, task.model, loaded, trained_info, config, tuning_cfg, dtype, processing)
+        save_final(
+            run, task.model, loaded, trained_info, config.model.name, tuning_cfg.method, dtype, processing
+        )
         _merge_metrics(run)
         if (run / "metrics.csv").is_file():
             plot_training_curve(run / "metrics.csv", run / "loss.png", title=f"training loss: {run.name}")
@@ -422,101 +390,3 @@ def run_training(config: TrainConfig, *, resume: bool = False) -> Path:
         )
     trainer.strategy.barrier()
     return run
-
-
-def _save_final(
-    run: Path,
-    model: torch.nn.Module,
-    loaded: Any,
-    info: Any,
-    config: TrainConfig,
-    tuning_cfg: TuningConfig,
-    dtype: torch.dtype,
-    processing: Any,
-) -> None:
-    """RUN/final: adapter or full weights, tokenizer, processor and ModelInfo, loadable without manual copying."""
-    from lightning.pytorch.utilities import rank_zero_warn
-
-    from mini_internvl_adapt import tuning as tuning_mod
-    from mini_internvl_adapt.checkpoints import ExportError, save_tokenizer_and_processor
-    from mini_internvl_adapt.models.loading import SIDECAR
-
-    final = run / "final"
-    tmp = Path(tempfile.mkdtemp(prefix=".final-", dir=run))
-    try:
-        tuning_mod.save_trained(model, tmp)
-        try:
-            # The InternVLProcessor (image tiling as in training, chat template, tokenizer), so a full
-            # fine-tune's final/ loads with plain AutoProcessor + AutoModelForImageTextToText.
-            save_tokenizer_and_processor(loaded.tokenizer, processing, tmp)
-        except (ExportError, ImportError) as e:
-            loaded.tokenizer.save_pretrained(tmp)
-            rank_zero_warn(f"final/ holds the tokenizer but no transformers processor: {e}")
-        # The processing block (system message, tiles) as exports write it: `adapt eval --model RUN/final`
-        # must prompt exactly as training did.
-        atomic_write_json(tmp / SIDECAR, {**info.to_json(), "processing": dataclasses.asdict(processing)})
-        if tuning_mod.is_peft_model(model):
-            atomic_write_json(
-                tmp / BASE_MODEL_FILE,
-                {
-                    "name_or_path": config.model.name,
-                    "resolved_path": str(loaded.path),
-                    "dtype": str(dtype).removeprefix("torch."),
-                    "method": tuning_cfg.method,
-                    "quantized_4bit": tuning_cfg.method == "qlora",
-                },
-            )
-        apply_umask_modes(tmp)  # mkdtemp and safetensors create private files; final/ is for sharing
-        if final.exists():
-            old = run / f".final-old-{os.getpid()}"
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def load_run_model(run_dir: str | Path, *, dtype: torch.dtype = torch.float32, merge: bool = False) -> Any:
-    """Load a trained model from a run folder (or its final/ folder) for inference.
-
-    LoRA / QLoRA runs rebuild the base model named in final/base_model.json (in `dtype`, full
-    precision even for QLoRA) and apply the adapter; full runs load final/ directly.
-
-    Args:
-        run_dir: The run folder (or RUN/final).
-        dtype: Weight dtype.
-        merge: Merge a LoRA adapter into the weights (a plain transformers model comes back).
-
-    Returns:
-        A `models.loading.LoadedModel` whose model is the fine-tuned one, with the run's tokenizer and
-        ModelInfo (template and tile settings used in training).
-    """
-    from mini_internvl_adapt import tuning as tuning_mod
-    from mini_internvl_adapt.models.loading import SIDECAR, LoadedModel, ModelInfo, load_model
-    from mini_internvl_adapt.models.tokenizer import load_tokenizer
-
-    run_dir = Path(run_dir)
-    final = run_dir / "final" if (run_dir / "final").is_dir() else run_dir
-    if not (final / SIDECAR).is_file():
-        raise FileNotFoundError(f"{run_dir}: not a finished run folder (no final/{SIDECAR})")
-    info = ModelInfo.from_json(json.loads((final / SIDECAR).read_text(encoding="utf-8")))
-    base_file = final / BASE_MODEL_FILE
-    if not base_file.is_file():
-        loaded = load_model(final, dtype=dtype)
-        loaded.info = info
-        return loaded
-    base = json.loads(base_file.read_text(encoding="utf-8"))
-    name = base["name_or_path"]
-    if not Path(name).exists() and base.get("resolved_path") and Path(base["resolved_path"]).is_dir():
-        name = base["resolved_path"]
-    loaded = load_model(name, dtype=dtype)
-    model = tuning_mod.load_adapter(loaded.model, final, merge=merge)
-    model.eval()
-    return LoadedModel(model=model, tokenizer=load_tokenizer(final), info=info, path=final)  # type: ignore[arg-type]  # a peft wrapper
-
-
-if __name__ == "__main__":
-    raise SystemExit(train_main())

@@ -13,8 +13,9 @@ from typing import Any
 
 import torch
 
-from mini_internvl_adapt.schema import file_mode
-from mini_internvl_adapt.train_config import LAST_CHECKPOINT, TrainConfig
+from mini_internvl_adapt.fileio import file_mode
+from mini_internvl_adapt.training.config import LAST_CHECKPOINT, TrainConfig
+from mini_internvl_adapt.training.val_generation import GenerationMetrics
 
 
 def _build_callbacks(run: Path, config: TrainConfig) -> list[Any]:
@@ -105,7 +106,6 @@ def _generation_callback(
     run: Path, config: TrainConfig, val_entries: Sequence[Any], tokenizer: Any, processing: Any
 ) -> Any:
     """The callback behind --val-generate-every: the first samples of the first validation source."""
-    from mini_internvl_adapt.val_generation import GenerationMetrics
 
     if not val_entries:
         raise ValueError(

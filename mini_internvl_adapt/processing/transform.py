@@ -15,12 +15,12 @@ from typing import Any
 import torch
 from PIL import Image
 
-from mini_internvl_adapt.models.templates import ChatTemplate, get_template
-from mini_internvl_adapt.schema import IMAGE_PLACEHOLDER, Sample, Turn
-from mini_internvl_adapt.tiling import num_tiles, tile_image, tiles_per_image
+from mini_internvl_adapt.data_format.samples import IMAGE_PLACEHOLDER, Sample, Turn
+from mini_internvl_adapt.errors import SampleTooLongError
+from mini_internvl_adapt.models.templates import IMG_CONTEXT, IMG_END, IMG_START, ChatTemplate, get_template
+from mini_internvl_adapt.processing.tiling import num_tiles, tile_image, tiles_per_image
 
 IGNORE_INDEX = -100
-IMG_START, IMG_END, IMG_CONTEXT = "<img>", "</img>", "<IMG_CONTEXT>"
 
 
 @dataclass
@@ -49,10 +49,6 @@ class ProcessedSample:
     # A pack of several samples (packing.py): positions restart per sample; members are their ids.
     position_ids: torch.Tensor | None = None
     members: list[str] = field(default_factory=list)
-
-
-class SampleTooLongError(ValueError):
-    """The sample does not fit max_length without cutting image tokens or losing every answer token."""
 
 
 class SampleProcessor:

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from mini_internvl_adapt.schema import DatasetError
+from mini_internvl_adapt.errors import DatasetError
 
 SPLITS = ("train", "val", "test")
 SPLIT_ALIASES = {"validate": "val", "validation": "val", "valid": "val", "dev": "val"}

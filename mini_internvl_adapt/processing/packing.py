@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import torch
 from torch.utils.data import Dataset
 
-from mini_internvl_adapt.processing import ProcessedSample
+from mini_internvl_adapt.processing.transform import ProcessedSample
 
 
 def pack_indices(lengths: Sequence[int], capacity: int) -> list[list[int]]:

@@ -1,0 +1,95 @@
+"""The `adapt` command: convert, train, eval, score, export, preview, and the whole job.
+
+``adapt --domain D ...`` (no subcommand) runs the whole job; ``adapt <command> ...`` one stage, one module
+per command in this package. Domains add their own options to `convert` and `score` through the
+registry's hooks. Command modules are imported only when their command runs, so `adapt --help` loads no
+torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import sys
+from collections.abc import Callable, Sequence
+
+from mini_internvl_adapt.errors import AdaptError, CliError
+
+COMMANDS = ("convert", "train", "eval", "score", "export", "preview", "domains", "models")
+
+# command -> (module in this package, function); imported lazily.
+HANDLERS: dict[str, tuple[str, str]] = {
+    "convert": ("convert", "cmd_convert"),
+    "score": ("score", "cmd_score"),
+    "domains": ("info", "cmd_domains"),
+    "models": ("info", "cmd_models"),
+    "preview": ("preview", "cmd_preview"),
+    "train": ("train", "cmd_train"),
+    "eval": ("eval", "cmd_eval"),
+    "export": ("export", "cmd_export"),
+}
+
+
+def handler(command: str) -> Callable[[Sequence[str]], int]:
+    """The function running `adapt <command>` (or the whole job for anything else)."""
+    module, function = HANDLERS.get(command, ("job", "cmd_job"))
+    return getattr(importlib.import_module(f"mini_internvl_adapt.cli.{module}"), function)
+
+
+_NEGATIVE_VALUE = re.compile(r"-\d")
+
+
+def glue_negative_values(argv: Sequence[str]) -> list[str]:
+    """``--window -600,1500`` -> ``--window=-600,1500``.
+
+    argparse takes a value starting with '-' for an option unless it is a plain number, so a CT window
+    with a negative centre (``-600,1500``) would be refused; glued to its option it is read as the value.
+    """
+    out: list[str] = []
+    for arg in argv:
+        if out and _NEGATIVE_VALUE.match(arg) and out[-1].startswith("--") and "=" not in out[-1]:
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `adapt` command."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(
+            "usage: adapt --domain D [--source RAW | --data DATASET | --demo] [...]   the whole job\n"
+            f"       adapt {{{','.join(COMMANDS)}}} ...\n\n"
+            "Adapt Mini-InternVL to a domain: convert -> train -> eval -> export.\n"
+            "Run 'adapt <command> --help' for a command's options."
+        )
+        return 0
+    argv = glue_negative_values(argv)
+    command = argv[0]
+    try:
+        if command in HANDLERS:
+            return handler(command)(argv[1:])
+        if command in COMMANDS:
+            raise CliError(f"'adapt {command}' is not available yet")
+        return handler(command)(argv)  # the whole job
+    except Exception as e:  # noqa: BLE001 - user-facing errors print one line; the rest keep their traceback
+        if not _is_user_error(e) or os.environ.get("MINI_INTERNVL_ADAPT_DEBUG"):
+            raise
+        print(f"adapt: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _is_user_error(error: Exception) -> bool:
+    """Errors about the user's input, model names, network or files: one clear line, no traceback."""
+    expected = (
+        AdaptError,  # every error of ours about input, options, models, network (errors.py)
+        # Plain ValueErrors still come from option checks of domains and of libraries (a bad
+        # `--window` value, an invalid enum); their messages name the option.
+        ValueError,
+        FileNotFoundError,
+    )
+    # An OSError about a named file (permission denied, a folder where a file was expected ...) is the user's
+    # to fix and its message names the path; one without a filename may be a bug: keep its traceback.
+    return isinstance(error, expected) or (isinstance(error, OSError) and error.filename is not None)

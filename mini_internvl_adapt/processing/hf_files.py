@@ -1,0 +1,171 @@
+"""The transformers files that describe how a model is prompted: the tokenizer, an InternVLProcessor matching
+the training transform, its Jinja chat template, and the generation config with the stop tokens.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mini_internvl_adapt.data_format.samples import IMAGE_PLACEHOLDER
+from mini_internvl_adapt.errors import ExportError
+from mini_internvl_adapt.fileio import atomic_write_json
+from mini_internvl_adapt.models.templates import IMG_CONTEXT, IMG_END, IMG_START, ChatTemplate, get_template
+from mini_internvl_adapt.processing.tiling import IMAGENET_MEAN, IMAGENET_STD
+from mini_internvl_adapt.processing.transform import ProcessingConfig
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+
+def _jinja_literal(text: str) -> str:
+    # JSON string syntax (with non-ASCII kept) is valid Jinja string-literal syntax.
+    return json.dumps(text, ensure_ascii=False)
+
+
+def chat_template_jinja(template: ChatTemplate, system_message: str | None = None) -> str:
+    """A Jinja chat template rendering exactly the prompt `template` produces in training.
+
+    Images render as ``<IMG_CONTEXT>``, the placeholder InternVLProcessor expands into
+    ``<img>`` + context tokens + ``</img>``: an ``{"type": "image"}`` item becomes ``<IMG_CONTEXT>\\n``
+    (our ``<image>\\n`` prefix) and ``<image>`` inside string content becomes ``<IMG_CONTEXT>``.
+    Without a leading system message the training default is used; messages are trimmed where the
+    template strips them in training (internlm2-chat).
+
+    Args:
+        template: The run's chat template.
+        system_message: The run's system message (None: the template's default).
+
+    Returns:
+        The template source.
+    """
+    system = template.system_message if system_message is None else system_message
+    prefix, _, suffix = template.system_template.partition("{system_message}")
+    lit = _jinja_literal
+    content_macro = (
+        "{%- macro render_content(content) -%}"
+        "{%- if content is string -%}"
+        f"{{{{- content | replace({lit(IMAGE_PLACEHOLDER)}, {lit(IMG_CONTEXT)}) -}}}}"
+        "{%- else -%}{%- for item in content -%}"
+        f"{{%- if item['type'] == 'image' -%}}{{{{- {lit(IMG_CONTEXT + chr(10))} -}}}}"
+        "{%- elif item['type'] == 'text' -%}"
+        f"{{{{- item['text'] | replace({lit(IMAGE_PLACEHOLDER)}, {lit(IMG_CONTEXT)}) -}}}}"
+        "{%- endif -%}{%- endfor -%}{%- endif -%}"
+        "{%- endmacro -%}"
+    )
+    return (
+        content_macro
+        + f"{{%- set system_message = {lit(system)} -%}}"
+        + "{%- set loop_messages = messages -%}"
+        + "{%- if messages and messages[0]['role'] == 'system' -%}"
+        + "{%- set system_message = render_content(messages[0]['content']) -%}"
+        + "{%- set loop_messages = messages[1:] -%}"
+        + "{%- endif -%}"
+        + f"{{{{- {lit(prefix)} + system_message + {lit(suffix + template.sep)} -}}}}"
+        + "{%- for message in loop_messages -%}"
+        + f"{{%- if message['role'] == 'user' -%}}{{{{- {lit(template.user_role)} -}}}}"
+        + f"{{%- elif message['role'] == 'assistant' -%}}{{{{- {lit(template.assistant_role)} -}}}}"
+        + "{%- else -%}{{- raise_exception('roles must be system (first), user or assistant') -}}{%- endif -%}"
+        + f"{{{{- render_content(message['content']){' | trim' if template.strip_values else ''} + {lit(template.sep)} -}}}}"
+        + "{%- endfor -%}"
+        + f"{{%- if add_generation_prompt -%}}{{{{- {lit(template.assistant_role)} -}}}}{{%- endif -%}}"
+    )
+
+
+def _named_image_tokens(tokenizer: PreTrainedTokenizerBase) -> dict[str, str]:
+    vocab = tokenizer.get_vocab()
+    # InternVLProcessor needs a distinct video token. A new "<video>" would grow the vocabulary past the
+    # model's embeddings, so without one we name the pad token, which never occurs in prompt text.
+    # Videos are not supported by this project either way.
+    pad = tokenizer.pad_token
+    video = "<video>" if "<video>" in vocab or not pad or pad in (IMG_START, IMG_END, IMG_CONTEXT) else pad
+    return {
+        "start_image_token": IMG_START,
+        "end_image_token": IMG_END,
+        "context_image_token": IMG_CONTEXT,
+        "video_token": video,
+    }
+
+
+def save_tokenizer_and_processor(
+    tokenizer: PreTrainedTokenizerBase, config: ProcessingConfig, out: str | Path
+) -> None:
+    """Write the tokenizer and an InternVLProcessor matching the training transform into `out`.
+
+    The image processor is transformers' PIL-backend GotOcr2 processor (crop_to_patches, ImageNet
+    mean/std, the run's tile size and max tiles, thumbnail) and the chat template is
+    `chat_template_jinja` of the run's template, set on the tokenizer too.
+
+    Args:
+        tokenizer: The run's tokenizer.
+        config: The run's processing settings.
+        out: The export folder.
+    """
+    from transformers import AutoTokenizer, InternVLProcessor
+    from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
+    from transformers.models.internvl.video_processing_internvl import InternVLVideoProcessor
+
+    out = Path(out)
+    jinja = chat_template_jinja(get_template(config.template), config.system_message)
+    tokenizer.chat_template = jinja
+    tokenizer.save_pretrained(out)
+    # Named special tokens go into tokenizer_config.json so a plain AutoTokenizer load exposes
+    # tokenizer.context_image_token & co, which InternVLProcessor reads.
+    config_file = out / "tokenizer_config.json"
+    tok_config = json.loads(config_file.read_text(encoding="utf-8"))
+    tok_config["extra_special_tokens"] = _named_image_tokens(tokenizer)
+    atomic_write_json(config_file, tok_config)
+    reloaded = AutoTokenizer.from_pretrained(str(out))
+    if not config.use_thumbnail and config.max_tiles > 1:
+        raise ExportError(
+            "the transformers processor always adds a thumbnail to multi-tile images; "
+            "this run trained with use_thumbnail=False, so its tiles cannot be reproduced"
+        )
+    image_processor = GotOcr2ImageProcessorPil(
+        crop_to_patches=True,
+        min_patches=config.min_tiles,
+        max_patches=config.max_tiles,
+        size={"height": config.tile_size, "width": config.tile_size},
+        image_mean=list(IMAGENET_MEAN),
+        image_std=list(IMAGENET_STD),
+        do_convert_rgb=True,
+    )
+    processor = InternVLProcessor(
+        image_processor=image_processor,
+        tokenizer=reloaded,
+        video_processor=InternVLVideoProcessor(),
+        image_seq_length=config.num_image_token,
+        chat_template=jinja,
+    )
+    processor.save_pretrained(out)
+
+
+def save_generation_config(
+    model: Any, tokenizer: PreTrainedTokenizerBase, template: ChatTemplate, out: Path
+) -> None:
+    """Greedy decoding that stops at the template's end-of-turn token (and the tokenizer's eos)."""
+    from transformers import GenerationConfig
+
+    stop = stop_token_ids(tokenizer, template)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop[0]
+    GenerationConfig(
+        eos_token_id=stop if len(stop) > 1 else stop[0],
+        pad_token_id=pad,
+        do_sample=False,
+        max_new_tokens=512,
+    ).save_pretrained(out)
+
+
+def stop_token_ids(tokenizer: PreTrainedTokenizerBase, template: ChatTemplate) -> list[int]:
+    """Token ids that end an answer: the template separator when it is one token, then the eos token."""
+    ids: list[int] = []
+    sep = template.sep.strip() or template.sep
+    sep_ids = tokenizer(sep, add_special_tokens=False)["input_ids"]
+    if len(sep_ids) == 1:
+        ids.append(sep_ids[0])
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    if not ids:
+        raise ExportError(f"the tokenizer has no eos token and '{template.sep}' is not one token")
+    return ids
