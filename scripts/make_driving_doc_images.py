@@ -16,8 +16,8 @@ from pathlib import Path
 from mini_internvl_adapt.domains.driving import DrivingDomain
 from PIL import Image, ImageDraw, ImageFont
 
+from mini_internvl_adapt.data_format.samples import read_samples
 from mini_internvl_adapt.metrics.boxes import denormalize_box, parse_boxes
-from mini_internvl_adapt.schema import read_samples
 
 _GRID_TAG = re.compile(r"<(c\d+),(CAM_[A-Z_]+),\[(\d+),(\d+)\]>")
 

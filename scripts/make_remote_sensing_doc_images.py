@@ -24,8 +24,8 @@ from mini_internvl_adapt.domains.remote_sensing.raster import (
 )
 from PIL import Image, ImageDraw
 
+from mini_internvl_adapt.data_format.samples import read_samples
 from mini_internvl_adapt.metrics.boxes import denormalize_box, parse_boxes
-from mini_internvl_adapt.schema import read_samples
 
 REPO = Path(__file__).resolve().parents[1]
 PANEL = 320

@@ -11,8 +11,9 @@ from typing import Any
 
 from tqdm import tqdm
 
+from mini_internvl_adapt.data_format.dataset import ConversionReport, write_dataset
+from mini_internvl_adapt.data_format.samples import Sample, Turn
 from mini_internvl_adapt.metrics.boxes import grounding_answer, normalize_box
-from mini_internvl_adapt.schema import ConversionReport, Sample, Turn, write_dataset
 
 from .challenge import multiple_choice, select_challenge
 from .drivelm import Frame, Question, frame_problem, has_tags, load_drivelm

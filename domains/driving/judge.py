@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from mini_internvl_adapt.registry import DomainError
+from mini_internvl_adapt.errors import DomainError
 
 SYSTEM_MESSAGE = "an evaluator who rates my answer based on the correct answer"
 PROMPT = (

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mini_internvl_adapt.registry import MissingDependencyError
+from mini_internvl_adapt.errors import MissingDependencyError
 
 from .tags import CAMERAS
 

@@ -12,9 +12,9 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from mini_internvl_adapt.data_format.samples import Sample
 from mini_internvl_adapt.metrics.boxes import grounding_metrics
 from mini_internvl_adapt.metrics.text import caption_metrics
-from mini_internvl_adapt.schema import Sample
 
 from .judge import LocalJudge, OpenAIJudge
 from .tags import decode_grid

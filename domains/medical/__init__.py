@@ -13,7 +13,8 @@ from typing import Any
 
 from mini_internvl_adapt.domains.medical.records import TASKS
 
-from mini_internvl_adapt.schema import ConversionReport, Sample
+from mini_internvl_adapt.data_format.dataset import ConversionReport
+from mini_internvl_adapt.data_format.samples import Sample
 
 __all__ = ["MedicalDomain"]
 

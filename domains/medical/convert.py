@@ -14,8 +14,9 @@ from mini_internvl_adapt.domains.medical.deid import digest
 from mini_internvl_adapt.domains.medical.records import Record, SourceError
 from tqdm import tqdm
 
-from mini_internvl_adapt.schema import ConversionReport, Sample
-from mini_internvl_adapt.source_files import read_csv_header
+from mini_internvl_adapt.data_format.dataset import ConversionReport
+from mini_internvl_adapt.data_format.samples import Sample
+from mini_internvl_adapt.data_format.source_files import read_csv_header
 
 FORMATS = ("manifest", "vqa-rad", "slake", "pmc-vqa")
 
@@ -229,7 +230,7 @@ def convert_medical(
 
 
 def _finish(out: Path, by_split: dict[str, list[Sample]], report: ConversionReport) -> ConversionReport:
-    from mini_internvl_adapt.schema import write_dataset
+    from mini_internvl_adapt.data_format.dataset import write_dataset
 
     write_dataset(out, by_split, report)
     return report

@@ -23,7 +23,7 @@ from mini_internvl_adapt.domains.medical.windows import (
     window_unit,
 )
 
-from mini_internvl_adapt.registry import MissingDependencyError
+from mini_internvl_adapt.errors import MissingDependencyError
 
 try:
     import pydicom

@@ -22,9 +22,9 @@ from mini_internvl_adapt.domains.medical.records import (
     strip_option_prefix,
 )
 
+from mini_internvl_adapt.data_format.dataset import ConversionReport
+from mini_internvl_adapt.data_format.source_files import normalise_split, read_csv_header, read_csv_rows
 from mini_internvl_adapt.metrics.answers import closed_answer, extract_choice
-from mini_internvl_adapt.schema import ConversionReport
-from mini_internvl_adapt.source_files import normalise_split, read_csv_header, read_csv_rows
 
 TASK_COLUMNS = ("label", "question", "report", "choices")
 

@@ -16,9 +16,9 @@ from mini_internvl_adapt.domains.medical.records import (
 )
 from mini_internvl_adapt.domains.medical.vqa_rad import default_image_dir
 
+from mini_internvl_adapt.data_format.dataset import ConversionReport
+from mini_internvl_adapt.data_format.source_files import read_csv_header, read_csv_rows
 from mini_internvl_adapt.metrics.answers import extract_choice
-from mini_internvl_adapt.schema import ConversionReport
-from mini_internvl_adapt.source_files import read_csv_header, read_csv_rows
 
 LETTERS = ("A", "B", "C", "D")
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mini_internvl_adapt.schema import DatasetError
+from mini_internvl_adapt.errors import DatasetError
 
 TASK_VQA = "medical-vqa"
 TASK_MCQ = "medical-mcq"

@@ -13,7 +13,7 @@ from mini_internvl_adapt.domains.medical.records import (
     Record,
 )
 
-from mini_internvl_adapt.schema import GPT, HUMAN, IMAGE_PLACEHOLDER, Sample, Turn
+from mini_internvl_adapt.data_format.samples import GPT, HUMAN, IMAGE_PLACEHOLDER, Sample, Turn
 
 SHORT_ANSWER = "Answer the question using a single word or phrase."
 CHOICE_ANSWER = "Answer with the option's letter from the given choices directly."

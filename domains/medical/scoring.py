@@ -12,6 +12,7 @@ from typing import Any
 
 from mini_internvl_adapt.domains.medical.records import TASK_CLASSIFICATION, TASK_MCQ, TASK_REPORT, TASK_VQA
 
+from mini_internvl_adapt.data_format.samples import Sample
 from mini_internvl_adapt.metrics.answers import (
     classification_metrics,
     closed_answer,
@@ -19,7 +20,6 @@ from mini_internvl_adapt.metrics.answers import (
     extract_choice,
     token_recall,
 )
-from mini_internvl_adapt.schema import Sample
 
 
 def score_medical(

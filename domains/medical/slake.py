@@ -18,8 +18,8 @@ from mini_internvl_adapt.domains.medical.records import (
 )
 from mini_internvl_adapt.domains.medical.vqa_rad import default_image_dir, load_json_list
 
-from mini_internvl_adapt.schema import ConversionReport
-from mini_internvl_adapt.source_files import normalise_split
+from mini_internvl_adapt.data_format.dataset import ConversionReport
+from mini_internvl_adapt.data_format.source_files import normalise_split
 
 REQUIRED = ("img_name", "question", "answer")
 META_FIELDS = ("content_type", "modality", "location", "qid")

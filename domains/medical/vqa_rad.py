@@ -18,8 +18,8 @@ from mini_internvl_adapt.domains.medical.records import (
     vqa_entry_fields,
 )
 
-from mini_internvl_adapt.schema import ConversionReport
-from mini_internvl_adapt.source_files import read_text
+from mini_internvl_adapt.data_format.dataset import ConversionReport
+from mini_internvl_adapt.data_format.source_files import read_text
 
 REQUIRED = ("image_name", "question", "answer")
 META_FIELDS = ("question_type", "image_organ", "qid")

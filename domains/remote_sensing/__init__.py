@@ -11,7 +11,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from mini_internvl_adapt.schema import ConversionReport, Sample, write_dataset
+from mini_internvl_adapt.data_format.dataset import ConversionReport, write_dataset
+from mini_internvl_adapt.data_format.samples import Sample
 
 from .common import DOMAIN, TASKS
 

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from mini_internvl_adapt.registry import MissingDependencyError
+from mini_internvl_adapt.errors import MissingDependencyError
 
 DOMAIN = "remote-sensing"
 GROUNDING, VQA, CLASSIFICATION, CAPTIONING = "rs-grounding", "rs-vqa", "rs-classification", "rs-captioning"

@@ -12,9 +12,11 @@ import math
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from mini_internvl_adapt.data_format.dataset import ConversionReport
+from mini_internvl_adapt.data_format.samples import Sample, Turn
+from mini_internvl_adapt.data_format.source_files import read_text
+from mini_internvl_adapt.errors import DatasetError
 from mini_internvl_adapt.metrics.boxes import grounding_answer, normalize_box
-from mini_internvl_adapt.schema import ConversionReport, DatasetError, Sample, Turn
-from mini_internvl_adapt.source_files import read_text
 
 from .common import DOMAIN, GROUNDING, describe_error, grouped_test_set
 from .images import image_name, write_images

@@ -13,9 +13,10 @@ import math
 import re
 from pathlib import Path
 
+from mini_internvl_adapt.data_format.dataset import ConversionReport
+from mini_internvl_adapt.data_format.samples import Sample, Turn
+from mini_internvl_adapt.data_format.source_files import read_text
 from mini_internvl_adapt.metrics.boxes import denormalize_box, format_boxes, parse_boxes
-from mini_internvl_adapt.schema import ConversionReport, Sample, Turn
-from mini_internvl_adapt.source_files import read_text
 
 from .common import DOMAIN, GROUNDING, VQA, describe_error, grouped_test_set
 from .images import image_name, write_images

@@ -10,8 +10,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from mini_internvl_adapt.schema import ConversionReport, Sample, Turn
-from mini_internvl_adapt.source_files import normalise_split, read_csv_header, read_csv_rows
+from mini_internvl_adapt.data_format.dataset import ConversionReport
+from mini_internvl_adapt.data_format.samples import Sample, Turn
+from mini_internvl_adapt.data_format.source_files import normalise_split, read_csv_header, read_csv_rows
 
 from .common import CAPTIONING, CLASSIFICATION, DOMAIN, SHORT_ANSWER, VQA, describe_error, grouped_test_set
 from .images import image_name, write_images

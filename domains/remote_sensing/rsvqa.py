@@ -13,7 +13,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from mini_internvl_adapt.schema import ConversionReport, Sample, Turn
+from mini_internvl_adapt.data_format.dataset import ConversionReport
+from mini_internvl_adapt.data_format.samples import Sample, Turn
 
 from .common import DOMAIN, SHORT_ANSWER, VQA, describe_error
 from .images import image_name, write_images

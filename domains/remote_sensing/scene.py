@@ -15,8 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from mini_internvl_adapt.data_format.dataset import ConversionReport
+from mini_internvl_adapt.data_format.samples import Sample, Turn
 from mini_internvl_adapt.metrics.boxes import grounding_answer, normalize_box
-from mini_internvl_adapt.schema import ConversionReport, Sample, Turn
 
 from .chips import ChipResult, chip_transform, chip_windows, write_chips
 from .common import DOMAIN, GROUNDING, SHORT_ANSWER, VQA, describe_error, grouped_test_set

@@ -9,9 +9,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from mini_internvl_adapt.data_format.samples import Sample
+from mini_internvl_adapt.fileio import atomic_write_json
 from mini_internvl_adapt.metrics.answers import classification_metrics, normalize_answer
 from mini_internvl_adapt.metrics.boxes import denormalize_box, grounding_iou, grounding_metrics, parse_boxes
-from mini_internvl_adapt.schema import Sample, atomic_write_json
 
 from .common import CAPTIONING, CLASSIFICATION, GROUNDING, VQA
 from .labels import box_to_map_polygon
