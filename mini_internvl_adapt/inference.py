@@ -11,15 +11,15 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from mini_internvl_adapt import processing
-from mini_internvl_adapt.data_format.samples import Sample
-from mini_internvl_adapt.export.exporter import SIDECAR
+from mini_internvl_adapt.data_format.samples import GPT, HUMAN, Sample, Turn
+from mini_internvl_adapt.models.info import SIDECAR
 from mini_internvl_adapt.models.loading import (
     LoadedModel,
     load_model,
@@ -177,6 +177,7 @@ def generate_answers(
     max_new_tokens: int = 128,
     show_progress: bool = True,
     on_batch: Callable[[list[str], list[str]], None] | None = None,
+    min_new_tokens: int = 0,
 ) -> dict[str, str]:
     """Greedy answers to each sample's last question, in batches with left padding and the KV cache.
 
@@ -188,6 +189,7 @@ def generate_answers(
         max_new_tokens: Longest answer in tokens.
         show_progress: Show a tqdm bar with samples/s.
         on_batch: Called with (ids, answers) after each batch (for streaming writers).
+        min_new_tokens: Shortest answer in tokens (the official evaluation scripts set 1); 0 sets none.
 
     Returns:
         Sample id -> answer text.
@@ -204,6 +206,10 @@ def generate_answers(
     device = next(model.parameters()).device
     pixel_dtype = _vision_dtype(model)
     answers: dict[str, str] = {}
+    lengths = {
+        "max_new_tokens": max_new_tokens,
+        **({"min_new_tokens": min_new_tokens} if min_new_tokens else {}),
+    }
     bar = tqdm(total=len(samples), desc="eval", unit="sample", disable=not show_progress, file=sys.stderr)
     rows = (sample_processor.generation_inputs(s, root) for s in samples)
     try:
@@ -218,7 +224,7 @@ def generate_answers(
             with torch.inference_mode():
                 out = model.generate(
                     **inputs,
-                    max_new_tokens=max_new_tokens,
+                    **lengths,
                     do_sample=False,
                     num_beams=1,
                     use_cache=True,
@@ -235,6 +241,75 @@ def generate_answers(
     finally:
         bar.close()
     return answers
+
+
+@dataclass(frozen=True)
+class PromptRequest:
+    """One question outside the shared format: an id, the user text and its images.
+
+    Attributes:
+        id: The answer's key.
+        prompt: The user turn as the chat template receives it, one ``<image>`` per image where the
+            image goes (e.g. ``"<image>\nWhat is shown?"``).
+        images: Image paths (absolute, or relative to the working directory).
+    """
+
+    id: str
+    prompt: str
+    images: tuple[str, ...] = ()
+
+
+def generate_prompt_answers(
+    eval_model: EvalModel,
+    requests: Sequence[PromptRequest],
+    *,
+    tiles: Mapping[str, Any] | None = None,
+    batch_size: int = 8,
+    max_new_tokens: int = 128,
+    min_new_tokens: int = 0,
+    show_progress: bool = True,
+    on_batch: Callable[[list[str], list[str]], None] | None = None,
+) -> dict[str, str]:
+    """Greedy answers to raw prompts (one user turn each), with the model's template and chosen tile settings.
+
+    The same batched generation as `generate_answers`; only the tiling may differ from the checkpoint's own
+    (an official benchmark fixes ``max_num`` and the thumbnail whatever the model was trained with).
+
+    Args:
+        eval_model: The model and its processing.
+        requests: The prompts with their images.
+        tiles: ProcessingConfig fields replacing the checkpoint's for these prompts (``max_tiles``,
+            ``min_tiles``, ``use_thumbnail``); None keeps the checkpoint's.
+        batch_size: Prompts per generate call.
+        max_new_tokens: Longest answer in tokens.
+        min_new_tokens: Shortest answer in tokens; 0 sets none.
+        show_progress: Show a tqdm bar.
+        on_batch: Called with (ids, answers) after each batch.
+
+    Returns:
+        Request id -> answer text.
+    """
+    allowed = {"max_tiles", "min_tiles", "use_thumbnail"}
+    unknown = sorted(set(tiles or {}) - allowed)
+    if unknown:
+        raise ValueError(f"tiles takes only {', '.join(sorted(allowed))}; got {', '.join(unknown)}")
+    model = eval_model
+    if tiles:
+        model = replace(eval_model, processing=replace(eval_model.processing, **tiles))
+    samples = [
+        Sample(id=r.id, conversations=[Turn(HUMAN, r.prompt), Turn(GPT, "")], images=list(r.images))
+        for r in requests
+    ]
+    return generate_answers(
+        model,
+        samples,
+        Path(),
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        min_new_tokens=min_new_tokens,
+        show_progress=show_progress,
+        on_batch=on_batch,
+    )
 
 
 def rope_switch(model: Any) -> tuple[str, int] | None:

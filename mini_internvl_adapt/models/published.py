@@ -1,5 +1,11 @@
 """The published domain-adapted checkpoints (Mini-InternVL2-{1B,2B,4B}-DA-*) with the paper's scores, and
 where to find a local copy of one.
+
+Hub ids are the repositories' own names on the Hugging Face Hub (their model pages): ``-DA-DriveLM``,
+``-DA-BDD``, ``-DA-RS``, ``-DA-Medical``. The official README (internvl_chat/shell/mini_internvl/README.md)
+links the DriveLM ones as ``-DA-Drivelm``; the Hub resolves repository names whatever their case, so that
+spelling is accepted as an alias, and a local copy is found in the Hugging Face cache under either spelling
+(the cache folder is named after the id as it was typed: ``models--OpenGVLab--Mini-InternVL2-1B-DA-Drivelm``).
 """
 
 from __future__ import annotations
@@ -11,6 +17,10 @@ from pathlib import Path
 from mini_internvl_adapt.errors import HubUnavailableError
 
 MODELS_DIR_ENV = "MINI_INTERNVL_ADAPT_MODELS"
+
+
+# The adaptation sets as the Hub repositories spell them, and as the official README's links spell them.
+_README_SPELLING = {"DriveLM": "Drivelm", "BDD": "BDD", "RS": "RS", "Medical": "Medical"}
 
 
 _DOMAIN_OF = {"DriveLM": "driving", "BDD": "driving", "RS": "remote-sensing", "Medical": "medical"}
@@ -26,7 +36,19 @@ _BASE_OF = {
 # What the paper reports per adaptation set; names are fixed so a missing score shows as None.
 _BENCHMARKS = {
     "DriveLM": ("DriveLM-nuScenes val", ("final_score", "accuracy", "gpt_score", "match")),
-    "BDD": ("BDD-X", ()),
+    "BDD": (
+        "BDD-X test",
+        (
+            "action_cider",
+            "action_bleu_4",
+            "action_rouge_l",
+            "justification_cider",
+            "justification_bleu_4",
+            "justification_rouge_l",
+            "speed_rmse",
+            "turning_angle_rmse",
+        ),
+    ),
     "RS": ("RSVQA / DIOR-RSVG", ("dior_rsvg_acc@0.5", "rsvqa_lr_avg", "rsvqa_hr_test1", "rsvqa_hr_test2")),
     "Medical": ("GMAI-MMBench", ("gmai_2d_cls", "gmai_2d_det")),
 }
@@ -37,6 +59,36 @@ _PAPER_SCORES: dict[tuple[str, str], dict[str, float]] = {
     ("DriveLM", "1B"): {"final_score": 0.5686, "accuracy": 0.7007, "gpt_score": 63.84, "match": 39.76},
     ("DriveLM", "2B"): {"final_score": 0.5958, "accuracy": 0.7628, "gpt_score": 65.23, "match": 43.24},
     ("DriveLM", "4B"): {"final_score": 0.5821},
+    ("BDD", "1B"): {
+        "action_cider": 223.85,
+        "action_bleu_4": 34.17,
+        "action_rouge_l": 62.11,
+        "justification_cider": 95.52,
+        "justification_bleu_4": 9.70,
+        "justification_rouge_l": 32.58,
+        "speed_rmse": 1.28,
+        "turning_angle_rmse": 9.45,
+    },
+    ("BDD", "2B"): {
+        "action_cider": 242.14,
+        "action_bleu_4": 35.77,
+        "action_rouge_l": 63.03,
+        "justification_cider": 105.06,
+        "justification_bleu_4": 10.63,
+        "justification_rouge_l": 32.46,
+        "speed_rmse": 1.26,
+        "turning_angle_rmse": 9.52,
+    },
+    ("BDD", "4B"): {
+        "action_cider": 237.41,
+        "action_bleu_4": 35.94,
+        "action_rouge_l": 63.67,
+        "justification_cider": 104.62,
+        "justification_bleu_4": 9.51,
+        "justification_rouge_l": 32.23,
+        "speed_rmse": 1.31,
+        "turning_angle_rmse": 9.46,
+    },
     ("RS", "1B"): {"dior_rsvg_acc@0.5": 89.73},
     ("RS", "2B"): {
         "dior_rsvg_acc@0.5": 89.24,
@@ -57,7 +109,7 @@ class PublishedModel:
 
     Attributes:
         name: Short name for ``--model`` (``mini-internvl2-2b-da-drivelm``).
-        hub_id: Hugging Face repository id.
+        hub_id: Hugging Face repository id, as the repository spells its name on the Hub.
         domain: The domain plugin whose test sets it answers ("driving", "medical", "remote-sensing").
         adaptation: The paper's adaptation set ("DriveLM", "BDD", "RS", "Medical").
         size: "1B", "2B" or "4B".
@@ -67,6 +119,7 @@ class PublishedModel:
         template: Official chat template name.
         benchmark: What the scores were measured on.
         scores: The paper's scores; None where the references give none.
+        readme_id: The id as the official README links it (``-DA-Drivelm``), when it differs.
     """
 
     name: str
@@ -80,6 +133,12 @@ class PublishedModel:
     template: str
     benchmark: str
     scores: dict[str, float | None] = field(default_factory=dict)
+    readme_id: str | None = None
+
+    @property
+    def ids(self) -> tuple[str, ...]:
+        """Every spelling of the hub id: the Hub's own, then the README's when it differs."""
+        return (self.hub_id,) if self.readme_id is None else (self.hub_id, self.readme_id)
 
 
 def _published() -> dict[str, PublishedModel]:
@@ -88,6 +147,7 @@ def _published() -> dict[str, PublishedModel]:
         benchmark, metric_names = _BENCHMARKS[adaptation]
         for size, (variant, base, family, template) in _BASE_OF.items():
             known = _PAPER_SCORES.get((adaptation, size), {})
+            readme = _README_SPELLING[adaptation]
             model = PublishedModel(
                 name=f"mini-internvl2-{size.lower()}-da-{adaptation.lower()}",
                 hub_id=f"OpenGVLab/Mini-InternVL2-{size}-DA-{adaptation}",
@@ -100,6 +160,7 @@ def _published() -> dict[str, PublishedModel]:
                 template=template,
                 benchmark=benchmark,
                 scores={m: known.get(m) for m in metric_names},
+                readme_id=None if readme == adaptation else f"OpenGVLab/Mini-InternVL2-{size}-DA-{readme}",
             )
             models[model.name] = model
     return models
@@ -111,10 +172,10 @@ def list_published() -> list[PublishedModel]:
 
 
 def get_published(name: str) -> PublishedModel | None:
-    """The published checkpoint called `name` (short name or hub id, case-insensitive), or None."""
+    """The published checkpoint called `name` (short name or hub id in any spelling and case), or None."""
     key = name.strip().lower()
     for model in _published().values():
-        if key in (model.name, model.hub_id.lower()):
+        if key == model.name or key in (i.lower() for i in model.ids):
             return model
     return None
 
@@ -141,21 +202,66 @@ def hub_offline() -> bool:
 
 
 def _local_copy(model: PublishedModel) -> Path | None:
-    """A local copy: $MINI_INTERNVL_ADAPT_MODELS/<repo name>, or a snapshot in the Hugging Face cache."""
+    """A local copy: $MINI_INTERNVL_ADAPT_MODELS/<repo name>, or a snapshot in the Hugging Face cache; the
+    folder names are compared whatever their case (``-DA-DriveLM`` and ``-DA-Drivelm`` are one repository)."""
     models_dir = os.environ.get(MODELS_DIR_ENV)
     if models_dir:
-        for name in (model.hub_id.split("/")[-1], model.name):
-            candidate = Path(models_dir) / name
+        wanted = [model.hub_id.split("/")[-1], model.name]
+        for candidate in _entries_named(Path(models_dir), wanted):
             if (candidate / "config.json").is_file():
                 return candidate
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
+    return cached_snapshot(model.hub_id)
 
+
+def _entries_named(folder: Path, names: list[str]) -> list[Path]:
+    """The entries of `folder` named like one of `names` whatever the case, in the order of `names`; an
+    entry spelled exactly as given comes first."""
     try:
-        path = Path(snapshot_download(model.hub_id, local_files_only=True))
-    except (LocalEntryNotFoundError, FileNotFoundError, OSError, ValueError):
+        entries = sorted(folder.iterdir())
+    except OSError:
+        return []
+    found = [e for n in names for e in entries if e.name.lower() == n.lower()]
+    return sorted(found, key=lambda e: e.name not in names)  # stable: keeps the order of `names`
+
+
+def cached_snapshot(hub_id: str) -> Path | None:
+    """The snapshot of `hub_id` in the local Hugging Face cache, whatever the case its folder was written in.
+
+    The cache names a repository's folder after the id as it was typed (``huggingface-cli download
+    OpenGVLab/Mini-InternVL2-1B-DA-Drivelm`` writes ``models--OpenGVLab--Mini-InternVL2-1B-DA-Drivelm``),
+    while the Hub resolves names in any case; every folder whose name matches without regard to case counts.
+
+    Args:
+        hub_id: ORG/NAME.
+
+    Returns:
+        The snapshot folder (the ``main`` ref's, else the newest snapshot) holding a config.json, or None.
+    """
+    from huggingface_hub import constants
+
+    cache = Path(constants.HF_HUB_CACHE)  # read now: tests and users may point it elsewhere after import
+    wanted = "models--" + hub_id.replace("/", "--")
+    for repo in _entries_named(cache, [wanted]):
+        snapshot = _snapshot_of(repo)
+        if snapshot is not None:
+            return snapshot
+    return None
+
+
+def _snapshot_of(repo: Path) -> Path | None:
+    """The snapshot of one cache folder (``models--ORG--NAME``): refs/main's, else the newest one with a
+    config.json."""
+    snapshots = repo / "snapshots"
+    ref = repo / "refs" / "main"
+    if ref.is_file():
+        candidate = snapshots / ref.read_text(encoding="utf-8").strip()
+        if (candidate / "config.json").is_file():
+            return candidate
+    try:
+        found = [s for s in snapshots.iterdir() if (s / "config.json").is_file()]
+    except OSError:
         return None
-    return path if (path / "config.json").is_file() else None
+    return max(found, key=lambda s: s.stat().st_mtime) if found else None
 
 
 def resolve_published(name: str) -> Path:

@@ -11,104 +11,110 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import lightning.pytorch as pl
 import torch
+from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from mini_internvl_adapt.errors import ConfigError
 from mini_internvl_adapt.fileio import file_mode
+from mini_internvl_adapt.processing.transform import ProcessingConfig
 from mini_internvl_adapt.training.config import LAST_CHECKPOINT, TrainConfig
+from mini_internvl_adapt.training.data import Entry
 from mini_internvl_adapt.training.val_generation import GenerationMetrics
 
 
-def _build_callbacks(run: Path, config: TrainConfig) -> list[Any]:
-    import lightning.pytorch as pl
+class LastCheckpoint(pl.Callback):
+    """Rewrites checkpoints/last.ckpt every n optimizer steps (through the atomic checkpoint IO).
 
-    class LastCheckpoint(pl.Callback):
-        """Rewrites checkpoints/last.ckpt every n optimizer steps (through the atomic checkpoint IO).
+    With gradient accumulation global_step stays put for accumulate_grad_batches - 1 more
+    micro-batches after an optimizer step; saving on those would record a data position past
+    gradients the checkpoint does not hold. So each step is saved once, on the micro-batch that
+    completed it (the first to see the new global_step).
+    """
 
-        With gradient accumulation global_step stays put for accumulate_grad_batches - 1 more
-        micro-batches after an optimizer step; saving on those would record a data position past
-        gradients the checkpoint does not hold. So each step is saved once, on the micro-batch that
-        completed it (the first to see the new global_step).
-        """
+    def __init__(self, run: Path, every: int) -> None:
+        self.path = run / LAST_CHECKPOINT
+        self.every = max(1, every)
+        self.saved_step = -1
 
-        def __init__(self, every: int) -> None:
-            self.every = max(1, every)
-            self.saved_step = -1
+    def on_train_start(self, trainer: pl.Trainer, module: Any) -> None:
+        # A resumed run starts on the step its checkpoint already holds.
+        self.saved_step = trainer.global_step
 
-        def on_train_start(self, trainer: pl.Trainer, module: Any) -> None:
-            # A resumed run starts on the step its checkpoint already holds.
-            self.saved_step = trainer.global_step
-
-        def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
-            step = trainer.global_step
-            # The last step is saved here too, inside the loop: a checkpoint Lightning writes after fit()
-            # records the epoch as finished, and extending the run with --resume would skip its rest.
-            last = 0 < trainer.max_steps <= step
-            if step > 0 and (step % self.every == 0 or last) and step != self.saved_step:
-                self.saved_step = step
-                # weights_only=False: the full training state (and no log line on every save).
-                trainer.save_checkpoint(run / LAST_CHECKPOINT, weights_only=False)
-
-    class Throughput(pl.Callback):
-        """Wall time of the training loop itself (no model loading or data setup)."""
-
-        def __init__(self) -> None:
-            self.start = self.end = 0.0
-            self.start_samples = self.start_tokens = 0
-            # After the first step (lazy imports, allocator warm-up) to the last one: the steady rate.
-            self.first: tuple[float, int, int] | None = None
-            self.last: tuple[float, int, int] | None = None
-
-        def on_train_start(self, trainer: pl.Trainer, module: Any) -> None:
-            self.start = time.perf_counter()
-            self.start_samples, self.start_tokens = module.samples_seen, module.tokens_seen
-
-        def on_train_batch_end(self, trainer: pl.Trainer, module: Any, *args: Any) -> None:
-            mark = (time.perf_counter(), module.samples_seen, module.tokens_seen)
-            if self.first is None:
-                self.first = mark
-            self.last = mark
-
-        def steady(self) -> tuple[float | None, float | None]:
-            """Samples/s and tokens/s after the first step (None with fewer than two steps)."""
-            if self.first is None or self.last is None or self.last[0] <= self.first[0]:
-                return None, None
-            seconds = self.last[0] - self.first[0]
-            return (self.last[1] - self.first[1]) / seconds, (self.last[2] - self.first[2]) / seconds
-
-        def on_train_end(self, trainer: pl.Trainer, module: Any) -> None:
-            self.end = time.perf_counter()
-
-    callbacks: list[Any] = [LastCheckpoint(config.train.checkpoint_every_n_steps), Throughput()]
-    if config.train.progress_bar:
-        callbacks.append(_progress_bar(config.train.max_steps))
-    return callbacks
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        step = trainer.global_step
+        # The last step is saved here too, inside the loop: a checkpoint Lightning writes after fit()
+        # records the epoch as finished, and extending the run with --resume would skip its rest.
+        last = 0 < trainer.max_steps <= step
+        if step > 0 and (step % self.every == 0 or last) and step != self.saved_step:
+            self.saved_step = step
+            # weights_only=False: the full training state (and no log line on every save).
+            trainer.save_checkpoint(self.path, weights_only=False)
 
 
-def _progress_bar(max_steps: int) -> Any:
-    """Lightning's bar on stderr (stdout stays machine-readable), showing steps, not "Epoch 0/-2"."""
-    from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
+class Throughput(pl.Callback):
+    """Wall time of the training loop itself (no model loading or data setup)."""
 
-    class StepsBar(RichProgressBar):
-        def _get_train_description(self, current_epoch: int) -> str:
-            return (
-                f"train (max {max_steps} steps)"
-                if max_steps > 0
-                else super()._get_train_description(current_epoch)
-            )
+    def __init__(self) -> None:
+        self.start = self.end = 0.0
+        self.start_samples = self.start_tokens = 0
+        # After the first step (lazy imports, allocator warm-up) to the last one: the steady rate.
+        self.first: tuple[float, int, int] | None = None
+        self.last: tuple[float, int, int] | None = None
 
+    def on_train_start(self, trainer: pl.Trainer, module: Any) -> None:
+        self.start = time.perf_counter()
+        self.start_samples, self.start_tokens = module.samples_seen, module.tokens_seen
+
+    def on_train_batch_end(self, trainer: pl.Trainer, module: Any, *args: Any) -> None:
+        mark = (time.perf_counter(), module.samples_seen, module.tokens_seen)
+        if self.first is None:
+            self.first = mark
+        self.last = mark
+
+    def steady(self) -> tuple[float | None, float | None]:
+        """Samples/s and tokens/s after the first step (None with fewer than two steps)."""
+        if self.first is None or self.last is None or self.last[0] <= self.first[0]:
+            return None, None
+        seconds = self.last[0] - self.first[0]
+        return (self.last[1] - self.first[1]) / seconds, (self.last[2] - self.first[2]) / seconds
+
+    def on_train_end(self, trainer: pl.Trainer, module: Any) -> None:
+        self.end = time.perf_counter()
+
+
+class StepsBar(RichProgressBar):
+    """Lightning's rich bar on stderr (stdout stays machine-readable), showing steps, not "Epoch 0/-2"."""
+
+    def __init__(self, max_steps: int) -> None:
+        super().__init__(console_kwargs={"stderr": True})
+        self.max_steps = max_steps
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        if self.max_steps > 0:
+            return f"train (max {self.max_steps} steps)"
+        return super()._get_train_description(current_epoch)
+
+
+def progress_bar(max_steps: int) -> pl.Callback:
+    """The step bar, or Lightning's tqdm bar where rich (optional in Lightning) is missing."""
     try:
-        return StepsBar(console_kwargs={"stderr": True})
-    except ModuleNotFoundError:  # rich is optional in Lightning
+        return StepsBar(max_steps)
+    except ModuleNotFoundError:
         return TQDMProgressBar()
 
 
-def _generation_callback(
-    run: Path, config: TrainConfig, val_entries: Sequence[Any], tokenizer: Any, processing: Any
-) -> Any:
+def generation_callback(
+    run: Path,
+    config: TrainConfig,
+    val_entries: Sequence[Entry],
+    tokenizer: Any,
+    processing: ProcessingConfig,
+) -> GenerationMetrics:
     """The callback behind --val-generate-every: the first samples of the first validation source."""
-
     if not val_entries:
-        raise ValueError(
+        raise ConfigError(
             "train.val_generate_every_n_steps needs a validation set: pass --val (e.g. DATASET/test.jsonl) "
             "or add val.jsonl to the dataset folder"
         )
@@ -126,34 +132,29 @@ def _generation_callback(
     )
 
 
-def _atomic_checkpoint_io() -> Any:
-    from lightning.pytorch.plugins.io import TorchCheckpointIO
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes a checkpoint to a temp file in the same folder, fsyncs it, then renames it over the old one.
 
-    class AtomicCheckpointIO(TorchCheckpointIO):
-        """Writes a checkpoint to a temp file in the same folder, fsyncs it, then renames it over the old one.
+    A kill at any moment leaves either the previous complete checkpoint or the new one, never half a file.
+    """
 
-        A kill at any moment leaves either the previous complete checkpoint or the new one, never half a file.
-        """
-
-        def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
-            path = Path(path)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    torch.save(checkpoint, f)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.chmod(tmp, file_mode())  # mkstemp's 0600 -> what the umask gives a plain file
-                os.replace(tmp, path)
-                with contextlib.suppress(OSError):  # make the rename itself durable
-                    dir_fd = os.open(path.parent, os.O_RDONLY)
-                    try:
-                        os.fsync(dir_fd)
-                    finally:
-                        os.close(dir_fd)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
-
-    return AtomicCheckpointIO()
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, file_mode())  # mkstemp's 0600 -> what the umask gives a plain file
+            os.replace(tmp, path)
+            with contextlib.suppress(OSError):  # make the rename itself durable
+                dir_fd = os.open(path.parent, os.O_RDONLY)
+                try:
+                    os.fsync(dir_fd)
+                finally:
+                    os.close(dir_fd)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from mini_internvl_adapt.training.callbacks import _build_callbacks
+from mini_internvl_adapt.training.callbacks import LastCheckpoint
 from mini_internvl_adapt.training.config import TrainConfig
 
 
@@ -29,7 +29,7 @@ class _Toy(pl.LightningModule):
 def _saves(tmp_path: Path, accumulate: int, steps: int, every: int) -> list[tuple[int, int]]:
     config = TrainConfig()
     config.train.checkpoint_every_n_steps = every
-    callback = _build_callbacks(tmp_path, config)[0]
+    callback = LastCheckpoint(tmp_path, config.train.checkpoint_every_n_steps)
     trainer = pl.Trainer(
         max_steps=steps,
         accumulate_grad_batches=accumulate,

@@ -19,7 +19,7 @@ from mini_internvl_adapt.models.loading import load_model
 from mini_internvl_adapt.processing.transform import ProcessingConfig, SampleProcessor, collate
 from mini_internvl_adapt.runs import load_run_model
 from mini_internvl_adapt.training import task as task_mod
-from mini_internvl_adapt.training.callbacks import _atomic_checkpoint_io
+from mini_internvl_adapt.training.callbacks import AtomicCheckpointIO
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -292,7 +292,7 @@ def test_existing_run_needs_resume_and_resume_needs_a_run(
 
 
 def test_checkpoint_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    io = _atomic_checkpoint_io()
+    io = AtomicCheckpointIO()
     path = tmp_path / "checkpoints" / "last.ckpt"
     io.save_checkpoint({"step": 1, "w": torch.ones(3)}, path)
     from mini_internvl_adapt.fileio import file_mode
