@@ -157,32 +157,7 @@ def score_driving(
     if judge is not None:
         scores = judge.rate_many(gpt_pairs + match_pairs, judge_workers)
         gpt, gpt_match = _mean(scores[: len(gpt_pairs)]), _mean(scores[len(gpt_pairs) :])
-    out["gpt"] = gpt
-    out["match"] = (
-        (out["match_f1"] + gpt_match) / 2 if out["match_f1"] is not None and gpt_match is not None else None
-    )
-    parts = [out["accuracy"], out["language"], out["match_f1"]]
-    # The judge-free part of the final score: final = final_without_gpt + 0.4 gpt/100 + 0.1 gpt_match/100.
-    out["final_without_gpt"] = (
-        WEIGHTS["accuracy"] * parts[0]
-        + WEIGHTS["language"] * parts[1]
-        + WEIGHTS["match"] * parts[2] / 2 / 100
-        if all(p is not None for p in parts)
-        else None
-    )
-    # Its ceiling: a perfect judge-free score is 0.5, so it is not comparable to published final scores.
-    out["final_without_gpt_max"] = FINAL_WITHOUT_GPT_MAX
-    out["final"] = (
-        WEIGHTS["gpt"] * gpt / 100
-        + WEIGHTS["language"] * out["language"]
-        + WEIGHTS["match"] * out["match"] / 100
-        + WEIGHTS["accuracy"] * out["accuracy"]
-        if gpt is not None
-        and out["match"] is not None
-        and out["language"] is not None
-        and out["accuracy"] is not None
-        else None
-    )
+    _add_final_scores(out, gpt, gpt_match)
     if grounding:
         # The shared evaluation (RefCOCO / DIOR-RSVG rules): first box, +1 pixel IoU, hit when IoU > 0.5,
         # an answer without a box is a miss with IoU 0 that stays in the denominator.
@@ -210,3 +185,33 @@ def score_driving(
         "missing_predictions": missing,
     }
     return out
+
+
+def _add_final_scores(out: dict[str, Any], gpt: float | None, gpt_match: float | None) -> None:
+    """The challenge's composite scores from accuracy, language and match (and the judge's, when there)."""
+    out["gpt"] = gpt
+    out["match"] = (
+        (out["match_f1"] + gpt_match) / 2 if out["match_f1"] is not None and gpt_match is not None else None
+    )
+    parts = [out["accuracy"], out["language"], out["match_f1"]]
+    # The judge-free part of the final score: final = final_without_gpt + 0.4 gpt/100 + 0.1 gpt_match/100.
+    out["final_without_gpt"] = (
+        WEIGHTS["accuracy"] * parts[0]
+        + WEIGHTS["language"] * parts[1]
+        + WEIGHTS["match"] * parts[2] / 2 / 100
+        if all(p is not None for p in parts)
+        else None
+    )
+    # Its ceiling: a perfect judge-free score is 0.5, so it is not comparable to published final scores.
+    out["final_without_gpt_max"] = FINAL_WITHOUT_GPT_MAX
+    out["final"] = (
+        WEIGHTS["gpt"] * gpt / 100
+        + WEIGHTS["language"] * out["language"]
+        + WEIGHTS["match"] * out["match"] / 100
+        + WEIGHTS["accuracy"] * out["accuracy"]
+        if gpt is not None
+        and out["match"] is not None
+        and out["language"] is not None
+        and out["accuracy"] is not None
+        else None
+    )

@@ -239,24 +239,7 @@ def convert_scene(
         stretches[scene] = stretch.to_json()
         scene_bands[scene] = bands
         # Only chips that will hold a feature are read and written.
-        plan = []
-        # Features whose box touches a window, found for all features at once (a scene may hold
-        # thousands of features and chips: testing every pair in Python would dominate the conversion).
-        extents = np.array([box for _, box in feature_boxes], dtype=np.float64).reshape(-1, 4)
-        for window in chip_windows(size[0], size[1], opts.chip_size, stride):
-            chips["total"] += 1
-            c0, r0, c1, r1 = window[0], window[1], window[0] + window[2], window[1] + window[3]
-            touching = np.flatnonzero(
-                (extents[:, 0] <= c1) & (extents[:, 2] >= c0) & (extents[:, 1] <= r1) & (extents[:, 3] >= r0)
-            )
-            candidates = (feature_boxes[i] for i in touching)
-            # The half-inside rule and the clipping use the chip's part of the scene, never its padding.
-            in_scene = (c0, r0, min(c1, size[0]) - c0, min(r1, size[1]) - r0)
-            inside = [(f, b) for f, b in ((f, box_in_chip(box, *in_scene)) for f, box in candidates) if b]
-            if inside:
-                plan.append((window, inside))
-            else:
-                chips["unlabelled"] += 1
+        plan = _plan_chips(size, feature_boxes, opts.chip_size, stride, chips)
         names = [f"images/{scene.replace('/', '__')}_{w[0]}_{w[1]}.{opts.image_format}" for w, _ in plan]
         results = write_chips(
             raster, bands, stretch, [w for w, _ in plan], names, out, opts.min_valid, opts.workers
@@ -310,6 +293,36 @@ def convert_scene(
         }
     )
     return splits
+
+
+def _plan_chips(
+    size: tuple[int, int],
+    feature_boxes: list[tuple[Any, list[float]]],
+    chip_size: int,
+    stride: int,
+    chips: dict[str, int],
+) -> list[tuple[tuple[int, int, int, int], list[tuple[Any, list[float]]]]]:
+    """The chip windows of a scene that hold at least half of a feature's box, with those features
+    (boxes clipped to the chip); counts every window and the unlabelled ones in `chips`."""
+    plan = []
+    # Features whose box touches a window, found for all features at once (a scene may hold
+    # thousands of features and chips: testing every pair in Python would dominate the conversion).
+    extents = np.array([box for _, box in feature_boxes], dtype=np.float64).reshape(-1, 4)
+    for window in chip_windows(size[0], size[1], chip_size, stride):
+        chips["total"] += 1
+        c0, r0, c1, r1 = window[0], window[1], window[0] + window[2], window[1] + window[3]
+        touching = np.flatnonzero(
+            (extents[:, 0] <= c1) & (extents[:, 2] >= c0) & (extents[:, 1] <= r1) & (extents[:, 3] >= r0)
+        )
+        candidates = (feature_boxes[i] for i in touching)
+        # The half-inside rule and the clipping use the chip's part of the scene, never its padding.
+        in_scene = (c0, r0, min(c1, size[0]) - c0, min(r1, size[1]) - r0)
+        inside = [(f, b) for f, b in ((f, box_in_chip(box, *in_scene)) for f, box in candidates) if b]
+        if inside:
+            plan.append((window, inside))
+        else:
+            chips["unlabelled"] += 1
+    return plan
 
 
 @dataclass

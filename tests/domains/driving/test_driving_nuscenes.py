@@ -14,7 +14,7 @@ from PIL import Image
 from mini_internvl_adapt.data_format.samples import read_samples
 
 pytest.importorskip("nuscenes")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "data"))
 from make_tiny_nuscenes import (  # noqa: E402
     CAMERA_TRANSLATION,
     INTRINSIC,
