@@ -19,7 +19,7 @@ import torch
 
 from mini_internvl_adapt import processing
 from mini_internvl_adapt.data_format.samples import GPT, HUMAN, Sample, Turn
-from mini_internvl_adapt.models.info import SIDECAR
+from mini_internvl_adapt.models.info import SIDECAR, ModelInfo
 from mini_internvl_adapt.models.loading import (
     LoadedModel,
     load_model,
@@ -31,7 +31,7 @@ from mini_internvl_adapt.models.published import get_published
 from mini_internvl_adapt.models.templates import get_template
 from mini_internvl_adapt.models.variants import get_variant
 from mini_internvl_adapt.processing.hf_files import stop_token_ids
-from mini_internvl_adapt.runs import load_run_model, processing_config_from, read_run
+from mini_internvl_adapt.runs import load_run_model, read_run
 
 
 @dataclass
@@ -51,7 +51,7 @@ class EvalModel:
     source: str
 
 
-def processing_from(info: Any, sidecar: Mapping[str, Any] | None = None) -> processing.ProcessingConfig:
+def processing_from(info: ModelInfo, sidecar: Mapping[str, Any] | None = None) -> processing.ProcessingConfig:
     """The processing a checkpoint was trained with.
 
     Args:
@@ -65,17 +65,8 @@ def processing_from(info: Any, sidecar: Mapping[str, Any] | None = None) -> proc
 
     saved = (sidecar or {}).get("processing")
     if isinstance(saved, Mapping):
-        return processing_config_from(saved)
-    return processing_config_from(
-        {
-            "template": info.template,
-            "tile_size": info.image_size,
-            "num_image_token": info.num_image_token,
-            "min_tiles": info.min_dynamic_patch,
-            "max_tiles": info.max_dynamic_patch,
-            "use_thumbnail": info.use_thumbnail,
-        }
-    )
+        return processing.ProcessingConfig.from_json(saved)
+    return processing.ProcessingConfig.from_model_info(info)
 
 
 def _sidecar(path: Path) -> dict[str, Any]:

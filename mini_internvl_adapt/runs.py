@@ -11,13 +11,12 @@ import shutil
 import tempfile
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from mini_internvl_adapt import processing
 from mini_internvl_adapt import tuning as tuning_mod
 from mini_internvl_adapt.data_format.sources import resolve_sources
 from mini_internvl_adapt.errors import ExportError
@@ -69,14 +68,6 @@ class RunInfo:
     def is_adapter(self) -> bool:
         """Whether RUN/final holds a peft adapter (LoRA/QLoRA) rather than full weights."""
         return (self.final_dir / "adapter_config.json").is_file()
-
-
-def processing_config_from(data: Mapping[str, Any]) -> ProcessingConfig:
-    """A ProcessingConfig from a saved dict (unknown keys ignored, missing or None keys at their defaults)."""
-
-    names = {f.name for f in fields(processing.ProcessingConfig)}
-    # system_message None is meaningful (the template's default) and is its default anyway.
-    return processing.ProcessingConfig(**{k: v for k, v in data.items() if k in names and v is not None})
 
 
 def read_json_object(path: Path) -> dict[str, Any]:
@@ -197,17 +188,8 @@ def read_run(run_dir: str | Path) -> RunInfo:
     base_file = final_dir / "base_model.json"
     base = read_json_object(base_file) if base_file.is_file() else {}
     summary = read_json_object(run_dir / "summary.json") if (run_dir / "summary.json").is_file() else {}
-    processing = processing_config_from(
-        {
-            "template": info.get("template"),
-            "tile_size": info.get("image_size"),
-            "num_image_token": info.get("num_image_token"),
-            "min_tiles": info.get("min_dynamic_patch"),
-            "max_tiles": info.get("max_dynamic_patch"),
-            "use_thumbnail": info.get("use_thumbnail"),
-            "system_message": data.get("system_message"),
-            "max_length": data.get("max_length"),
-        }
+    processing = ProcessingConfig.from_model_info(
+        info, system_message=data.get("system_message"), max_length=data.get("max_length")
     )
     method = str(base.get("method") or tuning.get("method") or summary.get("method") or "full")
     base_model = base.get("name_or_path") or model_cfg.get("name") or summary.get("model")
@@ -258,7 +240,7 @@ def _read_adapter_export(folder: Path, info: Mapping[str, Any]) -> RunInfo:
         final_dir=folder,
         method=method,
         base_model=str(info.get("base_model") or base["name_or_path"]),
-        processing=processing_config_from(info.get("processing") or {}),
+        processing=ProcessingConfig.from_json(info.get("processing") or {}),
         base_model_path=base.get("resolved_path"),
         llm_family=str(info.get("llm_family", "")),
         domain=info.get("domain"),

@@ -145,7 +145,7 @@ class TuningConfig:
         return cls(**obj)
 
 
-def llm_family(model: nn.Module) -> str:
+def model_llm_family(model: nn.Module) -> str:
     """The LLM family of an InternVL model from its text config ("qwen2", "llama", "phi3", ...)."""
     config = getattr(model, "config", None)
     text = getattr(config, "text_config", None) or getattr(config, "llm_config", None)
@@ -194,7 +194,7 @@ def lora_target_regex(model: nn.Module, *, llm: bool, vision: bool) -> str:
     """
     patterns = []
     if llm:
-        family = llm_family(model)
+        family = model_llm_family(model)
         names = _linear_names(model, "language_model", LLM_LORA_TARGETS[family])
         if not names:
             raise ValueError(f"no LoRA target layers found in the {family} language model")

@@ -6,6 +6,8 @@ An export of a run is one folder:
   an ``InternVLProcessor`` whose chat template renders the training prompt exactly, generation config)
   that loads with ``AutoModelForImageTextToText`` / ``AutoProcessor`` and no code of ours. QLoRA adapters
   merge into a full-precision base, never into the 4-bit one.
+- ``--layout original``: the remote-code layout of the published InternVL2 / Mini-InternVL checkpoints
+  (always merged), for SGLang, LMDeploy, older vLLM and the official InternVL scripts (see layouts.py).
 - otherwise: the peft adapter plus what rebuilds the model (``mini_internvl_adapt.json``: base model,
   template, tiles), the tokenizer and the processor.
 
@@ -21,14 +23,24 @@ from pathlib import Path
 from typing import Any
 
 from mini_internvl_adapt.errors import ExportError
+from mini_internvl_adapt.export.layouts import (
+    DEFAULT_MAX_SHARD_SIZE,
+    LAYOUTS,
+    original_configs,
+    sidecar_info,
+    staged_folder,
+    write_hf_checkpoint,
+    write_original_checkpoint,
+)
 from mini_internvl_adapt.export.model_card import CardInfo, render_model_card
-from mini_internvl_adapt.fileio import apply_umask_modes, atomic_write_json, atomic_write_text
+from mini_internvl_adapt.fileio import atomic_write_json, atomic_write_text
+from mini_internvl_adapt.models.conversion import same_network
 from mini_internvl_adapt.models.info import SIDECAR
 from mini_internvl_adapt.models.loading import DTYPES, looks_like_hub_id, torch_dtype
 from mini_internvl_adapt.models.published import get_published
 from mini_internvl_adapt.models.templates import get_template
 from mini_internvl_adapt.models.variants import get_variant
-from mini_internvl_adapt.processing.hf_files import save_generation_config, save_tokenizer_and_processor
+from mini_internvl_adapt.processing.hf_files import save_tokenizer_and_processor, stop_token_ids
 from mini_internvl_adapt.runs import (
     RunInfo,
     card_metrics,
@@ -39,26 +51,8 @@ from mini_internvl_adapt.runs import (
     samples_of,
 )
 
-# --------------------------------------------------------------------------------------------------
-# Published domain-adapted checkpoints
-# --------------------------------------------------------------------------------------------------
-
-
-# --------------------------------------------------------------------------------------------------
-# Chat template and processor of an export
-# --------------------------------------------------------------------------------------------------
-
-
-# --------------------------------------------------------------------------------------------------
-# Run folders
-# --------------------------------------------------------------------------------------------------
-
-
-# --------------------------------------------------------------------------------------------------
-# Export
-# --------------------------------------------------------------------------------------------------
-
-
+# The sidecar's "format" of a merged export in each layout.
+FORMATS = {"hf": "hf-native", "original": "original-layout"}
 
 
 def _card_info(
@@ -180,6 +174,76 @@ def _local_model_name(name_or_path: str) -> str:
     return Path(name_or_path).name or name_or_path
 
 
+def _copy_adapter(run: RunInfo, tmp: Path, hub_id: str | None) -> None:
+    """The peft adapter files of the run, with a base model name peft can load."""
+    for item in run.final_dir.iterdir():
+        if item.is_file() and (item.name.startswith("adapter_") or item.name == "base_model.json"):
+            shutil.copy2(item, tmp / item.name)
+    # peft reads this only in AutoPeftModel.from_pretrained(adapter), to load the base. A shared
+    # adapter names the hub id; a base without one (a local checkpoint, the tiny model) keeps the
+    # folder it was loaded from, the one value that loads at all, as peft itself records it. The
+    # Hub validates the card's base_model, not this; the card leaves the path out.
+    adapter_config = read_json_object(tmp / "adapter_config.json")
+    local = run.base_model_path if run.base_model_path and Path(run.base_model_path).is_dir() else None
+    adapter_config["base_model_name_or_path"] = hub_id or str(
+        Path(local).resolve() if local else run.base_model
+    )
+    atomic_write_json(tmp / "adapter_config.json", adapter_config)
+
+
+def _run_sources(run: RunInfo) -> list[str]:
+    """Local folders the run's model descends from (its base model), for the original layout's config
+    fields and tokenizer files."""
+    return [p for p in (run.base_model_path, run.base_model) if p and Path(p).is_dir()]
+
+
+def _write_model(
+    run: RunInfo,
+    tmp: Path,
+    *,
+    layout: str,
+    merged: bool,
+    dtype: str,
+    hub_id: str | None,
+    remote_code_from: str | Path | None,
+    max_shard_size: str | int,
+) -> dict[str, Any]:
+    """Write the run's model into `tmp` in the export's form; returns sidecar entries it adds."""
+    tokenizer = run_tokenizer(run)
+    family = run.llm_family
+    if not merged:
+        _copy_adapter(run, tmp, hub_id)
+        save_tokenizer_and_processor(tokenizer, run.processing, tmp)
+        return {}
+    model = merged_model(run).to(torch_dtype(dtype))
+    family = family or str(model.config.text_config.model_type)
+    template = get_template(run.processing.template)
+    stop = [str(t) for t in tokenizer.convert_ids_to_tokens(stop_token_ids(tokenizer, template))]
+    if layout == "original":
+        written = write_original_checkpoint(
+            model,
+            tokenizer,
+            run.processing,
+            tmp,
+            llm_family=family,
+            dtype=DTYPES[dtype],
+            sources=_run_sources(run),
+            remote_code_from=remote_code_from,
+            max_shard_size=max_shard_size,
+        )
+        return {
+            "stop_tokens": stop,
+            "remote_code": written["remote_code"],
+            "tokenizer_files": written["tokenizer"],
+        }
+    write_hf_checkpoint(model, tokenizer, run.processing, tmp, max_shard_size=max_shard_size)
+    extra: dict[str, Any] = {"stop_tokens": stop}
+    inherited = [c for c in original_configs(_run_sources(run)) if same_network(c, model.config)]
+    if inherited:  # kept so that a later conversion to the original layout writes the base's fields
+        extra["original_config"] = inherited[0]
+    return extra
+
+
 def export(
     run_dir: str | Path,
     out_dir: str | Path,
@@ -190,6 +254,9 @@ def export(
     metrics_source: str | None = None,
     datasets: Sequence[str] | None = None,
     overwrite: bool = False,
+    layout: str = "hf",
+    remote_code_from: str | Path | None = None,
+    max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
 ) -> Path:
     """Export a run folder (see the module docstring for what each form holds).
 
@@ -202,104 +269,66 @@ def export(
         metrics_source: Where `metrics` come from (a file name), named in the card; None: not recorded.
         datasets: Hub dataset ids for the card's ``datasets`` (a run's local data folder never goes there).
         overwrite: Replace an existing non-empty `out_dir`.
+        layout: "hf" (transformers-native) or "original" (the remote-code layout of the published
+            checkpoints; always merged).
+        remote_code_from: With the original layout: a folder to copy the remote-code files from.
+        max_shard_size: Largest weight file ("5GB", "500MB", ...).
 
     Returns:
         The export folder.
 
     Raises:
-        ExportError: Not a finished run, an existing output folder, an unknown dtype.
+        ExportError: Not a finished run, an existing output folder, an unknown dtype or layout.
     """
     run = read_run(run_dir)
     out = Path(out_dir)
     if dtype not in DTYPES:
         raise ExportError(f"unknown dtype '{dtype}'; choose one of {', '.join(DTYPES)}")
-    weights_dtype = torch_dtype(dtype)
+    if layout not in LAYOUTS:
+        raise ExportError(f"unknown layout '{layout}'; choose one of {', '.join(LAYOUTS)}")
+    if remote_code_from is not None and layout != "original":
+        raise ExportError("remote-code files belong to the original layout only (--layout original)")
     hub_id = base_model_hub_id(run.base_model, run.base_model_path)
     resolved, run_resolved = out.resolve(), run.run_dir.resolve()
     if resolved == run_resolved or resolved in run_resolved.parents or resolved == run.final_dir.resolve():
         raise ExportError(
             f"{out}: the export folder would contain or replace the run {run.run_dir}; choose another"
         )
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise ExportError(f"{out}: folder exists and is not empty (pass --overwrite to replace it)")
-    # Build in a sibling temp folder and swap it in at the end: a failed export leaves the old one intact.
-    tmp = out.with_name(f".{out.name}.partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    try:
-        tokenizer = run_tokenizer(run)
-        template = get_template(run.processing.template)
-        merged = merge_lora or not run.is_adapter
-        if merged:
-            model = merged_model(run).to(weights_dtype)
-            model.save_pretrained(tmp, safe_serialization=True)
-            save_generation_config(model, tokenizer, template, tmp)
-        else:
-            for item in run.final_dir.iterdir():
-                if item.is_file() and (item.name.startswith("adapter_") or item.name == "base_model.json"):
-                    shutil.copy2(item, tmp / item.name)
-            # peft reads this only in AutoPeftModel.from_pretrained(adapter), to load the base. A shared
-            # adapter names the hub id; a base without one (a local checkpoint, the tiny model) keeps the
-            # folder it was loaded from, the one value that loads at all, as peft itself records it. The
-            # Hub validates the card's base_model, not this; the card leaves the path out.
-            adapter_config = read_json_object(tmp / "adapter_config.json")
-            local = (
-                run.base_model_path if run.base_model_path and Path(run.base_model_path).is_dir() else None
-            )
-            adapter_config["base_model_name_or_path"] = hub_id or str(
-                Path(local).resolve() if local else run.base_model
-            )
-            atomic_write_json(tmp / "adapter_config.json", adapter_config)
-        save_tokenizer_and_processor(tokenizer, run.processing, tmp)
-        p = run.processing
-        # The sidecar is a ModelInfo (so `load_model` reads the export's template and tiles) plus
-        # the full processing settings and provenance.
-        atomic_write_json(
-            tmp / SIDECAR,
-            {
-                "llm_family": run.llm_family,
-                "template": p.template,
-                "layout": "hf",
-                "image_size": p.tile_size,
-                "num_image_token": p.num_image_token,
-                "min_dynamic_patch": p.min_tiles,
-                "max_dynamic_patch": p.max_tiles,
-                "use_thumbnail": p.use_thumbnail,
-                "source": f"export of {run.run_dir.resolve()}",
-                "processing": asdict(p),
-                "format": "hf-native" if merged else "peft-adapter",
-                "base_model": run.base_model,
-                "base_model_hub_id": hub_id,
-                "method": run.method,
-                "merged": merged,
-                "dtype": DTYPES[dtype],
-                "domain": run.domain,
-            },
+    merged = merge_lora or not run.is_adapter or layout == "original"
+    with staged_folder(out, overwrite=overwrite) as tmp:
+        extra = _write_model(
+            run,
+            tmp,
+            layout=layout,
+            merged=merged,
+            dtype=dtype,
+            hub_id=hub_id,
+            remote_code_from=remote_code_from,
+            max_shard_size=max_shard_size,
         )
         card = _card_info(run, out, merged, metrics, datasets, metrics_source)
-        atomic_write_json(tmp / SIDECAR, {**read_json_object(tmp / SIDECAR), "card": _card_facts(card)})
+        card.layout = layout
+        card.stop_tokens = list(extra.get("stop_tokens", []))
+        card.remote_code = bool(extra.get("remote_code"))
+        # The sidecar is a ModelInfo (so `load_model` reads the export's template and tiles) plus
+        # the full processing settings and provenance.
+        sidecar = sidecar_info(
+            llm_family=run.llm_family,
+            processing=run.processing,
+            layout=layout,
+            source=f"export of {run.run_dir.resolve()}",
+        )
+        sidecar |= {
+            "format": FORMATS[layout] if merged else "peft-adapter",
+            "base_model": run.base_model,
+            "base_model_hub_id": hub_id,
+            "method": run.method,
+            "merged": merged,
+            "dtype": DTYPES[dtype],
+            "domain": run.domain,
+            **extra,
+            "card": _card_facts(card),
+        }
+        atomic_write_json(tmp / SIDECAR, sidecar)
         atomic_write_text(tmp / "README.md", render_model_card(card))
-        apply_umask_modes(tmp)  # safetensors writes 0600: an export is for others to read
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
-
-
-# --------------------------------------------------------------------------------------------------
-# Hub upload
-# --------------------------------------------------------------------------------------------------
-
-
-# --------------------------------------------------------------------------------------------------
-# Command line: adapt export
-# --------------------------------------------------------------------------------------------------

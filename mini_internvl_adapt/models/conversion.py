@@ -11,9 +11,10 @@ so ``model.load_state_dict`` and ``from_pretrained(None, config=..., state_dict=
 
 from __future__ import annotations
 
+import copy
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -122,7 +123,7 @@ def llm_architecture(config: Mapping[str, Any]) -> str:
     return arch
 
 
-def llm_family(config: Mapping[str, Any]) -> str:
+def original_llm_family(config: Mapping[str, Any]) -> str:
     """Our family name ("qwen2", "internlm2", "phi3", "llama") of an original config's LLM."""
     return LLM_ARCHITECTURES[llm_architecture(config)][1]
 
@@ -325,7 +326,7 @@ def convert_original_state_dict(state_dict: Mapping[str, Tensor], config: dict) 
     Raises:
         ValueError: Listing keys that match no known pattern (nothing is dropped silently).
     """
-    family = llm_family(config)
+    family = original_llm_family(config)
     out: dict[str, Tensor] = {}
     unknown: list[str] = []
     for key, tensor in state_dict.items():
@@ -350,10 +351,128 @@ def convert_original_state_dict(state_dict: Mapping[str, Tensor], config: dict) 
     return out
 
 
+# --------------------------------------------------------------------------------------------------
+# transformers-native -> original (remote-code) layout
+# --------------------------------------------------------------------------------------------------
+
+_VISION_BACK = {v: k for k, v in _VISION_LAYER_RENAMES.items()}
+_EMBED_BACK = {v: k for k, v in _VISION_EMBED_RENAMES.items()}
+_PROJECTOR_BACK = {v: k for k, v in _PROJECTOR_RENAMES.items()}
+_INTERNLM2_BACK = {v: k for k, v in _INTERNLM2_LAYER_RENAMES.items()}
+
+
+def _original_vision_key(rest: str, key: str) -> tuple[str, str | None]:
+    """(original key, q/k/v part or None) of a key under ``model.vision_tower.``."""
+    if rest in _EMBED_BACK:
+        return "vision_model." + _EMBED_BACK[rest], None
+    match = re.fullmatch(r"encoder\.layer\.(\d+)\.(.+?)(?:\.(weight|bias))?", rest)
+    if not match:
+        raise ValueError(f"unexpected vision key {key}")
+    index, module, kind = match.groups()
+    base = f"vision_model.encoder.layers.{index}."
+    qkv = re.fullmatch(r"attention\.([qkv])_proj", module)
+    if qkv and kind:
+        return f"{base}attn.qkv.{kind}", qkv.group(1)
+    if module in _VISION_BACK:
+        return base + _VISION_BACK[module] + (f".{kind}" if kind else ""), None
+    raise ValueError(f"unexpected vision key {key}")
+
+
+def _original_llm_key(rest: str, key: str, family: str) -> tuple[str, str | None]:
+    """(original key, q/k/v part or None) of a key under ``model.language_model.``."""
+    if family != "internlm2":
+        return "language_model.model." + rest, None
+    if rest == "embed_tokens.weight":
+        return "language_model.model.tok_embeddings.weight", None
+    match = re.fullmatch(r"layers\.(\d+)\.(.+)\.(weight|bias)", rest)
+    if not match:
+        return "language_model.model." + rest, None  # the final norm keeps its name
+    index, module, kind = match.groups()
+    base = f"language_model.model.layers.{index}."
+    qkv = re.fullmatch(r"self_attn\.([qkv])_proj", module)
+    if qkv:
+        return f"{base}attention.wqkv.{kind}", qkv.group(1)
+    if module in _INTERNLM2_BACK:
+        return f"{base}{_INTERNLM2_BACK[module]}.{kind}", None
+    raise ValueError(f"unexpected InternLM2 key {key}")
+
+
+def original_key(key: str, family: str) -> tuple[str, str | None]:
+    """The original-layout name of one InternVLForConditionalGeneration weight.
+
+    Args:
+        key: An HF in-memory key (``model.vision_tower.*``, ``model.multi_modal_projector.*``,
+            ``model.language_model.*`` or ``lm_head.weight``).
+        family: The LLM family ("qwen2", "internlm2", "phi3", "llama").
+
+    Returns:
+        The original key and, for a q/k/v projection that is fused there (InternViT's ``attn.qkv``,
+        InternLM2's ``wqkv``), which part it is ("q", "k" or "v"); None for a plain rename.
+
+    Raises:
+        ValueError: For a key outside InternVLForConditionalGeneration's weights.
+    """
+    if key.startswith(_HF_PREFIX_VISION):
+        return _original_vision_key(key[len(_HF_PREFIX_VISION) :], key)
+    if key.startswith(_HF_PREFIX_PROJECTOR):
+        module, _, kind = key[len(_HF_PREFIX_PROJECTOR) :].partition(".")
+        if module not in _PROJECTOR_BACK or not kind:
+            raise ValueError(f"unexpected projector key {key}")
+        return f"mlp1.{_PROJECTOR_BACK[module]}.{kind}", None
+    if key == "lm_head.weight":
+        return (
+            "language_model.output.weight" if family == "internlm2" else "language_model.lm_head.weight"
+        ), None
+    if key.startswith(_HF_PREFIX_LLM):
+        return _original_llm_key(key[len(_HF_PREFIX_LLM) :], key, family)
+    raise ValueError(f"unexpected key {key}: not an InternVLForConditionalGeneration weight")
+
+
+def iter_hf_to_original(
+    items: Iterable[tuple[str, Tensor]], config: Mapping[str, Any]
+) -> Iterator[tuple[str, Tensor]]:
+    """Rename (and fuse) HF in-memory weights into original-layout ones, one tensor at a time.
+
+    A renamed tensor is yielded as it comes (the same tensor, no copy); the q, k and v projections that
+    the original layout fuses are held until all three arrived and then yielded fused (InternViT's
+    ``attn.qkv`` by rows, InternLM2's ``wqkv`` grouped per kv head as the official code splits it), so
+    only those few tensors are ever buffered.
+
+    Args:
+        items: (HF key, tensor) pairs, e.g. ``model.state_dict().items()``.
+        config: The original config.json the weights belong to (LLM family, InternLM2's head counts).
+
+    Yields:
+        (original key, tensor) pairs.
+
+    Raises:
+        ValueError: For unknown keys, or q/k/v projections of which a part never came.
+    """
+    family = original_llm_family(config)
+    num_heads, num_kv_heads, _ = _head_counts(config)
+    pending: dict[str, dict[str, Tensor]] = {}
+    for key, tensor in items:
+        target, part = original_key(key, family)
+        if part is None:
+            yield target, tensor
+            continue
+        parts = pending.setdefault(target, {})
+        parts[part] = tensor
+        if len(parts) < 3:
+            continue
+        del pending[target]
+        if target.startswith("vision_model."):
+            yield target, torch.cat([parts["q"], parts["k"], parts["v"]], dim=0).contiguous()
+        else:
+            yield target, _fuse_internlm2_wqkv(parts["q"], parts["k"], parts["v"], num_heads, num_kv_heads)
+    if pending:
+        raise ValueError(f"q/k/v projections incomplete for: {', '.join(sorted(pending))}")
+
+
 def convert_hf_state_dict_to_original(state_dict: Mapping[str, Tensor], config: dict) -> dict[str, Tensor]:
     """The inverse of convert_original_state_dict: HF in-memory keys -> original remote-code keys.
 
-    Used to write original-layout checkpoints (tiny test models, exports for the official scripts).
+    A whole-dict form of `iter_hf_to_original` (tiny test models); exports stream through that instead.
 
     Args:
         state_dict: Keyed like ``InternVLForConditionalGeneration.state_dict()``.
@@ -365,65 +484,305 @@ def convert_hf_state_dict_to_original(state_dict: Mapping[str, Tensor], config: 
     Raises:
         ValueError: For keys outside the three HF prefixes and lm_head.
     """
-    family = llm_family(config)
-    num_heads, num_kv_heads, _ = _head_counts(config)
-    vision_back = {v: k for k, v in _VISION_LAYER_RENAMES.items()}
-    embed_back = {v: k for k, v in _VISION_EMBED_RENAMES.items()}
-    projector_back = {v: k for k, v in _PROJECTOR_RENAMES.items()}
-    internlm2_back = {v: k for k, v in _INTERNLM2_LAYER_RENAMES.items()}
-    out: dict[str, Tensor] = {}
-    pending_qkv: dict[str, dict[str, Tensor]] = {}
-    for key, tensor in state_dict.items():
-        if key.startswith(_HF_PREFIX_VISION):
-            rest = key[len(_HF_PREFIX_VISION) :]
-            if rest in embed_back:
-                out["vision_model." + embed_back[rest]] = tensor
-                continue
-            match = re.fullmatch(r"encoder\.layer\.(\d+)\.(.+?)(?:\.(weight|bias))?", rest)
-            if not match:
-                raise ValueError(f"unexpected vision key {key}")
-            index, module, kind = match.groups()
-            base = f"vision_model.encoder.layers.{index}."
-            qkv = re.fullmatch(r"attention\.([qkv])_proj", module)
-            if qkv:
-                pending_qkv.setdefault(f"{base}attn.qkv.{kind}", {})[qkv.group(1)] = tensor
-            elif module in vision_back:
-                out[base + vision_back[module] + (f".{kind}" if kind else "")] = tensor
-            else:
-                raise ValueError(f"unexpected vision key {key}")
-        elif key.startswith(_HF_PREFIX_PROJECTOR):
-            module, _, kind = key[len(_HF_PREFIX_PROJECTOR) :].partition(".")
-            out[f"mlp1.{projector_back[module]}.{kind}"] = tensor
-        elif key == "lm_head.weight":
-            out[
-                "language_model.output.weight" if family == "internlm2" else "language_model.lm_head.weight"
-            ] = tensor
-        elif key.startswith(_HF_PREFIX_LLM):
-            rest = key[len(_HF_PREFIX_LLM) :]
-            if family != "internlm2":
-                out["language_model.model." + rest] = tensor
-                continue
-            if rest == "embed_tokens.weight":
-                out["language_model.model.tok_embeddings.weight"] = tensor
-                continue
-            match = re.fullmatch(r"layers\.(\d+)\.(.+)\.(weight|bias)", rest)
-            if not match:
-                out["language_model.model." + rest] = tensor  # the final norm keeps its name
-                continue
-            index, module, kind = match.groups()
-            base = f"language_model.model.layers.{index}."
-            qkv = re.fullmatch(r"self_attn\.([qkv])_proj", module)
-            if qkv:
-                pending_qkv.setdefault(f"{base}attention.wqkv.{kind}", {})[qkv.group(1)] = tensor
-            elif module in internlm2_back:
-                out[f"{base}{internlm2_back[module]}.{kind}"] = tensor
-            else:
-                raise ValueError(f"unexpected InternLM2 key {key}")
+    return dict(iter_hf_to_original(state_dict.items(), config))
+
+
+# The original LLM architecture of each of our family names.
+FAMILY_ARCHITECTURES = {family: arch for arch, (_, family) in LLM_ARCHITECTURES.items()}
+_FAMILY_MODEL_TYPES = {"qwen2": "qwen2", "internlm2": "llama", "phi3": "phi3", "llama": "llama"}
+_INTERNLM2_AUTO_MAP = {
+    "AutoConfig": "configuration_internlm2.InternLM2Config",
+    "AutoModel": "modeling_internlm2.InternLM2ForCausalLM",
+    "AutoModelForCausalLM": "modeling_internlm2.InternLM2ForCausalLM",
+}
+ORIGINAL_AUTO_MAP = {
+    "AutoConfig": "configuration_internvl_chat.InternVLChatConfig",
+    "AutoModel": "modeling_internvl_chat.InternVLChatModel",
+    "AutoModelForCausalLM": "modeling_internvl_chat.InternVLChatModel",
+}
+
+
+def _original_rope(text: Any, family: str) -> tuple[float, dict[str, Any] | None]:
+    """(rope_theta, rope_scaling) in the remote-code form of `family` from transformers' rope_parameters."""
+    rope = dict(getattr(text, "rope_parameters", None) or {})
+    theta = rope.pop("rope_theta", getattr(text, "rope_theta", 10000.0))
+    rope_type = rope.pop("rope_type", None) or rope.pop("type", None) or "default"
+    if rope_type == "default":
+        return theta, None
+    if family == "phi3" and rope_type in ("longrope", "su"):
+        # The remote Phi3Config takes exactly these three fields and knows the type by its old name.
+        return theta, {"type": "su", "long_factor": rope["long_factor"], "short_factor": rope["short_factor"]}
+    if family in ("internlm2", "llama") and rope_type in ("dynamic", "linear"):
+        return theta, {"type": rope_type, "factor": float(rope["factor"])}
+    raise ValueError(f"RoPE type {rope_type!r} has no original-layout form for a {family} LLM")
+
+
+def _original_llm_config(text: Any, family: str, dtype: str) -> dict[str, Any]:
+    """The ``llm_config`` of an original config.json for the HF text config `text`."""
+    if family not in FAMILY_ARCHITECTURES:
+        raise ValueError(f"unknown LLM family {family!r}; known: {', '.join(FAMILY_ARCHITECTURES)}")
+    if text.model_type != _FAMILY_MODEL_TYPES[family]:
+        raise ValueError(f"a {family} LLM cannot have the transformers model_type {text.model_type!r}")
+    heads = int(text.num_attention_heads)
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+    if family in ("internlm2", "llama") and head_dim * heads != text.hidden_size:
+        raise ValueError(f"head_dim {head_dim} x {heads} heads != hidden_size: no original-layout form")
+    theta, scaling = _original_rope(text, family)
+    llm: dict[str, Any] = {"architectures": [FAMILY_ARCHITECTURES[family]]}
+    if family == "internlm2":
+        llm["auto_map"] = dict(_INTERNLM2_AUTO_MAP)
+    llm["model_type"] = family
+    for name in (
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "vocab_size",
+        "hidden_act",
+        "initializer_range",
+        "bos_token_id",
+        "eos_token_id",
+        "pad_token_id",
+    ):
+        llm[name] = getattr(text, name, None)
+    llm |= {"tie_word_embeddings": False, "use_cache": True, "torch_dtype": dtype}
+    if family == "qwen2":
+        sliding = getattr(text, "sliding_window", None) or text.max_position_embeddings
+        llm |= {
+            "max_position_embeddings": text.max_position_embeddings,
+            "max_window_layers": getattr(text, "max_window_layers", text.num_hidden_layers),
+            "rms_norm_eps": text.rms_norm_eps,
+            "rope_theta": theta,
+            "sliding_window": sliding,
+            "use_sliding_window": bool(getattr(text, "use_sliding_window", False)),
+            "attention_dropout": getattr(text, "attention_dropout", 0.0),
+        }
+    elif family in ("internlm2", "llama"):
+        if getattr(text, "mlp_bias", False) and family == "internlm2":
+            raise ValueError("InternLM2 has no MLP biases; this LLM cannot be written as InternLM2")
+        bias = {"bias": bool(getattr(text, "attention_bias", False))}
+        if family == "internlm2":
+            bias["attn_implementation"] = "eager"
         else:
-            raise ValueError(f"unexpected key {key}: not an InternVLForConditionalGeneration weight")
-    for key, parts in pending_qkv.items():
-        if key.startswith("vision_model."):
-            out[key] = torch.cat([parts["q"], parts["k"], parts["v"]], dim=0).contiguous()
-        else:
-            out[key] = _fuse_internlm2_wqkv(parts["q"], parts["k"], parts["v"], num_heads, num_kv_heads)
+            bias = {"attention_bias": bias["bias"], "mlp_bias": bool(getattr(text, "mlp_bias", False))}
+        llm |= {
+            **bias,
+            "max_position_embeddings": text.max_position_embeddings,
+            "rms_norm_eps": text.rms_norm_eps,
+            "rope_theta": theta,
+            "rope_scaling": scaling,
+        }
+    else:  # phi3
+        llm |= {
+            "attention_dropout": getattr(text, "attention_dropout", 0.0),
+            "embd_pdrop": getattr(text, "embd_pdrop", 0.0),
+            "resid_pdrop": getattr(text, "resid_pdrop", 0.0),
+            "max_position_embeddings": text.max_position_embeddings,
+            "original_max_position_embeddings": getattr(
+                text, "original_max_position_embeddings", text.max_position_embeddings
+            ),
+            "rms_norm_eps": text.rms_norm_eps,
+            "rope_theta": theta,
+            "rope_scaling": scaling,
+            "sliding_window": getattr(text, "sliding_window", None),
+        }
+    return llm
+
+
+def _size(value: Any) -> int:
+    return int(value[0] if isinstance(value, (list, tuple)) else value)
+
+
+def _original_vision_config(vision: Any, dtype: str) -> dict[str, Any]:
+    """The ``vision_config`` (an InternVisionConfig) of an original config.json."""
+    return {
+        "architectures": ["InternVisionModel"],
+        "model_type": "intern_vit_6b",
+        "hidden_size": vision.hidden_size,
+        "num_hidden_layers": vision.num_hidden_layers,
+        "num_attention_heads": vision.num_attention_heads,
+        "intermediate_size": vision.intermediate_size,
+        "image_size": _size(vision.image_size),
+        "patch_size": _size(vision.patch_size),
+        "num_channels": vision.num_channels,
+        "qkv_bias": bool(vision.attention_bias),
+        "qk_normalization": bool(vision.use_qk_norm),
+        "norm_type": vision.norm_type,
+        "layer_norm_eps": vision.layer_norm_eps,
+        "hidden_act": vision.hidden_act,
+        "initializer_factor": vision.layer_scale_init_value,
+        "initializer_range": vision.initializer_range,
+        "drop_path_rate": 0.0,
+        "dropout": 0.0,
+        "attention_dropout": getattr(vision, "attention_dropout", 0.0),
+        "use_flash_attn": False,
+        "torch_dtype": dtype,
+    }
+
+
+def original_config_from_hf(
+    config: InternVLConfig,
+    *,
+    llm_family: str,
+    template: str,
+    min_dynamic_patch: int = 1,
+    max_dynamic_patch: int = 12,
+    use_thumbnail: bool = True,
+    dtype: str = "bfloat16",
+    system_message: str | None = None,
+) -> dict[str, Any]:
+    """The original (remote-code ``InternVLChatModel``) config.json of a transformers-native InternVLConfig.
+
+    The inverse of `convert_original_config`, in the form the published InternVL2 / Mini-InternVL
+    checkpoints ship: ``architectures``/``auto_map`` of the remote code, ``vision_config`` (an
+    InternVisionConfig), ``llm_config`` (the LLM's own config with its original architecture, InternLM2's
+    ``bias``/``auto_map``, Phi-3's ``su`` rope scaling) and the top-level template and tile fields.
+
+    Args:
+        config: The model's InternVLConfig.
+        llm_family: "qwen2", "internlm2", "phi3" or "llama": which original LLM class the weights are for.
+        template: The official chat template name the model was trained with.
+        min_dynamic_patch: Minimum tiles per image.
+        max_dynamic_patch: Maximum tiles per image.
+        use_thumbnail: Whether multi-tile images get a thumbnail tile.
+        dtype: The torch dtype name of the saved weights ("bfloat16", ...).
+        system_message: A system message other than the template's default (the remote code reads
+            ``config.system_message``); None: the template's.
+
+    Returns:
+        The config.json content.
+
+    Raises:
+        ValueError: When the model has no original-layout equivalent (another pixel-shuffle strategy,
+            RoPE type or head geometry).
+    """
+    if config.vision_feature_select_strategy != "default":
+        raise ValueError(
+            "the original layout always drops the CLS token (vision_feature_select_strategy 'default')"
+        )
+    vision = config.vision_config
+    image_size = _size(vision.image_size)  # type: ignore[union-attr]
+    out: dict[str, Any] = {
+        "architectures": ["InternVLChatModel"],
+        "auto_map": dict(ORIGINAL_AUTO_MAP),
+        "model_type": "internvl_chat",
+        "downsample_ratio": float(config.downsample_ratio),
+        "dynamic_image_size": True,
+        "force_image_size": image_size,
+        "max_dynamic_patch": int(max_dynamic_patch),
+        "min_dynamic_patch": int(min_dynamic_patch),
+        "ps_version": "v2",
+        "select_layer": int(config.vision_feature_layer),  # type: ignore[arg-type]
+        "template": template,
+        "tie_word_embeddings": False,
+        "torch_dtype": dtype,
+        "use_backbone_lora": 0,
+        "use_llm_lora": 0,
+        "use_thumbnail": bool(use_thumbnail),
+        "vision_config": _original_vision_config(vision, dtype),
+        "llm_config": _original_llm_config(config.text_config, llm_family, dtype),
+    }
+    if system_message is not None:
+        out["system_message"] = system_message
+    return out
+
+
+def _signature(config: InternVLConfig) -> dict[str, Any]:
+    """The fields of an InternVLConfig that decide the network (vocabulary size aside)."""
+    text, vision = config.text_config, config.vision_config
+    text_fields = (
+        "model_type",
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "head_dim",
+        "hidden_act",
+        "rms_norm_eps",
+        "rope_parameters",
+        "max_position_embeddings",
+        "original_max_position_embeddings",
+        "attention_bias",
+        "mlp_bias",
+        "use_sliding_window",
+        "sliding_window",
+    )
+    vision_fields = (
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "intermediate_size",
+        "image_size",
+        "patch_size",
+        "attention_bias",
+        "use_qk_norm",
+        "norm_type",
+        "layer_norm_eps",
+        "hidden_act",
+    )
+    return {
+        "text": {name: getattr(text, name, None) for name in text_fields},
+        "vision": {name: getattr(vision, name, None) for name in vision_fields},
+        "downsample_ratio": float(config.downsample_ratio),
+        "vision_feature_layer": config.vision_feature_layer,
+        "image_seq_length": config.image_seq_length,
+    }
+
+
+def same_network(original: dict, config: InternVLConfig) -> bool:
+    """Whether an original config.json describes the network of `config` (its vocabulary size aside)."""
+    try:
+        converted = convert_original_config(original, image_token_id=int(config.image_token_id))
+    except (KeyError, TypeError, ValueError):
+        return False
+    return _signature(converted) == _signature(config)
+
+
+def update_original_config(
+    base: dict,
+    config: InternVLConfig,
+    *,
+    template: str,
+    min_dynamic_patch: int,
+    max_dynamic_patch: int,
+    use_thumbnail: bool,
+    dtype: str,
+    system_message: str | None = None,
+) -> dict[str, Any]:
+    """A copy of the original config.json `base` (same network, see `same_network`) for a model
+    derived from it: its template, tiles, dtype and vocabulary size, every other field kept as it was.
+
+    Args:
+        base: The original config.json of the checkpoint the model came from.
+        config: The model's InternVLConfig (gives the vocabulary size).
+        template: The chat template name the model was trained with.
+        min_dynamic_patch: Minimum tiles per image.
+        max_dynamic_patch: Maximum tiles per image.
+        use_thumbnail: Whether multi-tile images get a thumbnail tile.
+        dtype: The torch dtype name of the saved weights.
+        system_message: A system message other than the template's default; None: the template's.
+
+    Returns:
+        The new config.json content (`base` is left unchanged).
+    """
+    out = copy.deepcopy(base)
+    out |= {
+        "template": template,
+        "min_dynamic_patch": int(min_dynamic_patch),
+        "max_dynamic_patch": int(max_dynamic_patch),
+        "use_thumbnail": bool(use_thumbnail),
+        "use_backbone_lora": 0,
+        "use_llm_lora": 0,
+        "torch_dtype": dtype,
+    }
+    out["llm_config"]["vocab_size"] = int(config.text_config.vocab_size)  # type: ignore[union-attr]
+    for section in ("llm_config", "vision_config"):
+        if isinstance(out.get(section), dict) and "torch_dtype" in out[section]:
+            out[section]["torch_dtype"] = dtype
+    if system_message is None:
+        out.pop("system_message", None)
+    else:
+        out["system_message"] = system_message
     return out

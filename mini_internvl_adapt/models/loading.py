@@ -8,7 +8,6 @@ device_map and a quantization config (bitsandbytes 4/8-bit) work exactly as for 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,10 +20,10 @@ from mini_internvl_adapt.models.conversion import (
     convert_original_config,
     convert_original_state_dict,
     detect_layout,
-    llm_family,
+    original_llm_family,
 )
 from mini_internvl_adapt.models.info import SIDECAR, ModelInfo
-from mini_internvl_adapt.models.published import get_published, resolve_published
+from mini_internvl_adapt.models.published import get_published, hub_offline, resolve_published
 from mini_internvl_adapt.models.templates import IMG_CONTEXT
 from mini_internvl_adapt.models.tiny import tiny_model_path
 from mini_internvl_adapt.models.tokenizer import load_tokenizer
@@ -72,10 +71,6 @@ class LoadedModel:
     path: Path
 
 
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-
-
 def _offline_error(hub_id: str, reason: str = "offline") -> ModelUnavailableError:
     return ModelUnavailableError(
         f"cannot download {hub_id} ({reason}); download it on a machine with network "
@@ -92,7 +87,7 @@ def _download(hub_id: str) -> Path:
         return Path(snapshot_download(hub_id, allow_patterns=patterns, local_files_only=True))
     except Exception:  # noqa: BLE001 - not cached (the hub raises several types); try the network below
         pass
-    if _offline():
+    if hub_offline():
         raise _offline_error(hub_id)
     try:
         return Path(snapshot_download(hub_id, allow_patterns=patterns))
@@ -147,7 +142,7 @@ def _info_from_original(config: dict, source: str) -> ModelInfo:
     patch = int(vision.get("patch_size", 14))
     ratio = float(config.get("downsample_ratio", 0.5))
     return ModelInfo(
-        llm_family=llm_family(config),
+        llm_family=original_llm_family(config),
         template=str(config.get("template") or "Hermes-2"),
         layout="original",
         image_size=image_size,
@@ -326,3 +321,47 @@ def load_published(name: str, *, dtype: Any = None, device_map: Any = None) -> A
     return load_model(
         str(resolve_published(name)), dtype=dtype, quantization_config=None, device_map=device_map
     )
+
+
+_SAFETENSORS_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
+
+
+def checkpoint_dtype(path: str | Path) -> str:
+    """The torch dtype name ("bfloat16", "float16", "float32") a checkpoint folder stores its weights in.
+
+    Read from the safetensors headers (the dtype most floating-point bytes have), so it is right whatever
+    config.json claims; only the headers are read, no weights.
+
+    Args:
+        path: A checkpoint folder of either layout.
+
+    Returns:
+        The dtype name.
+
+    Raises:
+        FileNotFoundError: When the folder has no safetensors weights.
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        files = sorted(set(json.loads(index.read_text(encoding="utf-8")).get("weight_map", {}).values()))
+    else:
+        files = ["model.safetensors"] if (path / "model.safetensors").is_file() else []
+    if not files:
+        raise FileNotFoundError(f"{path}: no safetensors weights (model.safetensors or its index)")
+    counts: dict[str, int] = {}
+    for name in files:
+        with safe_open(str(path / name), framework="pt") as f:
+            for key in f.keys():  # noqa: SIM118 - safe_open has keys(), not iteration
+                piece = f.get_slice(key)
+                kind = _SAFETENSORS_DTYPES.get(piece.get_dtype())
+                if kind is not None:
+                    numel = 1
+                    for dim in piece.get_shape():
+                        numel *= int(dim)
+                    counts[kind] = counts.get(kind, 0) + numel
+    if not counts:
+        raise ValueError(f"{path}: no floating-point weights in bf16, fp16 or fp32")
+    return max(counts, key=lambda kind: counts[kind])

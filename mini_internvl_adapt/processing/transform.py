@@ -7,8 +7,8 @@ separator that ends them). This module knows the model family, never a domain.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,43 @@ class ProcessingConfig:
     use_thumbnail: bool = True
     num_image_token: int = 256
     max_length: int = 4096
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ProcessingConfig:
+        """From a saved dict: unknown keys ignored, missing or None keys at their defaults.
+
+        A None system message means the template's default, which is its default anyway.
+        """
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names and v is not None})
+
+    @classmethod
+    def from_model_info(cls, info: Mapping[str, Any] | Any, **overrides: Any) -> ProcessingConfig:
+        """The processing a checkpoint's ModelInfo (or its JSON form) describes, with `overrides` on top.
+
+        Args:
+            info: A ModelInfo, or the dict of its fields (a sidecar file).
+            **overrides: Fields to set instead (None values keep the ModelInfo's / default value).
+        """
+        get = info.get if isinstance(info, Mapping) else lambda key: getattr(info, key, None)
+        data = {ours: get(theirs) for ours, theirs in _MODEL_INFO_FIELDS.items()}
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.from_json(data)
+
+    def model_info_fields(self) -> dict[str, Any]:
+        """The ModelInfo fields this processing sets (template and tile geometry), by ModelInfo's names."""
+        return {theirs: getattr(self, ours) for ours, theirs in _MODEL_INFO_FIELDS.items()}
+
+
+# ProcessingConfig field -> ModelInfo field: the one place the two vocabularies meet.
+_MODEL_INFO_FIELDS = {
+    "template": "template",
+    "tile_size": "image_size",
+    "num_image_token": "num_image_token",
+    "min_tiles": "min_dynamic_patch",
+    "max_tiles": "max_dynamic_patch",
+    "use_thumbnail": "use_thumbnail",
+}
 
 
 @dataclass

@@ -319,10 +319,7 @@ def setup_training(config: TrainConfig) -> TrainingSetup:
         processing=processing,
         trained_info=dataclasses.replace(
             loaded.info,
-            template=processing.template,
-            min_dynamic_patch=processing.min_tiles,
-            max_dynamic_patch=processing.max_tiles,
-            use_thumbnail=processing.use_thumbnail,
+            **processing.model_info_fields(),
             source=f"fine-tuned ({tuning_cfg.method}) from {config.model.name}",
         ),
         train_entries=train_entries,
@@ -337,14 +334,13 @@ def setup_training(config: TrainConfig) -> TrainingSetup:
 
 def _processing(config: TrainConfig, info: ModelInfo) -> ProcessingConfig:
     """The training transform: the model's tile geometry with the recipe's template, tiles and budget."""
-    return ProcessingConfig(
-        template=config.data.template or info.template,
+    return ProcessingConfig.from_model_info(
+        info,
+        template=config.data.template,
         system_message=config.data.system_message,
         max_tiles=config.data.max_tiles,
         min_tiles=config.data.min_tiles,
-        tile_size=info.image_size,
-        use_thumbnail=info.use_thumbnail if config.data.use_thumbnail is None else config.data.use_thumbnail,
-        num_image_token=info.num_image_token,
+        use_thumbnail=config.data.use_thumbnail,
         max_length=config.data.max_length,
     )
 
