@@ -135,9 +135,13 @@ def _convert_stage(
     demo_source = getattr(domain, "demo_source", None)  # an optional hook of the plugin contract
     if args.demo and demo_source is None:
         parser.error(f"the '{domain.name}' domain ships no demo sample; use --source or --data")
-    source = demo_source() if args.demo and demo_source is not None else args.source
-    options = dict(getattr(domain, "demo_convert_options", dict)()) if args.demo else {}
-    options.update(_group_options(args, parser, "conversion"))
+    given = _group_options(args, parser, "conversion")
+    # A domain with several source formats (driving: DriveLM, BDD-X) ships a demo per format.
+    demo_kwargs = {"fmt": given["format"]} if "format" in given else {}
+    source = demo_source(**demo_kwargs) if args.demo and demo_source is not None else args.source
+    demo_options = getattr(domain, "demo_convert_options", None)
+    options = dict(demo_options(**demo_kwargs)) if args.demo and demo_options is not None else {}
+    options.update(given)
     can_split = "test_fraction" in _group_dests(parser, "conversion")
     if args.source is not None and args.test is None and can_split and "test_fraction" not in options:
         # The job evaluates on a test split: hold one out unless the user chose how.

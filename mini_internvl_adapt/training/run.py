@@ -208,8 +208,7 @@ def run_training(config: TrainConfig, *, resume: bool = False) -> Path:
         NonFiniteLossError: The loss became NaN/inf (step and sample ids named).
     """
     run = Path(config.out)
-    if config.data.path is None:
-        raise ConfigError("no training data: set data.path in the config or pass --data")
+    _data_path(config)  # before the run folder is touched
     resume = _check_run_folder(run, resume)
     pl.seed_everything(config.train.seed, workers=True, verbose=False)
     setup = setup_training(config)
@@ -248,6 +247,12 @@ def run_training(config: TrainConfig, *, resume: bool = False) -> Path:
     return run
 
 
+def _data_path(config: TrainConfig) -> str:
+    if config.data.path is None:
+        raise ConfigError("no training data: set data.path in the config or pass --data")
+    return config.data.path
+
+
 def _check_run_folder(run: Path, resume: bool) -> bool:
     """Whether the run resumes: refuse a folder holding a run unless resuming, and restart a run killed
     before its first checkpoint from step 0."""
@@ -275,7 +280,7 @@ def setup_training(config: TrainConfig) -> TrainingSetup:
     The data's meta/JSONL files are read before the model loads: a typo there must not wait for it.
     """
     tuning_cfg = config.tuning.resolved()
-    train_sources, val_sources = split_sources(config.data.path, config.data.val)
+    train_sources, val_sources = split_sources(_data_path(config), config.data.val)
     on_gpu = _on_gpu(config)
     dtype = _dtype(config.model.dtype, tuning_cfg.method, on_gpu)
     quant = tuning_mod.quantization_config(dtype) if tuning_cfg.method == "qlora" else None

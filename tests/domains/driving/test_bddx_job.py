@@ -40,11 +40,6 @@ def test_whole_job_on_the_bddx_demo_source(tmp_path: Path, capsys: pytest.Captur
     _check_run(out)
 
 
-@pytest.mark.xfail(
-    reason="mini_internvl_adapt/cli/job.py does not yet pass --format to demo_source(fmt=...) and "
-    "demo_convert_options(fmt=...)",
-    strict=False,
-)
 def test_demo_job_with_format_bddx(tmp_path: Path) -> None:
     out = tmp_path / "run"
     argv = ["--domain", "driving", "--demo", "--format", "bddx", "--max-steps", "2", "--max-new-tokens", "8",
