@@ -44,6 +44,20 @@ def read_benchmark(
     return bench.loader(bench, Path(data_file), images, limit, check_images)
 
 
+def check_score_options(name: str, options: Mapping[str, Any]) -> None:
+    """Raise `InputError` when `options` holds a scoring option benchmark `name` does not take.
+
+    Args:
+        name: The benchmark name.
+        options: Scoring option -> value (drivelm-val: ``tags``, ``judge``, ``judge_model``, ``judge_workers``).
+    """
+    bench = get_benchmark(name)
+    unknown = sorted(set(options) - set(bench.options))
+    if unknown:
+        takes = ", ".join(bench.options) if bench.options else "none"
+        raise InputError(f"benchmark {name!r} has no scoring option {', '.join(unknown)} (it takes: {takes})")
+
+
 def score_records(
     name: str, read: BenchRead, predictions: Mapping[str, str], **options: Any
 ) -> dict[str, Any]:
@@ -62,10 +76,7 @@ def score_records(
         that are no entry of the file).
     """
     bench = get_benchmark(name)
-    unknown = sorted(set(options) - set(bench.options))
-    if unknown:
-        takes = ", ".join(bench.options) if bench.options else "none"
-        raise InputError(f"benchmark {name!r} has no scoring option {', '.join(unknown)} (it takes: {takes})")
+    check_score_options(name, options)
     records = read.all_records()
     ids = {r.id for r in records}
     metrics = bench.scorer(records, predictions, read.skipped_ids(), **options)
