@@ -20,7 +20,7 @@ import torch
 from mini_internvl_adapt import tuning as tuning_mod
 from mini_internvl_adapt.data_format.sources import resolve_sources
 from mini_internvl_adapt.errors import ExportError
-from mini_internvl_adapt.fileio import apply_umask_modes, atomic_write_json
+from mini_internvl_adapt.fileio import OUTPUT_MARKER, apply_umask_modes, atomic_write_json
 from mini_internvl_adapt.models.info import SIDECAR, ModelInfo
 from mini_internvl_adapt.models.loading import LoadedModel, load_model
 from mini_internvl_adapt.models.tokenizer import load_tokenizer
@@ -80,8 +80,9 @@ def read_json_object(path: Path) -> dict[str, Any]:
     return data
 
 
-# What eval writes next to its scores that describes the run, not the model's quality.
-_EVAL_PROVENANCE = ("processing", "model")
+# What eval writes next to its scores that describes the run, not the model's quality (the marker that the
+# file is ours, the samples skipped as over the token budget, the warnings of `adapt score`).
+_EVAL_PROVENANCE = ("processing", "model", OUTPUT_MARKER, "skipped", "skipped_samples", "warnings")
 
 
 def card_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
@@ -163,11 +164,13 @@ def read_run(run_dir: str | Path) -> RunInfo:
     info = read_json_object(info_file)
     if info.get("format") == "peft-adapter":
         return _read_adapter_export(run_dir, info)
-    if info.get("format") == "hf-native":
+    if info.get("format") in ("hf-native", "original-layout"):
         source = str(info.get("source", "")).removeprefix("export of ")
+        form = "a plain transformers model" if info["format"] == "hf-native" else "original InternVL layout"
         raise ExportError(
-            f"{run_dir}: already a merged export (a plain transformers model); to export again, pass the "
-            f"run folder it came from{f' ({source})' if source else ''} as --checkpoint"
+            f"{run_dir}: already a merged export ({form}); to export again, pass the run folder it came "
+            f"from{f' ({source})' if source else ''} as --checkpoint, or convert this one with "
+            "`adapt convert-checkpoint`"
         )
     final_dir = run_dir / "final"
     if not final_dir.is_dir():

@@ -16,7 +16,18 @@ from collections.abc import Callable, Sequence
 
 from mini_internvl_adapt.errors import AdaptError, CliError
 
-COMMANDS = ("convert", "train", "eval", "score", "export", "preview", "domains", "models")
+COMMANDS = (
+    "convert",
+    "train",
+    "eval",
+    "score",
+    "bench",
+    "export",
+    "convert-checkpoint",
+    "preview",
+    "domains",
+    "models",
+)
 
 # command -> (module in this package, function); imported lazily.
 HANDLERS: dict[str, tuple[str, str]] = {
@@ -28,6 +39,8 @@ HANDLERS: dict[str, tuple[str, str]] = {
     "train": ("train", "cmd_train"),
     "eval": ("eval", "cmd_eval"),
     "export": ("export", "cmd_export"),
+    "convert-checkpoint": ("convert_checkpoint", "cmd_convert_checkpoint"),
+    "bench": ("bench", "cmd_bench"),
 }
 
 
@@ -69,16 +82,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = glue_negative_values(argv)
     command = argv[0]
     try:
+        from mini_internvl_adapt.data_format.limits import apply_pixel_limit
+
+        apply_pixel_limit()  # MINI_INTERNVL_ADAPT_MAX_IMAGE_PIXELS; a bad value is an error of this command
         if command in HANDLERS:
             return handler(command)(argv[1:])
         if command in COMMANDS:
             raise CliError(f"'adapt {command}' is not available yet")
         return handler(command)(argv)  # the whole job
     except Exception as e:  # noqa: BLE001 - user-facing errors print one line; the rest keep their traceback
-        if not _is_user_error(e) or os.environ.get("MINI_INTERNVL_ADAPT_DEBUG"):
+        if os.environ.get("MINI_INTERNVL_ADAPT_DEBUG"):
             raise
-        print(f"adapt: error: {e}", file=sys.stderr)
+        message = _last_resort_message(e)
+        if message is None and not _is_user_error(e):
+            raise
+        print(f"adapt: error: {message or e}", file=sys.stderr)
         return 2
+
+
+def _last_resort_message(error: Exception) -> str | None:
+    """One line for an input error a command let through unnamed: a full disk, a decompression bomb."""
+    from mini_internvl_adapt.fileio import is_disk_full
+
+    if not isinstance(error, AdaptError) and is_disk_full(error):
+        return "no space left on the device; free some space and run the command again"
+    if type(error).__name__ == "DecompressionBombError":  # PIL's, without importing PIL here
+        from mini_internvl_adapt.data_format.limits import too_large
+
+        return str(too_large("an image", error))
+    return None
 
 
 def _is_user_error(error: Exception) -> bool:

@@ -11,6 +11,8 @@ from pathlib import Path
 from mini_internvl_adapt.errors import ExportError, HubUnavailableError
 from mini_internvl_adapt.export.exporter import export
 from mini_internvl_adapt.export.hub import export_files, push_to_hub
+from mini_internvl_adapt.export.layouts import DEFAULT_MAX_SHARD_SIZE, LAYOUTS
+from mini_internvl_adapt.fileio import check_output
 from mini_internvl_adapt.models.info import SIDECAR
 from mini_internvl_adapt.models.loading import DTYPES
 from mini_internvl_adapt.runs import read_json_object, run_folder
@@ -42,6 +44,26 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
         type=lambda text: [d.strip() for d in text.split(",") if d.strip()],
         help="hub dataset ids the model was trained on, for the card's metadata (default: none)",
     )
+    parser.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        default="hf",
+        help="hf: transformers-native (transformers, vLLM, LLaMA-Factory, TRL; default); original: the "
+        "remote-code layout of the published checkpoints (SGLang, LMDeploy, older vLLM, the official "
+        "InternVL scripts), always merged",
+    )
+    parser.add_argument(
+        "--remote-code-from",
+        metavar="DIR",
+        type=Path,
+        help="with --layout original: copy the remote-code .py files config.json's auto_map names from DIR "
+        "(e.g. a published checkpoint's snapshot); nothing else is copied",
+    )
+    parser.add_argument(
+        "--max-shard-size",
+        default=DEFAULT_MAX_SHARD_SIZE,
+        help=f"largest weight file, e.g. 5GB or 500MB (default {DEFAULT_MAX_SHARD_SIZE})",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing export folder")
     parser.add_argument(
         "--push-to-hub", metavar="REPO", help="upload the export to this Hugging Face repository"
@@ -53,16 +75,18 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _is_export_of(folder: Path, run_dir: Path) -> bool:
-    """Whether `folder` holds a finished export of the run in `run_dir` (its sidecar says so)."""
+def _is_export_of(folder: Path, run_dir: Path, layout: str = "hf") -> bool:
+    """Whether `folder` holds a finished export of the run in `run_dir` in `layout` (its sidecar says so)."""
     sidecar = folder / SIDECAR
     if not sidecar.is_file():
         return False
     try:
-        source = str(json.loads(sidecar.read_text(encoding="utf-8")).get("source", ""))
+        info = json.loads(sidecar.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return False
-    return source == f"export of {Path(run_dir).resolve()}"
+    if not isinstance(info, dict) or str(info.get("layout", "hf")) != layout:
+        return False
+    return str(info.get("source", "")) == f"export of {Path(run_dir).resolve()}"
 
 
 def export_main(argv: Sequence[str]) -> int:
@@ -82,7 +106,11 @@ def export_main(argv: Sequence[str]) -> int:
         ):
             if given:
                 parser.error(f"{option} needs --push-to-hub REPO")
-    already = _is_export_of(args.out, run_folder(args.checkpoint))
+    if args.remote_code_from is not None and args.layout != "original":
+        parser.error("--remote-code-from needs --layout original")
+    inputs = [args.checkpoint, args.metrics, args.remote_code_from]
+    check_output(args.out, "export", inputs=inputs, overwrite=args.overwrite)  # the rule of every command
+    already = _is_export_of(args.out, run_folder(args.checkpoint), args.layout)
     if already and args.push_to_hub and not args.overwrite:
         # Pushing an export made earlier (e.g. offline): upload it as it is, no re-export.
         out = args.out
@@ -99,11 +127,14 @@ def export_main(argv: Sequence[str]) -> int:
                 metrics_source=args.metrics.name if args.metrics else None,
                 datasets=args.datasets,
                 overwrite=args.overwrite,
+                layout=args.layout,
+                remote_code_from=args.remote_code_from,
+                max_shard_size=args.max_shard_size,
             )
-        except (ExportError, FileNotFoundError) as e:
+        except (ExportError, FileNotFoundError, ValueError) as e:
             print(f"adapt export: error: {e}", file=sys.stderr)
             return 2
-        print(f"exported {args.checkpoint} to {out}")
+        print(f"exported {args.checkpoint} to {out} ({args.layout} layout)")
     if args.push_to_hub:
         try:
             files = push_to_hub(

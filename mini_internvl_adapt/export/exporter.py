@@ -26,6 +26,7 @@ from mini_internvl_adapt.errors import ExportError
 from mini_internvl_adapt.export.layouts import (
     DEFAULT_MAX_SHARD_SIZE,
     LAYOUTS,
+    check_max_shard_size,
     original_configs,
     sidecar_info,
     staged_folder,
@@ -288,6 +289,7 @@ def export(
         raise ExportError(f"unknown layout '{layout}'; choose one of {', '.join(LAYOUTS)}")
     if remote_code_from is not None and layout != "original":
         raise ExportError("remote-code files belong to the original layout only (--layout original)")
+    check_max_shard_size(max_shard_size)
     hub_id = base_model_hub_id(run.base_model, run.base_model_path)
     resolved, run_resolved = out.resolve(), run.run_dir.resolve()
     if resolved == run_resolved or resolved in run_resolved.parents or resolved == run.final_dir.resolve():

@@ -737,7 +737,8 @@ def same_network(original: dict, config: InternVLConfig) -> bool:
         converted = convert_original_config(original, image_token_id=int(config.image_token_id))
     except (KeyError, TypeError, ValueError):
         return False
-    return _signature(converted) == _signature(config)
+    # Through JSON: a config read from disk has lists where a built one has tuples (image_size ...).
+    return json.dumps(_signature(converted), sort_keys=True) == json.dumps(_signature(config), sort_keys=True)
 
 
 def update_original_config(

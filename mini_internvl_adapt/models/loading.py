@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from transformers import InternVLConfig, InternVLForConditionalGeneration, PreTrainedTokenizerBase
 
-from mini_internvl_adapt.errors import ModelUnavailableError
+from mini_internvl_adapt.errors import MissingWeightsError, ModelUnavailableError
 from mini_internvl_adapt.models.conversion import (
     convert_original_config,
     convert_original_state_dict,
@@ -200,6 +200,19 @@ def read_model_info(path: Path, source: str = "") -> ModelInfo:
     return _info_from_hf(path, InternVLConfig.from_pretrained(str(path)), source or str(path))
 
 
+def no_safetensors(path: Path) -> MissingWeightsError:
+    """The error for a checkpoint folder without safetensors weights (pickled .bin files are never loaded)."""
+    has_bin = any(Path(path).glob("*.bin"))
+    return MissingWeightsError(
+        f"{path}: no safetensors weights (model.safetensors or model.safetensors.index.json)"
+        + (
+            "; only pickled .bin files, which are not loaded for safety - convert them to safetensors"
+            if has_bin
+            else ""
+        )
+    )
+
+
 def load_original_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """All tensors of an original-layout folder: model.safetensors or the shards of its index.
 
@@ -216,15 +229,7 @@ def load_original_state_dict(path: Path) -> dict[str, torch.Tensor]:
     elif (path / "model.safetensors").is_file():
         files = ["model.safetensors"]
     else:
-        has_bin = any(path.glob("*.bin"))
-        raise FileNotFoundError(
-            f"{path}: no safetensors weights (model.safetensors or model.safetensors.index.json)"
-            + (
-                "; only pickled .bin files, which are not loaded for safety - convert them to safetensors"
-                if has_bin
-                else ""
-            )
-        )
+        raise no_safetensors(path)
     state: dict[str, torch.Tensor] = {}
     for name in files:
         shard = path / name
@@ -268,6 +273,8 @@ def load_model(
     }
     common = {k: v for k, v in common.items() if v is not None}
     if layout == "hf":
+        if not any(path.glob("*.safetensors")) and not (path / "model.safetensors.index.json").is_file():
+            raise no_safetensors(path)  # transformers would say so in an OSError of its own wording
         config = InternVLConfig.from_pretrained(str(path))
         config.image_token_id = image_token_id
         loaded: Any = InternVLForConditionalGeneration.from_pretrained(

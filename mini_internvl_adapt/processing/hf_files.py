@@ -5,6 +5,7 @@ the training transform, its Jinja chat template, and the generation config with 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -12,6 +13,7 @@ from mini_internvl_adapt.data_format.samples import IMAGE_PLACEHOLDER
 from mini_internvl_adapt.errors import ExportError
 from mini_internvl_adapt.fileio import atomic_write_json
 from mini_internvl_adapt.models.templates import IMG_CONTEXT, IMG_END, IMG_START, ChatTemplate, get_template
+from mini_internvl_adapt.models.tokenizer import load_tokenizer
 from mini_internvl_adapt.processing.tiling import IMAGENET_MEAN, IMAGENET_STD
 from mini_internvl_adapt.processing.transform import ProcessingConfig
 
@@ -24,18 +26,22 @@ def _jinja_literal(text: str) -> str:
     return json.dumps(text, ensure_ascii=False)
 
 
-def chat_template_jinja(template: ChatTemplate, system_message: str | None = None) -> str:
+def chat_template_jinja(
+    template: ChatTemplate, system_message: str | None = None, image_token: str = IMG_CONTEXT
+) -> str:
     """A Jinja chat template rendering exactly the prompt `template` produces in training.
 
-    Images render as ``<IMG_CONTEXT>``, the placeholder InternVLProcessor expands into
-    ``<img>`` + context tokens + ``</img>``: an ``{"type": "image"}`` item becomes ``<IMG_CONTEXT>\\n``
-    (our ``<image>\\n`` prefix) and ``<image>`` inside string content becomes ``<IMG_CONTEXT>``.
-    Without a leading system message the training default is used; messages are trimmed where the
-    template strips them in training (internlm2-chat).
+    Images render as `image_token`: by default ``<IMG_CONTEXT>``, the placeholder InternVLProcessor expands
+    into ``<img>`` + context tokens + ``</img>``: an ``{"type": "image"}`` item becomes ``<IMG_CONTEXT>\\n``
+    (our ``<image>\\n`` prefix) and ``<image>`` inside string content becomes ``<IMG_CONTEXT>``. The
+    original layout's engines (the remote code, vLLM, SGLang, LMDeploy) expand ``<image>`` themselves:
+    pass ``image_token="<image>"`` for them. Without a leading system message the training default is
+    used; messages are trimmed where the template strips them in training (internlm2-chat).
 
     Args:
         template: The run's chat template.
         system_message: The run's system message (None: the template's default).
+        image_token: What an image renders as.
 
     Returns:
         The template source.
@@ -46,11 +52,11 @@ def chat_template_jinja(template: ChatTemplate, system_message: str | None = Non
     content_macro = (
         "{%- macro render_content(content) -%}"
         "{%- if content is string -%}"
-        f"{{{{- content | replace({lit(IMAGE_PLACEHOLDER)}, {lit(IMG_CONTEXT)}) -}}}}"
+        f"{{{{- content | replace({lit(IMAGE_PLACEHOLDER)}, {lit(image_token)}) -}}}}"
         "{%- else -%}{%- for item in content -%}"
-        f"{{%- if item['type'] == 'image' -%}}{{{{- {lit(IMG_CONTEXT + chr(10))} -}}}}"
+        f"{{%- if item['type'] == 'image' -%}}{{{{- {lit(image_token + chr(10))} -}}}}"
         "{%- elif item['type'] == 'text' -%}"
-        f"{{{{- item['text'] | replace({lit(IMAGE_PLACEHOLDER)}, {lit(IMG_CONTEXT)}) -}}}}"
+        f"{{{{- item['text'] | replace({lit(IMAGE_PLACEHOLDER)}, {lit(image_token)}) -}}}}"
         "{%- endif -%}{%- endfor -%}{%- endif -%}"
         "{%- endmacro -%}"
     )
@@ -169,3 +175,106 @@ def stop_token_ids(tokenizer: PreTrainedTokenizerBase, template: ChatTemplate) -
     if not ids:
         raise ExportError(f"the tokenizer has no eos token and '{template.sep}' is not one token")
     return ids
+
+
+# The files a tokenizer is saved as, slow or fast; copied whole from an original-layout checkpoint.
+TOKENIZER_FILES = (
+    "tokenizer.model",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "vocab.txt",
+)
+# Keys transformers 5 writes into tokenizer_config.json that older releases (the engines') misread.
+_V5_ONLY_KEYS = ("backend", "is_local", "local_files_only")
+
+
+def _same_vocabulary(tokenizer: PreTrainedTokenizerBase, folder: Path) -> bool:
+    """Whether the tokenizer saved in `folder` encodes with the vocabulary of `tokenizer`."""
+    try:
+        saved = load_tokenizer(folder)
+    except (OSError, ValueError, RuntimeError, ImportError):
+        return False
+    return saved.get_vocab() == tokenizer.get_vocab()
+
+
+def _portable_tokenizer_config(out: Path) -> None:
+    """Make a tokenizer_config.json written by transformers 5 load in the 4.x releases serving engines use.
+
+    The class becomes ``PreTrainedTokenizerFast`` (4.x has no ``TokenizersBackend``), an ``auto_map`` to a
+    remote tokenizer class goes (it needs a ``tokenizer.model`` and code this folder does not hold; the
+    ``tokenizer.json`` encodes the same), and the list of extra special tokens is written under its 4.x
+    name ``additional_special_tokens``.
+    """
+    config_file = out / "tokenizer_config.json"
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    if config.get("tokenizer_class") in (None, "TokenizersBackend"):
+        config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    config.pop("auto_map", None)
+    extra = config.get("extra_special_tokens")
+    if isinstance(extra, list):
+        config.pop("extra_special_tokens")
+        config["additional_special_tokens"] = list(
+            dict.fromkeys([*config.get("additional_special_tokens", []), *extra])
+        )
+    for key in _V5_ONLY_KEYS:
+        config.pop(key, None)
+    atomic_write_json(config_file, config)
+
+
+def save_original_tokenizer(
+    tokenizer: PreTrainedTokenizerBase,
+    config: ProcessingConfig,
+    out: str | Path,
+    source: str | Path | None = None,
+) -> str:
+    """Write the tokenizer of an original-layout checkpoint, with a chat template for serving engines.
+
+    When `source` (the original-layout checkpoint the model came from) holds a tokenizer with the same
+    vocabulary, its files are copied as they are (the slow ``tokenizer.model`` that the official scripts
+    load with ``use_fast=False``, its ``auto_map``); otherwise `tokenizer` is saved as a fast tokenizer
+    whose tokenizer_config.json transformers 4.x reads too. Either way the chat template
+    (`chat_template_jinja` with ``<image>`` placeholders, as the original layout's engines expect) goes
+    into tokenizer_config.json and chat_template.jinja.
+
+    Args:
+        tokenizer: The model's tokenizer.
+        config: The processing settings (template, system message).
+        out: The checkpoint folder.
+        source: An original-layout checkpoint whose tokenizer files to reuse, if any.
+
+    Returns:
+        "copied" when the source's files were used, "saved" otherwise.
+
+    Raises:
+        ExportError: When the written tokenizer does not load back with the same vocabulary.
+    """
+    out = Path(out)
+    jinja = chat_template_jinja(
+        get_template(config.template), config.system_message, image_token=IMAGE_PLACEHOLDER
+    )
+    how = "saved"
+    if source is not None and _same_vocabulary(tokenizer, Path(source)):
+        for name in TOKENIZER_FILES:
+            if (Path(source) / name).is_file():
+                shutil.copy2(Path(source) / name, out / name)
+        how = "copied"
+    else:
+        previous = tokenizer.chat_template
+        try:
+            tokenizer.chat_template = None
+            tokenizer.save_pretrained(out)
+        finally:
+            tokenizer.chat_template = previous
+        _portable_tokenizer_config(out)
+    config_file = out / "tokenizer_config.json"
+    tok_config = json.loads(config_file.read_text(encoding="utf-8"))
+    tok_config["chat_template"] = jinja  # where transformers 4.x (and the engines using it) look
+    atomic_write_json(config_file, tok_config)
+    (out / "chat_template.jinja").write_text(jinja, encoding="utf-8")
+    if not _same_vocabulary(tokenizer, out):
+        raise ExportError(f"{out}: the written tokenizer does not load back with the model's vocabulary")
+    return how
