@@ -6,13 +6,16 @@ applied to the transformers-native ``InternVLForConditionalGeneration`` whose pa
 ``model.vision_tower`` (the ViT), ``model.multi_modal_projector`` (mlp1), ``model.language_model``
 and ``lm_head``. LoRA targets are chosen per LLM family from the module names actually present, so
 Qwen2/Llama (and InternLM2 converted to Llama), Phi-3's fused ``qkv_proj``/``gate_up_proj`` and the
-original InternLM2 names all work.
+original InternLM2 names all work. InternLM2's LoRA is the official one on its fused ``wqkv`` (one A shared
+by q, k and v, one B over their rows) although our checkpoints hold q/k/v split: see `FusedQKVLora` below.
 """
 
 from __future__ import annotations
 
 import math
 import re
+import warnings
+import weakref
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -88,6 +91,9 @@ class TuningConfig:
         drop_path_rate: Stochastic depth in the ViT, the official ``drop_path_rate``: layer i of L drops
             its attention and MLP branches per tile with probability rate * i / (L - 1) while training
             (0: off; the Mini-InternVL domain-adaptation recipe uses 0.1). See models/drop_path.py.
+        fused_qkv_lora: One LoRA over q, k and v together, as officially on InternLM2's fused ``wqkv``
+            (a shared A, one B split into the q, k, v rows; None or true: on for the InternLM2 LLM of
+            the 2B, false: three LoRAs on q_proj, k_proj, v_proj; ignored for the other families).
     """
 
     method: str = "lora"
@@ -105,6 +111,7 @@ class TuningConfig:
     lr_llm: float | None = None
     gradient_checkpointing: bool = False
     drop_path_rate: float = 0.0
+    fused_qkv_lora: bool | None = None
 
     def resolved(self) -> TuningConfig:
         """A copy with every None replaced by the method's default; raises ValueError on bad values."""
@@ -285,13 +292,15 @@ def is_quantized(model: nn.Module) -> bool:
     return any(isinstance(m, (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)) for m in model.modules())
 
 
-def apply_tuning(model: nn.Module, config: TuningConfig) -> nn.Module:
+def apply_tuning(model: nn.Module, config: TuningConfig, *, llm_family: str | None = None) -> nn.Module:
     """Freeze, wrap with LoRA or leave for full training, as `config` says.
 
     Args:
         model: An InternVLForConditionalGeneration; for QLoRA it must have been loaded with
             `quantization_config()` (its LLM layers are 4-bit).
         config: The tuning options (None values take the method's defaults).
+        llm_family: The checkpoint's LLM family (``ModelInfo.llm_family``); decides the fused qkv LoRA
+            of InternLM2 (see `uses_fused_qkv_lora`). None: read from the model's config.
 
     Returns:
         The model to train: a peft model for LoRA/QLoRA, `model` itself for full fine-tuning.
@@ -329,6 +338,8 @@ def apply_tuning(model: nn.Module, config: TuningConfig) -> nn.Module:
         modules_to_save=_trained_modules(model, cfg) or None,
         bias="none",
     )
+    if uses_fused_qkv_lora(model, cfg, llm_family):
+        register_fused_qkv_lora(lora, model)
     # Whatever trains besides the adapters is a modules_to_save copy, so save_pretrained writes it too.
     tuned = get_peft_model(model, lora)
     add_vision_drop_path(tuned, cfg.drop_path_rate)  # after wrapping: copies of trained layers get it too
@@ -474,15 +485,327 @@ def save_trained(model: nn.Module, out: Path) -> list[str]:
 def load_adapter(base: nn.Module, adapter_dir: Path, *, merge: bool = False) -> nn.Module:
     """Put a saved LoRA adapter (and the modules trained beside it) on a freshly loaded base model.
 
+    A fused qkv LoRA (InternLM2's, see `FusedQKVLora`) is recognised by its weights and rebuilt as such;
+    merged, it leaves plain q/k/v linear layers like any other adapter.
+
     Args:
         base: The base model, loaded as it was for training.
         adapter_dir: A folder with adapter_config.json and adapter_model.safetensors.
         merge: Merge the adapter into the weights and return a plain transformers model.
     """
-    from peft import PeftModel
+    from peft import LoraConfig, PeftModel
 
     adapter_dir = Path(adapter_dir)
     if not (adapter_dir / "adapter_config.json").is_file():
         raise FileNotFoundError(f"{adapter_dir}: no adapter_config.json (not a LoRA run folder)")
-    model = PeftModel.from_pretrained(base, adapter_dir, is_trainable=False)
+    if saved_fused_qkv_lora(adapter_dir, base):
+        config = LoraConfig.from_pretrained(str(adapter_dir))
+        register_fused_qkv_lora(config, base)
+        model = PeftModel.from_pretrained(base, adapter_dir, is_trainable=False, config=config)
+    else:
+        model = PeftModel.from_pretrained(base, adapter_dir, is_trainable=False)
     return model.merge_and_unload() if merge else model
+
+
+# -- InternLM2's LoRA on the fused wqkv, on the split q/k/v projections -----------------------------------------
+#
+# The official 2B LoRA (wrap_llm_lora) adapts InternLM2's fused ``attention.wqkv``: one A (r x hidden) shared by
+# q, k and v, and one B whose rows are wqkv's rows, grouped per kv head. Our checkpoints hold q_proj, k_proj and
+# v_proj, split by models/conversion.py, which reorders wqkv's rows into the q, k and v blocks. The same
+# reordering of B's rows gives B = [B_q; B_k; B_v] in that layout, and then q = W_q x + s B_q A x, and so on for k
+# and v: the official output, de-interleaved. So the adapter (A and the whole B, the official parameter count)
+# sits on q_proj, and k_proj and v_proj carry parts that use its A and their own rows of its B. One dropout mask
+# and one A x serve q, k and v, as in one fused linear layer. peft builds these layers through its custom-module
+# hook (`register_fused_qkv_lora`), so saving, loading, merging and unloading are peft's own.
+
+FUSED_QKV_FAMILIES = ("internlm2",)
+_QKV_ROLES = ("q", "k", "v")
+_QKV_TARGET = re.compile(r"(.*language_model\..*)\.([qkv])_proj")
+_ADAPTER_PREFIX = "base_model.model."
+
+
+def uses_fused_qkv_lora(model: nn.Module, config: TuningConfig, llm_family: str | None = None) -> bool:
+    """Whether `apply_tuning` gives the LLM's q, k and v one fused LoRA (the official InternLM2 adapter).
+
+    It does under LLM LoRA for the InternLM2 family unless ``fused_qkv_lora`` is false. InternLM2 is loaded
+    converted to Llama, so when no family is named, a Llama LLM counts as InternLM2: it is the only
+    Llama-architecture LLM of the Mini-InternVL models (the 2B). Name ``llm_family`` to decide otherwise.
+
+    Args:
+        model: The model about to be wrapped.
+        config: The tuning options.
+        llm_family: The checkpoint's LLM family, or None to read it from the model's config.
+    """
+    cfg = config.resolved()
+    if not cfg.use_llm_lora or cfg.fused_qkv_lora is False:
+        return False
+    if llm_family is not None:
+        return llm_family in FUSED_QKV_FAMILIES
+    return model_llm_family(model) in (*FUSED_QKV_FAMILIES, "llama")
+
+
+def qkv_blocks(model: nn.Module) -> dict[str, tuple[int, int, int]]:
+    """The LLM's attention modules with q_proj, k_proj and v_proj linear layers, and their output sizes."""
+    blocks = {}
+    for name, module in model.named_modules():
+        if component_of(name) != "language_model":
+            continue
+        parts = [getattr(module, f"{role}_proj", None) for role in _QKV_ROLES]
+        if all(isinstance(part, nn.Linear) for part in parts):
+            blocks[name] = tuple(int(part.out_features) for part in parts)  # type: ignore[union-attr]
+    return blocks  # type: ignore[return-value]
+
+
+def register_fused_qkv_lora(lora_config: Any, model: nn.Module) -> None:
+    """Make peft build the fused qkv LoRA on `model`'s LLM attention when it applies `lora_config`.
+
+    Args:
+        lora_config: A peft LoraConfig whose targets include the LLM's q_proj, k_proj and v_proj.
+        model: The model it will be applied to (by get_peft_model or PeftModel.from_pretrained).
+
+    Raises:
+        ValueError: When the LLM has no attention with q_proj, k_proj and v_proj.
+    """
+    blocks = qkv_blocks(model)
+    if not blocks:
+        raise ValueError("fused qkv LoRA: no attention with q_proj, k_proj and v_proj in the language model")
+    lora_config._register_custom_module({nn.Module: _FusedQKVDispatch(blocks)})
+
+
+def saved_fused_qkv_lora(adapter_dir: Path, base: nn.Module) -> bool:
+    """Whether a saved adapter is a fused qkv LoRA for `base`: a q_proj B with the rows of q, k and v."""
+    from safetensors import safe_open
+
+    weights = Path(adapter_dir) / "adapter_model.safetensors"
+    if not weights.is_file():
+        return False
+    blocks = qkv_blocks(base)
+    suffix = ".q_proj.lora_B.weight"
+    with safe_open(str(weights), framework="pt") as f:
+        for key in f.keys():  # noqa: SIM118 - safe_open has keys(), not iteration
+            prefix = key.removeprefix(_ADAPTER_PREFIX).removesuffix(suffix)
+            if key.endswith(suffix) and prefix in blocks:
+                return int(f.get_slice(key).get_shape()[0]) == sum(blocks[prefix])
+    return False
+
+
+class _FusedQKVDispatch:
+    """peft's custom-module hook: the fused adapter on each LLM q_proj, its parts on k_proj and v_proj.
+
+    peft calls it for every target and takes any other layer (o_proj, the MLP, the ViT) the usual way when it
+    answers None. Targets come in module order, so q_proj (the adapter) precedes k_proj and v_proj.
+    """
+
+    def __init__(self, blocks: dict[str, tuple[int, int, int]]) -> None:
+        self.blocks = blocks
+        self.adapters: dict[str, Any] = {}
+
+    def __call__(self, target: nn.Module, adapter_name: str, config: Any, **kwargs: Any) -> nn.Module | None:
+        match = _QKV_TARGET.fullmatch(str(kwargs.get("target_name") or ""))
+        if match is None or match.group(1) not in self.blocks:
+            return None
+        prefix, role = match.groups()
+        adapter_cls, part_cls = fused_qkv_layer_classes()
+        if role == "q":
+            adapter = adapter_cls(
+                target,
+                adapter_name,
+                config,
+                self.blocks[prefix],
+                r=kwargs["r"],
+                lora_alpha=kwargs["lora_alpha"],
+            )
+            self.adapters[prefix] = adapter
+            return adapter
+        if prefix not in self.adapters:
+            raise ValueError(f"fused qkv LoRA: {prefix}.{role}_proj came before its q_proj")
+        return part_cls(target, adapter_name, self.adapters[prefix], role)
+
+
+class _FusedQKVPart:
+    """What the fused qkv LoRA's layers share; `fused_qkv_layer_classes` makes them peft LoRA layers.
+
+    Each wraps one of q_proj, k_proj and v_proj (its ``base_layer``) and adds its rows of B (A x), scaled,
+    from the adapter on q_proj (`fused`); merging adds the same rows of B A to its own weight. The methods
+    are peft's LoraLayer interface (forward, merge, unmerge, get_delta_weight).
+    """
+
+    role: str
+
+    def _init_part(self: Any, base_layer: nn.Module, adapter_name: str, role: str) -> None:
+        from peft.tuners.lora import LoraLayer
+
+        nn.Module.__init__(self)
+        LoraLayer.__init__(self, base_layer)
+        self.role = role
+        self.fan_in_fan_out = False
+        self._active_adapter = adapter_name
+
+    def fused(self) -> Any:
+        """The layer holding A and B (on q_proj)."""
+        raise NotImplementedError
+
+    def forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if kwargs.pop("adapter_names", None) is not None:
+            raise ValueError("the fused qkv LoRA does not take mixed-adapter batches (adapter_names)")
+        if self.disable_adapters:
+            if self.merged:
+                self.unmerge()
+            return self.base_layer(x, *args, **kwargs)
+        result = self.base_layer(x, *args, **kwargs)
+        if self.merged:
+            return result
+        delta = self.fused().delta(x, self.role, self.active_adapters)
+        return result if delta is None else (result + delta).to(result.dtype)
+
+    def get_delta_weight(self, adapter: str) -> torch.Tensor:
+        """scaling x B_rows A for this layer's rows of B."""
+        return self.fused().delta_weight(adapter, self.role)
+
+    def merge(self: Any, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
+        """Add the active (or named) adapters' deltas to this layer's weight."""
+        from peft.tuners.tuners_utils import check_adapters_to_merge
+
+        adapter_names = check_adapters_to_merge(self, adapter_names)
+        weight = self.get_base_layer().weight
+        if adapter_names and getattr(weight, "quant_state", None) is not None:
+            raise ValueError(
+                "the fused qkv LoRA cannot merge into 4-bit weights: merge it into a full-precision base"
+            )
+        for adapter in adapter_names:
+            if adapter not in self.fused().lora_A:
+                continue
+            merged = weight.data + self.get_delta_weight(adapter).to(weight.dtype)
+            if safe_merge and not torch.isfinite(merged).all():
+                raise ValueError(f"NaNs in the merged weights: the adapter {adapter} seems to be broken")
+            weight.data = merged
+            self.merged_adapters.append(adapter)
+
+    def unmerge(self: Any) -> None:
+        """Take the merged adapters' deltas out of this layer's weight again."""
+        if not self.merged:
+            warnings.warn("Already unmerged. Nothing to do.", stacklevel=2)
+            return
+        weight = self.get_base_layer().weight
+        while self.merged_adapters:
+            adapter = self.merged_adapters.pop()
+            if adapter in self.fused().lora_A:
+                weight.data -= self.get_delta_weight(adapter).to(weight.dtype)
+
+
+class _FusedQKVAdapter(_FusedQKVPart):
+    """The fused adapter, on q_proj: A (r x hidden) and B ((q + k + v) x r, rows in q, k, v order)."""
+
+    def __init__(
+        self: Any,
+        base_layer: nn.Module,
+        adapter_name: str,
+        config: Any,
+        blocks: tuple[int, int, int],
+        r: int,
+        lora_alpha: int,
+    ) -> None:
+        self._init_part(base_layer, adapter_name, "q")
+        self.blocks = tuple(int(b) for b in blocks)
+        # adapter -> (a weak reference to the input, A (dropout x)): from q's call to v's.
+        self._projections: dict[str, tuple[weakref.ref, torch.Tensor]] = {}
+        self.update_layer(adapter_name, r, lora_alpha=lora_alpha, config=config)
+
+    def fused(self) -> Any:
+        return self
+
+    def update_layer(
+        self: Any, adapter_name: str, r: int, lora_alpha: int, config: Any, **kwargs: Any
+    ) -> None:
+        """peft's LoRA update_layer with B over the rows of q, k and v (vanilla LoRA only)."""
+        from peft.tuners.lora import LoraLayer
+
+        if config.use_dora or config.lora_bias or config.init_lora_weights not in (True, False, "gaussian"):
+            raise ValueError("the fused qkv LoRA is plain LoRA: no DoRA, LoRA bias or data-driven init")
+        q_features = self.out_features
+        self.out_features = sum(self.blocks)
+        try:
+            LoraLayer.update_layer(self, adapter_name, r, lora_alpha, config, **kwargs)
+        finally:
+            self.out_features = q_features
+
+    def rows(self: Any, role: str) -> slice:
+        """B's rows of q, k or v."""
+        index = _QKV_ROLES.index(role)
+        start = sum(self.blocks[:index])
+        return slice(start, start + self.blocks[index])
+
+    def _projection(self: Any, adapter: str, x: torch.Tensor, role: str) -> torch.Tensor:
+        """A (dropout x), computed at q and reused by k and v when they get the same input tensor."""
+        stored = self._projections.get(adapter)
+        if role != "q" and stored is not None and stored[0]() is x:
+            projected = stored[1]
+        else:
+            lora_a = self.lora_A[adapter]
+            projected = lora_a(self.lora_dropout[adapter](self._cast_input_dtype(x, lora_a.weight.dtype)))
+        if role == "v":
+            self._projections.pop(adapter, None)
+        else:
+            self._projections[adapter] = (weakref.ref(x), projected)
+        return projected
+
+    def delta(self: Any, x: torch.Tensor, role: str, adapters: Iterable[str]) -> torch.Tensor | None:
+        """scaling x B_rows A (dropout x) of q, k or v, summed over `adapters` (None when none is here)."""
+        out = None
+        for adapter in adapters:
+            if adapter not in self.lora_A:
+                continue
+            projected = self._projection(adapter, x, role)
+            part = nn.functional.linear(projected, self.lora_B[adapter].weight[self.rows(role)])
+            part = part * self.scaling[adapter]
+            out = part if out is None else out + part
+        return out
+
+    def delta_weight(self: Any, adapter: str, role: str) -> torch.Tensor:
+        """scaling x B_rows A, the weight change of q, k or v (computed in float32 on the CPU)."""
+        weight_a = self.lora_A[adapter].weight
+        weight_b = self.lora_B[adapter].weight[self.rows(role)]
+        dtype = weight_a.dtype
+        if weight_a.device.type == "cpu" and dtype in (torch.float16, torch.bfloat16):
+            weight_a, weight_b = weight_a.float(), weight_b.float()
+        return ((weight_b @ weight_a) * self.scaling[adapter]).to(dtype)
+
+
+class _FusedQKVShare(_FusedQKVPart):
+    """k_proj's or v_proj's part: no weights of its own, its rows of the adapter on q_proj."""
+
+    def __init__(self: Any, base_layer: nn.Module, adapter_name: str, adapter: Any, role: str) -> None:
+        self._init_part(base_layer, adapter_name, role)
+        self.__dict__["_fused_adapter"] = adapter  # not a submodule: it lives on q_proj
+
+    def fused(self) -> Any:
+        return self.__dict__["_fused_adapter"]
+
+    def update_layer(self, adapter_name: str, r: int, lora_alpha: int, config: Any, **kwargs: Any) -> None:
+        """Nothing to add for another adapter: its weights live on q_proj."""
+
+
+_FUSED_QKV_CLASSES: list[type] = []
+
+
+def fused_qkv_layer_classes() -> tuple[type, type]:
+    """The peft LoRA layer classes of the fused qkv LoRA: (`FusedQKVLora`, `FusedQKVPart`).
+
+    Built on first use, so that importing this module does not import peft (seconds, and bitsandbytes).
+    """
+    if not _FUSED_QKV_CLASSES:
+        from peft.tuners.lora import LoraLayer
+
+        for name, mixin in (("FusedQKVLora", _FusedQKVAdapter), ("FusedQKVPart", _FusedQKVShare)):
+            cls = type(
+                name, (mixin, nn.Module, LoraLayer), {"__module__": __name__, "__doc__": mixin.__doc__}
+            )
+            _FUSED_QKV_CLASSES.append(cls)
+    return _FUSED_QKV_CLASSES[0], _FUSED_QKV_CLASSES[1]
+
+
+def __getattr__(name: str) -> type:
+    """`FusedQKVLora` and `FusedQKVPart` by name (pickle finds them so), built on first access."""
+    if name in ("FusedQKVLora", "FusedQKVPart"):
+        return dict(zip(("FusedQKVLora", "FusedQKVPart"), fused_qkv_layer_classes()))[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

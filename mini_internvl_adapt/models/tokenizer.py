@@ -256,3 +256,26 @@ def slow_prompt_prefix_ids(tokenizer: PreTrainedTokenizerBase, text: str) -> lis
         return []
     prefix = tokenizer.convert_tokens_to_ids("▁")
     return [prefix] if isinstance(prefix, int) and prefix != tokenizer.unk_token_id else []
+
+
+def slow_prompt_prefix_text(tokenizer: PreTrainedTokenizerBase, text: str) -> str:
+    """Text to write before a prompt so that `tokenizer` alone gives the slow path's ids (for a chat template).
+
+    A chat template only produces text, and no tokenizer can emit `slow_prompt_prefix_ids` in front of a
+    leading added token. A leading space can stand for them: Phi-3's fast tokenizer (Metaspace, prepend
+    "first") encodes ``" " + text`` as the lone "▁" then `text`'s own ids. Checked by tokenizing, so a
+    tokenizer that would do otherwise gets nothing.
+
+    Args:
+        tokenizer: A tokenizer from :func:`load_tokenizer` (or one saved from it and loaded back).
+        text: A rendered prompt.
+
+    Returns:
+        " " when `text` needs the prefix and a space before it gives exactly that, else "".
+    """
+    prefix = slow_prompt_prefix_ids(tokenizer, text)
+    if not prefix:
+        return ""
+    plain = tokenizer(text, add_special_tokens=False)["input_ids"]
+    spaced = tokenizer(" " + text, add_special_tokens=False)["input_ids"]
+    return " " if spaced == prefix + plain else ""

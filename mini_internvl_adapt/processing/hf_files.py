@@ -13,7 +13,7 @@ from mini_internvl_adapt.data_format.samples import IMAGE_PLACEHOLDER
 from mini_internvl_adapt.errors import ExportError
 from mini_internvl_adapt.fileio import atomic_write_json
 from mini_internvl_adapt.models.templates import IMG_CONTEXT, IMG_END, IMG_START, ChatTemplate, get_template
-from mini_internvl_adapt.models.tokenizer import load_tokenizer
+from mini_internvl_adapt.models.tokenizer import load_tokenizer, slow_prompt_prefix_text
 from mini_internvl_adapt.processing.tiling import IMAGENET_MEAN, IMAGENET_STD
 from mini_internvl_adapt.processing.transform import ProcessingConfig
 
@@ -27,7 +27,7 @@ def _jinja_literal(text: str) -> str:
 
 
 def chat_template_jinja(
-    template: ChatTemplate, system_message: str | None = None, image_token: str = IMG_CONTEXT
+    template: ChatTemplate, system_message: str | None = None, image_token: str = IMG_CONTEXT, lead: str = ""
 ) -> str:
     """A Jinja chat template rendering exactly the prompt `template` produces in training.
 
@@ -42,6 +42,8 @@ def chat_template_jinja(
         template: The run's chat template.
         system_message: The run's system message (None: the template's default).
         image_token: What an image renders as.
+        lead: Text before the prompt (a space where a fast tokenizer needs it to give the slow
+            tokenizer's ids: Phi-3's lone "▁" after ``<s>``; see `slow_prompt_prefix_text`).
 
     Returns:
         The template source.
@@ -68,7 +70,7 @@ def chat_template_jinja(
         + "{%- set system_message = render_content(messages[0]['content']) -%}"
         + "{%- set loop_messages = messages[1:] -%}"
         + "{%- endif -%}"
-        + f"{{{{- {lit(prefix)} + system_message + {lit(suffix + template.sep)} -}}}}"
+        + f"{{{{- {lit(lead + prefix)} + system_message + {lit(suffix + template.sep)} -}}}}"
         + "{%- for message in loop_messages -%}"
         + f"{{%- if message['role'] == 'user' -%}}{{{{- {lit(template.user_role)} -}}}}"
         + f"{{%- elif message['role'] == 'assistant' -%}}{{{{- {lit(template.assistant_role)} -}}}}"
@@ -113,7 +115,11 @@ def save_tokenizer_and_processor(
     from transformers.models.internvl.video_processing_internvl import InternVLVideoProcessor
 
     out = Path(out)
-    jinja = chat_template_jinja(get_template(config.template), config.system_message)
+    template = get_template(config.template)
+    system = template.system_message if config.system_message is None else config.system_message
+    # The original layout's slow tokenizers add Phi-3's lone "▁" themselves; a fast one needs the space.
+    lead = slow_prompt_prefix_text(tokenizer, template.system_template.replace("{system_message}", system))
+    jinja = chat_template_jinja(template, config.system_message, lead=lead)
     tokenizer.chat_template = jinja
     tokenizer.save_pretrained(out)
     # Named special tokens go into tokenizer_config.json so a plain AutoTokenizer load exposes

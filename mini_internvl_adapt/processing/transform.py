@@ -18,6 +18,7 @@ from PIL import Image
 from mini_internvl_adapt.data_format.samples import IMAGE_PLACEHOLDER, Sample, Turn
 from mini_internvl_adapt.errors import SampleTooLongError
 from mini_internvl_adapt.models.templates import IMG_CONTEXT, IMG_END, IMG_START, ChatTemplate, get_template
+from mini_internvl_adapt.models.tokenizer import slow_prompt_prefix_ids
 from mini_internvl_adapt.processing.tiling import num_tiles, tile_image, tiles_per_image
 
 IGNORE_INDEX = -100
@@ -208,7 +209,10 @@ class SampleProcessor:
                 trained_spans.append((len(text), len(text) + len(segment)))
             text += segment
         enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        # After BOS, what the official slow tokenizer puts before the prompt and the fast one does not (the
+        # 4B's lone "▁" before its leading <|system|>; nothing for the others). Never trained.
         input_ids: list[int] = [] if self.bos_id is None else [self.bos_id]
+        input_ids += slow_prompt_prefix_ids(self.tokenizer, text)
         labels: list[int] = [IGNORE_INDEX] * len(input_ids)
         image_index = 0
         for token, (start, _) in zip(enc["input_ids"], enc["offset_mapping"]):

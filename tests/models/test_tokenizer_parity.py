@@ -42,6 +42,7 @@ from mini_internvl_adapt.models.tokenizer import (  # noqa: E402
     INTERNVL_SPECIAL_TOKENS,
     load_tokenizer,
     slow_prompt_prefix_ids,
+    slow_prompt_prefix_text,
 )
 from mini_internvl_adapt.processing import IGNORE_INDEX, ProcessingConfig, SampleProcessor  # noqa: E402
 
@@ -364,6 +365,7 @@ OFFICIAL_TOKENIZER: dict[str, type[OfficialSlowTokenizer]] = {
 # -- the official preprocessing (internvl_chat/internvl/train/dataset.py) -----------------------------------------
 
 TEMPLATE = {"internlm2": "internlm2-chat", "phi3": "phi3-chat"}
+TEMPLATE_FIRST_TOKEN = {"internlm2": "<|im_start|>", "phi3": "<|system|>"}
 
 
 def _official_prompt(template_name: str, conversations: Sequence[dict[str, str]], strip: bool) -> str:
@@ -561,11 +563,10 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _ours(folder: Path, family: str, sample: Sample, root: Path) -> tuple[list[int], list[int], list[int]]:
-    """Our ids and labels: load_tokenizer + SampleProcessor, plus the slow path's leading ids after BOS.
+    """Our ids and labels: load_tokenizer + SampleProcessor, as training and evaluation tokenize.
 
-    SampleProcessor tokenizes the rendered prompt whole and adds BOS; ``slow_prompt_prefix_ids`` is what the slow
-    Phi-3 tokenizer puts between the two (a lone "▁", trained as -100). The processor does not insert it itself
-    yet, so it is inserted here exactly where it belongs (and only if it is not there already).
+    SampleProcessor tokenizes the rendered prompt whole and puts BOS and then ``slow_prompt_prefix_ids`` (what the
+    slow Phi-3 tokenizer puts between the two: a lone "▁", trained as -100) before it.
     """
     tokenizer = load_tokenizer(folder)
     config = ProcessingConfig(
@@ -576,8 +577,9 @@ def _ours(folder: Path, family: str, sample: Sample, root: Path) -> tuple[list[i
     ids, labels = processed.input_ids.tolist(), processed.labels.tolist()
     assert processor.bos_id is not None and ids[0] == processor.bos_id
     prefix = slow_prompt_prefix_ids(tokenizer, processor.render(sample.conversations))
-    if ids[1 : 1 + len(prefix)] != prefix:
-        ids, labels = ids[:1] + prefix + ids[1:], labels[:1] + [IGNORE_INDEX] * len(prefix) + labels[1:]
+    assert ids[1 : 1 + len(prefix)] == prefix and labels[: 1 + len(prefix)] == [IGNORE_INDEX] * (
+        1 + len(prefix)
+    )
     return ids, labels, processed.num_tiles
 
 
@@ -707,6 +709,58 @@ def test_prompt_prefix_only_for_a_legacy_false_llama_tokenizer(checkpoints: dict
     assert slow_prompt_prefix_ids(phi3, "<img></img>") == []
     assert slow_prompt_prefix_ids(phi3, "Hello") == []
     assert slow_prompt_prefix_ids(load_tokenizer(checkpoints["internlm2"]), "<|im_start|>system\nHi") == []
+
+
+@pytest.mark.parametrize("variant", ["phi3", "internlm2"])
+def test_training_evaluation_and_budget_all_carry_the_prefix(
+    variant: str, checkpoints: dict[str, Path], image_root: Path
+) -> None:
+    """The prefix is in the training ids, in the generation prompt (evaluation) and in the token budget."""
+    family = VARIANTS[variant][0]
+    tokenizer = load_tokenizer(checkpoints[variant])
+    config = ProcessingConfig(template=TEMPLATE[family], max_tiles=2, num_image_token=NUM_IMAGE_TOKEN)
+    processor = SampleProcessor(tokenizer, config)
+    sample = _sample("multi-turn")
+    trained = processor(sample, image_root)
+    prompt = processor.generation_inputs(sample, image_root)
+    head = [tokenizer.bos_token_id] + (
+        [tokenizer.convert_tokens_to_ids(SPIECE_UNDERLINE)] if family == "phi3" else []
+    )
+    assert trained.input_ids[: len(head)].tolist() == prompt.input_ids[: len(head)].tolist() == head
+    assert prompt.input_ids[len(head)] == tokenizer.convert_tokens_to_ids(TEMPLATE_FIRST_TOKEN[family])
+    assert (trained.labels[: len(head)] == IGNORE_INDEX).all()
+    assert trained.input_ids[: len(prompt.input_ids)].tolist() == prompt.input_ids.tolist()
+    assert processor.count_tokens(sample, image_root) == len(trained.input_ids)
+
+
+def test_a_chat_template_gets_the_prefix_from_a_leading_space(
+    tmp_path: Path, checkpoints: dict[str, Path], image_root: Path
+) -> None:
+    """An exported chat template renders " " + prompt, which the saved tokenizer encodes as our ids (BOS, "▁", prompt)."""
+    from transformers import AutoTokenizer
+
+    from mini_internvl_adapt.processing.hf_files import save_tokenizer_and_processor
+
+    config = ProcessingConfig(template="phi3-chat", max_tiles=2, num_image_token=NUM_IMAGE_TOKEN)
+    ours = SampleProcessor(load_tokenizer(checkpoints["phi3"]), config)
+    save_tokenizer_and_processor(ours.tokenizer, config, tmp_path / "export")
+    exported = AutoTokenizer.from_pretrained(str(tmp_path / "export"))
+    sample = Sample.from_json(
+        {
+            "id": "t",
+            "conversations": [{"from": "human", "value": "Is it safe?"}, {"from": "gpt", "value": "Yes."}],
+        }
+    )
+    text = exported.apply_chat_template(
+        [{"role": "user", "content": "Is it safe?"}], add_generation_prompt=True, tokenize=False
+    )
+    prompt = ours.render(sample.conversations[:1])  # the prompt evaluation gives the model
+    # The exported template leads with the space that makes the fast tokenizer give the slow "▁".
+    assert slow_prompt_prefix_text(exported, prompt) == " "
+    assert text == " " + prompt
+    assert exported(text).input_ids == ours.generation_inputs(sample, image_root).input_ids.tolist()
+    assert exported(prompt).input_ids != ours.generation_inputs(sample, image_root).input_ids.tolist()
+    assert slow_prompt_prefix_text(load_tokenizer(checkpoints["internlm2"]), "<|im_start|>system\nHi") == ""
 
 
 def test_internlm2_chat_tokens_keep_the_ids_of_the_placeholder_pieces(checkpoints: dict[str, Path]) -> None:
