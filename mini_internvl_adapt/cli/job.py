@@ -2,7 +2,8 @@
 
 The run folder ``OUT`` holds ``data/`` (the converted dataset, when raw data was given), the training run
 itself (``run_config.yaml``, ``checkpoints/``, ``final/`` ...), ``eval/`` (predictions and metrics on
-the test split) and ``export/`` (a transformers-native model with its model card).
+the test split) and ``export/`` (a transformers-native model with its model card). Every `adapt train`
+option works here too, ``--general SRC --general-ratio R`` (general data mixed into training) included.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from mini_internvl_adapt.cli import CliError
-from mini_internvl_adapt.cli.common import domain_from_argv
+from mini_internvl_adapt.cli.common import add_overwrite_argument, check_converted, domain_from_argv
+from mini_internvl_adapt.cli.job_mpo import add_mpo_job_arguments, run_mpo_stages
 from mini_internvl_adapt.evaluation import evaluate, format_metrics_table
 from mini_internvl_adapt.export.exporter import export
+from mini_internvl_adapt.fileio import check_output, disk_full_as_error
 from mini_internvl_adapt.registry import Domain, add_domain_arguments, available_domains, get_domain
 from mini_internvl_adapt.training.config import (
     RUN_CONFIG,
@@ -86,6 +89,8 @@ def build_parser(argv: Sequence[str]) -> tuple[argparse.ArgumentParser, Domain |
         help="exported weight dtype (default fp32)",
     )
     add_train_arguments(parser)
+    add_overwrite_argument(parser, "the run folder")
+    add_mpo_job_arguments(parser)  # --mpo: SFT, then pairs, MPO and evaluation (cli/job_mpo.py)
     domain = None
     name = domain_from_argv(argv)
     if name is not None:
@@ -151,7 +156,11 @@ def _convert_stage(
             "(--test-fraction F or --test FILE to choose)",
             file=sys.stderr,
         )
-    report = domain.convert(Path(source), dataset, **options)
+    with disk_full_as_error(
+        f"the dataset {dataset}", "what it holds is incomplete: free some space and run again"
+    ):
+        report = domain.convert(Path(source), dataset, **options)
+    check_converted(report, dataset)
     print(
         f"converted {report.converted}/{report.read} records from {source} -> {report.samples} samples "
         f"({len(report.skipped)} skipped, reasons in {dataset / 'report.json'})",
@@ -216,6 +225,9 @@ def cmd_job(argv: Sequence[str]) -> int:
     if args.resume is None and (out / RUN_CONFIG).exists():
         # Checked before converting, so an existing run's data is never overwritten.
         raise CliError(f"{out} already holds a run: continue it with --resume {out} or choose another --out")
+    if args.resume is None:
+        inputs = [args.source, args.data, args.test, args.model, args.config]
+        check_output(out, "run", inputs=inputs, overwrite=args.overwrite)
     if args.resume is not None and given == 0 and not (out / RUN_CONFIG).is_file():
         raise CliError(
             f"{out}: no {RUN_CONFIG} to resume from; start the job with --source, --data or --demo"
@@ -257,13 +269,19 @@ def cmd_job(argv: Sequence[str]) -> int:
             score_options=_group_options(args, parser, "scoring"),
         )
 
+    mpo = None
+    if args.mpo:  # the model exported and summarised is then the MPO one
+        scoring = _group_options(args, parser, "scoring")
+        mpo = run_mpo_stages(args, domain, dataset, run, test_file, metrics, scoring, evaluate_fn=evaluate)
+        run, metrics = mpo.run, mpo.metrics
+
     export_dir = None
     _stage(4, "export")
     if args.no_export:
         print("export skipped (--no-export)", file=sys.stderr)
     else:
         # The card takes its metrics from RUN/eval/metrics.json, filtered to the domain's scores.
-        export_dir = export(run, run / "export", merge_lora=True, dtype=args.export_dtype, overwrite=True)
+        export_dir = export(run, out / "export", merge_lora=True, dtype=args.export_dtype, overwrite=True)
 
     _summary(
         run,
@@ -273,7 +291,9 @@ def cmd_job(argv: Sequence[str]) -> int:
         time.perf_counter() - started,
         test_file=test_file,
         demo=args.demo,
-        table=format_metrics_table({k: v for k, v in metrics.items() if k not in ("processing", "model")}),
+        table=mpo.table
+        if mpo is not None
+        else format_metrics_table({k: v for k, v in metrics.items() if k not in ("processing", "model")}),
         domain=domain.name,
     )
     return 0
@@ -295,6 +315,8 @@ def _summary(
     rows = [("dataset", dataset), ("run", run), ("training summary", run / "summary.json")]
     if (run / "loss.png").is_file():
         rows.append(("training curve", run / "loss.png"))
+    if (run / "data_mix.json").is_file():  # samples per source; general data only with --general
+        rows.append(("data mix", run / "data_mix.json"))
     if metrics:
         rows += [
             ("predictions", run / "eval" / "predictions.jsonl"),

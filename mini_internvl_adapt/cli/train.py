@@ -6,7 +6,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from mini_internvl_adapt.cli.common import add_overwrite_argument
 from mini_internvl_adapt.errors import DataError, DatasetError, NonFiniteLossError
+from mini_internvl_adapt.fileio import check_output
 from mini_internvl_adapt.training.config import (
     add_train_arguments,
     config_from_args,
@@ -23,11 +25,20 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         "Options override the --config file; the resolved config is saved in the run folder.",
     )
     add_train_arguments(parser)
+    add_overwrite_argument(parser, "the run folder")
     # Intermixed: key=value overrides may come before, between or after the flags.
     args = parser.parse_intermixed_args(argv)
     try:
         config = config_from_args(args)
-        run = run_training(config, resume=args.resume is not None)
+        if args.resume is None:
+            inputs = [config.data.path, config.data.val, config.model.name, args.config]
+            check_output(config.out, "run", inputs=inputs, overwrite=args.overwrite)
+        if config.train.objective == "mpo":  # preference pairs (training.mpo_run)
+            from mini_internvl_adapt.training.mpo_run import run_mpo_training
+
+            run = run_mpo_training(config, resume=args.resume is not None)
+        else:
+            run = run_training(config, resume=args.resume is not None)
     except NonFiniteLossError as e:
         print(f"adapt train: training stopped: {e}", file=sys.stderr)
         return 1

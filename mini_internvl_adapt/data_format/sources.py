@@ -22,6 +22,7 @@ class DatasetSource:
     repeat_time: float = 1  # below 1: the first fraction of the lines; above 1: a whole number of copies
     max_dynamic_patch: int | None = None
     split: str | None = None
+    data_augment: bool = False  # the meta entry's flag: random JPEG re-encoding of its images in training
 
     def read(self, check_files: bool = True) -> list[Sample]:
         return read_samples(self.annotation, self.root, check_files)
@@ -65,10 +66,10 @@ def resolve_sources(path: str | Path, split: str | None = None) -> list[DatasetS
 
 def _read_meta(path: Path, split: str | None) -> list[DatasetSource]:
     """The entries of an official meta JSON, every one checked before any is used (or a model loads)."""
-    from mini_internvl_adapt.data_format.source_files import read_text
+    from mini_internvl_adapt.data_format.source_files import load_json, read_text
 
     try:
-        meta = json.loads(read_text(path))
+        meta = load_json(read_text(path), path)
     except json.JSONDecodeError as e:
         raise DatasetError(path, f"bad JSON: {e.msg}", e.lineno) from None
     if not isinstance(meta, dict) or not all(isinstance(v, dict) for v in meta.values()):
@@ -121,6 +122,9 @@ def _meta_entry(path: Path, name: str, entry: dict[str, Any]) -> DatasetSource:
     split = entry.get("split")
     if split is not None and not isinstance(split, str):
         raise bad(f"'split' must be a string, {got(split)}")
+    data_augment = entry.get("data_augment", False)
+    if not isinstance(data_augment, bool):
+        raise bad(f"'data_augment' must be true or false, {got(data_augment)}")
     annotation = _resolve_against(path.parent, annotation_value)
     root = _resolve_against(path.parent, root_value)
     # A dataset folder moved after conversion: its meta.json still names the old absolute paths.
@@ -134,6 +138,7 @@ def _meta_entry(path: Path, name: str, entry: dict[str, Any]) -> DatasetSource:
         repeat_time=int(repeat_time) if repeat_time > 1 else repeat_time,
         max_dynamic_patch=max_patch,
         split=split,
+        data_augment=data_augment,
     )
 
 

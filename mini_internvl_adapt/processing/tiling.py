@@ -9,11 +9,14 @@ appended when there is more than one tile. Tiles are ``ToTensor`` + ImageNet-nor
 The output matches transformers' PIL-backend ``GotOcr2ImageProcessorPil`` (``crop_to_patches=True``,
 ``size=448``, ImageNet mean/std): same grid, same tiles, pixel values within float32 rounding. Speed: the only
 PIL work is the two bicubic resizes; tiling is a reshape/transpose view, written once into the output tensor
-and normalised in place (no per-tile PIL call or copy).
+and normalised in place (no per-tile PIL call or copy). `jpeg_reencode` is the official training-time JPEG
+augmentation of finished tiles.
 """
 
 from __future__ import annotations
 
+import io
+from collections.abc import Sequence
 from functools import lru_cache
 
 import numpy as np
@@ -225,4 +228,43 @@ def tile_image(
             out[n_grid, channel].copy_(_plane(plane).view(s, s))
     scale, offset = _affine()
     out.view(out.shape[0], 3, s * s).mul_(scale).add_(offset)
+    return out
+
+
+def jpeg_reencode(tiles: torch.Tensor, qualities: Sequence[int]) -> torch.Tensor:
+    """Re-encode every tile as a JPEG at its own quality and decode it: the official training augmentation.
+
+    The official ``build_transform(is_train=True)`` (for meta entries with ``data_augment: true``) saves each
+    448x448 tile PIL image (grid tiles and thumbnail) as a JPEG at a random quality from 75 to 100 and reads it
+    back before ``ToTensor`` and normalisation. Here the tiles' 8-bit values are recovered exactly from the
+    normalised tensor (the float error is far below half a grey level), so the result equals that pipeline
+    for the same qualities.
+
+    Args:
+        tiles: float32 ``(n, 3, s, s)`` from ``tile_image`` (ImageNet-normalised).
+        qualities: One JPEG quality (1-100) per tile.
+
+    Returns:
+        A new tensor of the same shape: the decoded JPEGs, normalised the same way.
+
+    Raises:
+        ValueError: When the number of qualities is not the number of tiles.
+    """
+    n, _, side_h, side_w = tiles.shape
+    if len(qualities) != n:
+        raise ValueError(f"{len(qualities)} JPEG qualities for {n} tiles")
+    scale, offset = _affine()
+    flat = tiles.detach().to(torch.float32).reshape(n, 3, side_h * side_w)
+    pixels = ((flat - offset) / scale).round_().clamp_(0, 255).to(torch.uint8)
+    images = pixels.view(n, 3, side_h, side_w).permute(0, 2, 3, 1).contiguous().numpy()  # (n, h, w, RGB)
+    decoded = np.empty_like(images)
+    for index, quality in enumerate(qualities):
+        with io.BytesIO() as buffer:
+            Image.fromarray(images[index]).save(buffer, format="JPEG", quality=int(quality))
+            buffer.seek(0)
+            with Image.open(buffer) as image:
+                decoded[index] = np.asarray(image.convert("RGB"))
+    planar = torch.from_numpy(decoded).permute(0, 3, 1, 2)
+    out = planar.to(torch.float32, memory_format=torch.contiguous_format)
+    out.view(n, 3, side_h * side_w).mul_(scale).add_(offset)
     return out

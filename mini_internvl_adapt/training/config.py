@@ -16,8 +16,11 @@ from typing import Any
 
 import yaml
 
+from mini_internvl_adapt.errors import ConfigError
 from mini_internvl_adapt.fileio import atomic_write_text
 from mini_internvl_adapt.models.templates import get_template
+from mini_internvl_adapt.training.loss import LOSS_REDUCTIONS
+from mini_internvl_adapt.training.mpo_config import MPO_VALUE_RULES, MPOSection
 from mini_internvl_adapt.tuning import METHODS, TuningConfig
 
 # Names inside a run folder that configs, callbacks and the run itself share.
@@ -56,6 +59,16 @@ class DataSection:
         group_by_length: Put samples of similar length into the same batch.
         packing: Pack several samples into each sequence of up to max_length tokens, each attending only
             to itself (the official domain-adaptation recipe trains packed); batch_size then counts packs.
+        max_packed_tokens: Tokens per pack (official max_packed_tokens; the domain recipe: 16384); None:
+            max_length. max_length stays the budget of each sample.
+        max_packed_tiles: Image tiles per pack, thumbnails included (official num_images_expected; the domain
+            recipe: 48); None: no cap.
+        general: General data mixed into training, as the official domain-adaptation metas mix InternVL's
+            SFT data in: a dataset folder, official JSONL or official meta JSON, or a list of them.
+        general_ratio: Share of general samples among all trained samples, drawn anew every epoch (0.2: one
+            general sample per four domain samples, the paper's best mix); used only with general.
+        augment_jpeg: Random JPEG re-encoding (quality 75-100) of every training tile, as a meta entry's
+            data_augment true does for that entry's samples; never in validation or evaluation.
     """
 
     path: str | None = None
@@ -69,6 +82,11 @@ class DataSection:
     num_workers: int = 0
     group_by_length: bool = True
     packing: bool = False
+    max_packed_tokens: int | None = None
+    max_packed_tiles: int | None = None
+    general: list[str] | None = None
+    general_ratio: float = 0.2
+    augment_jpeg: bool = False
 
 
 @dataclass
@@ -78,8 +96,14 @@ class TrainSection:
     Attributes:
         max_steps: Optimizer steps (-1: run max_epochs epochs).
         max_epochs: Epochs when max_steps is -1.
-        batch_size: Samples per device per step.
-        accumulate_grad_batches: Gradient accumulation.
+        batch_size: Samples (packs, with data.packing) per device per micro-batch.
+        accumulate_grad_batches: Gradient accumulation (used when global_batch_size is null).
+        global_batch_size: Samples (packs) per optimizer step over all devices and nodes; the accumulation is
+            derived from it: global_batch_size / (devices x num_nodes x batch_size), which must divide.
+        loss_reduction: "token" (every trained token weighs 1), "sample" (1/n) or "square" (1/sqrt(n)), n the
+            trained tokens of its sample, also inside packs: the official loss_reduction (domain recipe: square).
+        loss_reduction_all_gather: Normalise each micro-batch's weighted loss by the weight sum averaged over
+            the ranks, not the rank's own (official loss_reduction_all_gather; the domain recipe: true).
         lr: Base learning rate.
         weight_decay: AdamW weight decay.
         warmup_ratio: Linear warmup fraction of the steps.
@@ -99,12 +123,17 @@ class TrainSection:
         checkpoint_every_n_steps: How often checkpoints/last.ckpt is rewritten.
         log_every_n_steps: Logging interval.
         progress_bar: Show the progress bar.
+        objective: "sft" (supervised fine-tuning on answers) or "mpo" (Mixed Preference Optimization on
+            preference pairs, the official InternVL recipe after SFT; its settings are the mpo section).
     """
 
     max_steps: int = -1
     max_epochs: int = 1
     batch_size: int = 1
     accumulate_grad_batches: int = 1
+    global_batch_size: int | None = None
+    loss_reduction: str = "token"
+    loss_reduction_all_gather: bool = False
     lr: float = 4e-5
     weight_decay: float = 0.01
     warmup_ratio: float = 0.03
@@ -123,6 +152,7 @@ class TrainSection:
     checkpoint_every_n_steps: int = 100
     log_every_n_steps: int = 10
     progress_bar: bool = True
+    objective: str = "sft"
 
 
 @dataclass
@@ -133,6 +163,7 @@ class TrainConfig:
     data: DataSection = field(default_factory=DataSection)
     tuning: TuningConfig = field(default_factory=TuningConfig)
     train: TrainSection = field(default_factory=TrainSection)
+    mpo: MPOSection = field(default_factory=MPOSection)
     out: str = "runs/run"
 
     def to_json(self) -> dict[str, Any]:
@@ -144,6 +175,7 @@ _SECTIONS: dict[str, type] = {
     "data": DataSection,
     "tuning": TuningConfig,
     "train": TrainSection,
+    "mpo": MPOSection,
 }
 
 
@@ -171,6 +203,11 @@ def _coerce(cls: type, key: str, value: Any, where: str) -> Any:
         return value
     if annotation.startswith("str") and not isinstance(value, str):
         return str(value)
+    if annotation.startswith("list[str]"):
+        values = [value] if isinstance(value, str) else value
+        if not isinstance(values, list) or not values or not all(isinstance(v, str) and v for v in values):
+            raise ValueError(f"{where}: '{key}' must be a path or a list of paths, got {value!r}")
+        return list(values)
     return value
 
 
@@ -240,10 +277,15 @@ _VALUE_RULES: tuple[tuple[str, str, Callable[[Any], bool], str], ...] = (
     ("data", "min_tiles", lambda v: v >= 1, "at least 1"),
     ("data", "max_length", lambda v: v >= 1, "at least 1"),
     ("data", "num_workers", lambda v: v >= 0, "0 or more"),
+    ("data", "general_ratio", lambda v: 0 <= v < 1, "at least 0 and below 1 (0.2: one general per four)"),
     ("train", "max_steps", lambda v: v == -1 or v >= 1, "-1 (use max_epochs) or at least 1"),
     ("train", "max_epochs", lambda v: v >= 1, "at least 1"),
     ("train", "batch_size", lambda v: v >= 1, "at least 1"),
     ("train", "accumulate_grad_batches", lambda v: v >= 1, "at least 1"),
+    ("train", "global_batch_size", lambda v: v is None or v >= 1, "null or at least 1"),
+    ("train", "loss_reduction", lambda v: v in LOSS_REDUCTIONS, "token, sample or square"),
+    ("data", "max_packed_tokens", lambda v: v is None or v >= 1, "null (data.max_length) or at least 1"),
+    ("data", "max_packed_tiles", lambda v: v is None or v >= 1, "null (no cap) or at least 1"),
     ("train", "lr", lambda v: math.isfinite(v) and v > 0, "a positive number"),
     ("train", "weight_decay", lambda v: math.isfinite(v) and v >= 0, "0 or more"),
     ("train", "warmup_ratio", lambda v: 0 <= v <= 1, "between 0 and 1"),
@@ -263,6 +305,7 @@ _VALUE_RULES: tuple[tuple[str, str, Callable[[Any], bool], str], ...] = (
     ("train", "checkpoint_every_n_steps", lambda v: v >= 1, "at least 1"),
     ("train", "log_every_n_steps", lambda v: v >= 1, "at least 1"),
 )
+_VALUE_RULES = _VALUE_RULES + MPO_VALUE_RULES
 
 
 def _check_values(config: TrainConfig, where: str, keys: set[tuple[str, str]] | None = None) -> None:
@@ -279,6 +322,8 @@ def _check_values(config: TrainConfig, where: str, keys: set[tuple[str, str]] | 
         value = getattr(getattr(config, section), key)
         if not test(value):
             raise ValueError(f"{where}: {section}.{key} must be {wanted}, got {value!r}")
+    if keys is None:
+        _check_batch_and_packs(config, where)
     if keys is None and config.data.min_tiles > config.data.max_tiles:
         raise ValueError(
             f"{where}: data.min_tiles ({config.data.min_tiles}) is more than data.max_tiles ({config.data.max_tiles})"
@@ -314,6 +359,97 @@ def _check_values(config: TrainConfig, where: str, keys: set[tuple[str, str]] | 
             get_template(config.data.template)
         except KeyError as e:
             raise ValueError(f"{where}: data.template: {e.args[0] if e.args else e}") from None
+
+
+def _check_batch_and_packs(config: TrainConfig, where: str) -> None:
+    """ConfigError for packs smaller than a sample, or a global batch no device count can divide."""
+    data, train = config.data, config.train
+    if data.max_packed_tokens is not None and data.max_packed_tokens < data.max_length:
+        raise ConfigError(
+            f"{where}: data.max_packed_tokens ({data.max_packed_tokens}) is less than data.max_length "
+            f"({data.max_length}): a pack must hold the longest sample"
+        )
+    per_device = train.batch_size * train.num_nodes
+    if train.global_batch_size is not None and train.global_batch_size % per_device:
+        raise ConfigError(
+            f"{where}: train.global_batch_size ({train.global_batch_size}) is not a multiple of train.batch_size "
+            f"({train.batch_size}) x train.num_nodes ({train.num_nodes})"
+        )
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """What one optimizer step trains: `global_batch` = `world_size` x `batch_size` x `accumulation`.
+
+    Attributes:
+        world_size: Devices over all nodes.
+        batch_size: Samples (packs) per device per micro-batch.
+        accumulation: Micro-batches per optimizer step.
+        unit: "packs" or "samples".
+    """
+
+    world_size: int
+    batch_size: int
+    accumulation: int
+    unit: str = "samples"
+
+    @property
+    def global_batch(self) -> int:
+        """Samples (packs) per optimizer step over all devices."""
+        return self.world_size * self.batch_size * self.accumulation
+
+    def describe(self) -> str:
+        """One line: the global batch and what it is made of."""
+        return (
+            f"{self.global_batch} {self.unit} per optimizer step = {self.world_size} device(s) x batch "
+            f"{self.batch_size} x accumulation {self.accumulation}"
+        )
+
+
+def step_plan(train: TrainSection, world_size: int, *, packing: bool = False) -> StepPlan:
+    """The optimizer step on `world_size` devices: accumulation derived from train.global_batch_size when set.
+
+    Args:
+        train: The train section.
+        world_size: Devices over all nodes (devices x num_nodes).
+        packing: Whether a batch counts packs.
+
+    Raises:
+        ConfigError: A global batch that world_size x batch_size does not divide, or an explicit
+            accumulate_grad_batches that contradicts it.
+    """
+    unit = "packs" if packing else "samples"
+    if train.global_batch_size is None:
+        return StepPlan(world_size, train.batch_size, train.accumulate_grad_batches, unit)
+    per_pass = world_size * train.batch_size
+    if train.global_batch_size % per_pass:
+        raise ConfigError(
+            f"train.global_batch_size ({train.global_batch_size}) is not a multiple of {world_size} device(s) x "
+            f"train.batch_size ({train.batch_size}) = {per_pass}: change one of them (the accumulation is "
+            "global_batch_size / (devices x num_nodes x batch_size))"
+        )
+    accumulation = train.global_batch_size // per_pass
+    if train.accumulate_grad_batches not in (1, accumulation):
+        raise ConfigError(
+            f"train.accumulate_grad_batches ({train.accumulate_grad_batches}) contradicts train.global_batch_size "
+            f"({train.global_batch_size}), which needs {accumulation} on {world_size} device(s) with batch_size "
+            f"{train.batch_size}: set only one of them"
+        )
+    return StepPlan(world_size, train.batch_size, accumulation, unit)
+
+
+def device_count(accelerator: str, devices: Any) -> int:
+    """Devices per node a Trainer with these settings uses, resolved as Lightning resolves them."""
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+    from lightning.pytorch.trainer.connectors.accelerator_connector import _AcceleratorConnector
+
+    if accelerator == "auto":
+        accelerator = _AcceleratorConnector._choose_auto_accelerator()
+    elif accelerator == "gpu":
+        accelerator = _AcceleratorConnector._choose_gpu_accelerator_backend()
+    kind = AcceleratorRegistry[accelerator]["accelerator"]
+    flag = kind.auto_device_count() if devices == "auto" else kind.parse_devices(devices)
+    return len(kind.get_parallel_devices(flag))
 
 
 def _first_line(error: Exception) -> str:
@@ -447,6 +583,8 @@ _FLAGS: dict[str, str] = {
     "max_steps": "train.max_steps",
     "max_epochs": "train.max_epochs",
     "batch_size": "train.batch_size",
+    "global_batch_size": "train.global_batch_size",
+    "loss_reduction": "train.loss_reduction",
     "lr": "train.lr",
     "max_tiles": "data.max_tiles",
     "max_length": "data.max_length",
@@ -458,6 +596,8 @@ _FLAGS: dict[str, str] = {
     "num_workers": "data.num_workers",
     "checkpoint_every": "train.checkpoint_every_n_steps",
     "val_generate_every": "train.val_generate_every_n_steps",
+    "general": "data.general",
+    "general_ratio": "data.general_ratio",
 }
 
 
@@ -515,7 +655,18 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="the run folder to create")
     parser.add_argument("--max-steps", type=int, help="optimizer steps (-1: whole epochs)")
     parser.add_argument("--max-epochs", type=int, help="epochs when --max-steps is -1")
-    parser.add_argument("--batch-size", type=int, help="samples per device per step")
+    parser.add_argument("--batch-size", type=int, help="samples (packs) per device per micro-batch")
+    parser.add_argument(
+        "--global-batch-size",
+        type=int,
+        metavar="N",
+        help="samples (packs) per optimizer step over all devices; the accumulation is derived from it",
+    )
+    parser.add_argument(
+        "--loss-reduction",
+        choices=LOSS_REDUCTIONS,
+        help="token, sample (1/n) or square (1/sqrt(n)) weighting of each sample's trained tokens",
+    )
     parser.add_argument("--lr", type=float, help="base learning rate")
     parser.add_argument("--max-tiles", type=int, help="maximum 448-px tiles per image")
     parser.add_argument("--max-length", type=int, help="maximum tokens per sample")
@@ -531,6 +682,18 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         metavar="N",
         help="every N steps, generate answers for a validation subset and log the domain's metrics",
+    )
+    parser.add_argument(
+        "--general",
+        action="append",
+        metavar="SRC",
+        help="general data to mix in (dataset folder, official JSONL or meta JSON); repeat for several",
+    )
+    parser.add_argument(
+        "--general-ratio",
+        type=float,
+        metavar="R",
+        help="share of general samples among all trained samples, redrawn every epoch (default 0.2 = 1:4)",
     )
     parser.add_argument(
         "--resume",

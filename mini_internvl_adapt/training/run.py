@@ -11,6 +11,8 @@ The run folder (``out``) describes itself, so evaluation and export need nothing
       run_config.yaml            the resolved config (every default filled in), re-loadable with --config
       mini_internvl_adapt.json   ModelInfo of the trained model: family, template, tile settings used
       token_budget.json          the token count of every sample and the ones dropped as too long
+      meta.json                  the training data (and its general mix) as an official InternVL meta file
+      data_mix.json              samples and tokens trained from each source, domain and general
       parameters.json            trainable / total parameters per component
       metrics.csv                train_loss, lr, val_loss per step (all sessions of a resumed run)
       loss.png                   the training curve (train and validation loss against the step)
@@ -32,15 +34,19 @@ The run folder (``out``) describes itself, so evaluation and export need nothing
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import hashlib
 import json
 import os
+import pickle
+import re
 import resource
 import shutil
 import tempfile
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,8 +57,8 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from mini_internvl_adapt import tuning as tuning_mod
-from mini_internvl_adapt.errors import ConfigError
-from mini_internvl_adapt.fileio import atomic_write_json, atomic_write_text
+from mini_internvl_adapt.errors import ConfigError, RefusedPickleError
+from mini_internvl_adapt.fileio import atomic_write_json, atomic_write_text, disk_full_as_error, folder_lock
 from mini_internvl_adapt.models.info import SIDECAR, ModelInfo
 from mini_internvl_adapt.models.loading import LoadedModel, load_model
 from mini_internvl_adapt.processing.transform import BudgetReport, ProcessingConfig, SampleProcessor
@@ -60,11 +66,20 @@ from mini_internvl_adapt.runs import save_final
 from mini_internvl_adapt.training.callbacks import (
     AtomicCheckpointIO,
     LastCheckpoint,
+    PhaseMemory,
     Throughput,
     generation_callback,
     progress_bar,
 )
-from mini_internvl_adapt.training.config import LAST_CHECKPOINT, RUN_CONFIG, TrainConfig, save_config
+from mini_internvl_adapt.training.config import (
+    LAST_CHECKPOINT,
+    RUN_CONFIG,
+    StepPlan,
+    TrainConfig,
+    device_count,
+    save_config,
+    step_plan,
+)
 from mini_internvl_adapt.training.curves import plot_training_curve
 from mini_internvl_adapt.training.data import (
     Entry,
@@ -72,6 +87,13 @@ from mini_internvl_adapt.training.data import (
     budget_check,
     expand_sources,
     split_sources,
+)
+from mini_internvl_adapt.training.mix import (
+    data_mix_record,
+    describe_mix,
+    general_sources,
+    mix_brief,
+    official_meta,
 )
 from mini_internvl_adapt.training.task import InternVLTask, OptimConfig
 from mini_internvl_adapt.tuning import TuningConfig
@@ -109,10 +131,14 @@ def _on_gpu(config: TrainConfig) -> bool:
     return config.train.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
 
 
-def _peak_memory_bytes() -> dict[str, int]:
+def _peak_memory_bytes(memory: PhaseMemory | None = None) -> dict[str, int]:
+    # PhaseMemory resets the high-water marks between phases: the run's peak is its phases' worst.
     out = {"cpu_max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+    if memory is not None:
+        out["cpu_max_rss_bytes"] = max(out["cpu_max_rss_bytes"], memory.peak_rss)
     if torch.cuda.is_available():
-        out["gpu_max_allocated_bytes"] = int(torch.cuda.max_memory_allocated())
+        gpu = int(torch.cuda.max_memory_allocated())
+        out["gpu_max_allocated_bytes"] = max(gpu, memory.peak_gpu) if memory is not None else gpu
     return out
 
 
@@ -173,6 +199,7 @@ class TrainingSetup:
         parameters: Trainable / total parameters per component.
         datamodule: The Lightning data module.
         task: The Lightning module.
+        memory: Peak memory per phase (summary.json's peak_memory_by_phase), when recorded.
     """
 
     config: TrainConfig
@@ -189,6 +216,7 @@ class TrainingSetup:
     parameters: dict[str, Any]
     datamodule: InternVLDataModule
     task: InternVLTask
+    memory: PhaseMemory | None = None
 
 
 def run_training(config: TrainConfig, *, resume: bool = False) -> Path:
@@ -206,17 +234,63 @@ def run_training(config: TrainConfig, *, resume: bool = False) -> Path:
         FileNotFoundError: Missing data, model or (on resume) checkpoint.
         DataError: A sample that cannot be processed, named with its file.
         NonFiniteLossError: The loss became NaN/inf (step and sample ids named).
+        FolderInUseError: Another process is training in ``config.out``.
+        DiskFullError: The device filled up; says whether the last checkpoint is intact.
+        RefusedPickleError: (resume) A checkpoint holding objects a safe load refuses.
     """
+    if config.train.objective != "sft":  # preference pairs train in training.mpo_run (adapt train picks it)
+        raise ConfigError(
+            f"train.objective {config.train.objective!r}: use training.mpo_run.run_mpo_training"
+        )
     run = Path(config.out)
     _data_path(config)  # before the run folder is touched
+    plan = _step_plan(config)  # a global batch the devices cannot divide fails before anything loads
+    with _run_guard(run):
+        return _train(config, run, plan, resume)
+
+
+@contextlib.contextmanager
+def _run_guard(run: Path) -> Iterator[None]:
+    """The run folder locked for this process while it trains (Lightning's extra DDP processes run under
+    rank 0's lock: locking again would refuse them), and a full disk or a refused checkpoint as one error."""
+    checkpoint = run / LAST_CHECKPOINT
+
+    def intact() -> str:
+        if checkpoint.is_file():
+            return f"the previous checkpoint {checkpoint} is intact: free some space and continue with --resume {run}"
+        return "no checkpoint had been written yet: free some space and start again"
+
+    lock = contextlib.nullcontext() if _launched_worker() else folder_lock(run, "training")
+    with lock, disk_full_as_error(f"the run {run}", intact):
+        try:
+            yield
+        except pickle.UnpicklingError as e:
+            found = re.search(r"GLOBAL (\S+)", str(e)) or re.search(r"WeightsUnpickler error:\s*(.+)", str(e))
+            detail = f" ({found.group(1).strip()})" if found else ""
+            what = f"objects other than tensors and plain values{detail}"
+            raise RefusedPickleError(
+                f"{checkpoint}: refused: the checkpoint holds {what}, which a safe (weights_only) load does not "
+                "allow; `adapt train` never writes such a file, and it is never loaded unsafely: remove it to "
+                "restart the run from step 0"
+            ) from None
+
+
+def _train(config: TrainConfig, run: Path, plan: StepPlan, resume: bool) -> Path:
+    """`run_training` in its locked run folder."""
     resume = _check_run_folder(run, resume)
     pl.seed_everything(config.train.seed, workers=True, verbose=False)
-    setup = setup_training(config)
+    setup = setup_training(config, PhaseMemory())
     callbacks = _callbacks(run, setup)
-    trainer = _trainer(run, setup, callbacks)
+    trainer = _trainer(run, setup, callbacks, plan)
+    if trainer.num_devices * trainer.num_nodes != plan.world_size:
+        raise ConfigError(
+            f"the trainer runs on {trainer.num_devices} device(s) x {trainer.num_nodes} node(s), not the "
+            f"{plan.world_size} device(s) the global batch was divided for: set train.devices explicitly"
+        )
     if trainer.is_global_zero:
         _write_run_files(run, setup)
     _report_setup(setup)
+    rank_zero_info(f"optimizer step: {plan.describe()}")
     fit(trainer, setup, callbacks, resume=resume)
     if trainer.world_size > 1:
         atomic_write_json(
@@ -228,6 +302,8 @@ def run_training(config: TrainConfig, *, resume: bool = False) -> Path:
             },
         )
     trainer.strategy.barrier()
+    if setup.memory is not None:
+        setup.memory.close("end_of_training")  # validation, an end-of-epoch checkpoint
     if trainer.is_global_zero:
         save_final(
             run,
@@ -239,10 +315,17 @@ def run_training(config: TrainConfig, *, resume: bool = False) -> Path:
             setup.dtype,
             setup.processing,
         )
+        if setup.memory is not None:
+            setup.memory.close("final_save")
         _merge_metrics(run)
         if (run / "metrics.csv").is_file():
             plot_training_curve(run / "metrics.csv", run / "loss.png", title=f"training loss: {run.name}")
-        atomic_write_json(run / "summary.json", summarize(run, trainer, setup, callbacks, resume=resume))
+        mix = data_mix_record(setup.datamodule)
+        atomic_write_json(run / "data_mix.json", mix)
+        rank_zero_info(mix_brief(mix)["note"])
+        summary = summarize(run, trainer, setup, callbacks, resume=resume)
+        atomic_write_json(run / "summary.json", {**summary, "data_mix": mix_brief(mix)})
+        rank_zero_info(_summary_line(summary))
     trainer.strategy.barrier()
     return run
 
@@ -251,6 +334,16 @@ def _data_path(config: TrainConfig) -> str:
     if config.data.path is None:
         raise ConfigError("no training data: set data.path in the config or pass --data")
     return config.data.path
+
+
+def _step_plan(config: TrainConfig) -> StepPlan:
+    """The optimizer step of this run: the devices Lightning will use and the accumulation they need."""
+    train = config.train
+    try:
+        world = device_count(train.accelerator, train.devices) * train.num_nodes
+    except Exception as e:  # the config check names the devices problem; this only guards the derivation
+        raise ConfigError(f"train.devices {train.devices!r}: {e}") from None
+    return step_plan(train, world, packing=config.data.packing)
 
 
 def _check_run_folder(run: Path, resume: bool) -> bool:
@@ -274,25 +367,32 @@ def _check_run_folder(run: Path, resume: bool) -> bool:
     return resume
 
 
-def setup_training(config: TrainConfig) -> TrainingSetup:
+def setup_training(config: TrainConfig, memory: PhaseMemory | None = None) -> TrainingSetup:
     """Load the model and data, apply the tuning method and build the data module and task.
 
     The data's meta/JSONL files are read before the model loads: a typo there must not wait for it.
+    `memory`, when given, closes the phases ``startup``, ``load`` and ``wrap``.
     """
+    close = memory.close if memory is not None else lambda phase: None
     tuning_cfg = config.tuning.resolved()
     train_sources, val_sources = split_sources(_data_path(config), config.data.val)
+    mixed = general_sources(config.data.general) if config.data.general_ratio > 0 else []
     on_gpu = _on_gpu(config)
     dtype = _dtype(config.model.dtype, tuning_cfg.method, on_gpu)
     quant = tuning_mod.quantization_config(dtype) if tuning_cfg.method == "qlora" else None
+    close("startup")
     loaded = load_model(config.model.name, dtype=dtype, quantization_config=quant)
+    close("load")
     processing = _processing(config, loaded.info)
     processor = SampleProcessor(loaded.tokenizer, processing)
     train_entries, train_budget = budget_check(expand_sources(train_sources), processor)
     val_entries, val_budget = budget_check(expand_sources(val_sources), processor)
+    general_entries = expand_sources(mixed)  # measured lazily, when an epoch draws them
 
-    model = tuning_mod.apply_tuning(loaded.model, tuning_cfg)
+    model = tuning_mod.apply_tuning(loaded.model, tuning_cfg, llm_family=loaded.info.llm_family)
     if dtype != torch.float32 and str(_precision(config.train.precision, on_gpu)).endswith("-mixed"):
         tuning_mod.upcast_trainable(model)  # fp32 masters for fully trained modules of a bf16 base
+    close("wrap")
     datamodule = InternVLDataModule(
         train_entries,
         val_entries,
@@ -304,6 +404,11 @@ def setup_training(config: TrainConfig) -> TrainingSetup:
         seed=config.train.seed,
         pad_token_id=loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else 0,
         packing=config.data.packing,
+        max_packed_tokens=config.data.max_packed_tokens,
+        max_packed_tiles=config.data.max_packed_tiles,
+        general=general_entries,
+        general_ratio=config.data.general_ratio,
+        augment_jpeg=config.data.augment_jpeg,
     )
     task = InternVLTask(
         model,
@@ -314,6 +419,8 @@ def setup_training(config: TrainConfig) -> TrainingSetup:
             warmup_ratio=config.train.warmup_ratio,
             min_lr_ratio=config.train.min_lr_ratio,
         ),
+        loss_reduction=config.train.loss_reduction,
+        loss_all_gather=config.train.loss_reduction_all_gather,
     )
     return TrainingSetup(
         config=config,
@@ -334,6 +441,7 @@ def setup_training(config: TrainConfig) -> TrainingSetup:
         parameters=tuning_mod.parameter_summary(model),
         datamodule=datamodule,
         task=task,
+        memory=memory,
     )
 
 
@@ -364,6 +472,7 @@ def _resolved_config(
             config.data,
             path=_absolute_if_local(config.data.path),
             val=_absolute_if_local(config.data.val),
+            general=[_absolute_if_local(p) or p for p in config.data.general or ()] or None,
             template=processing.template,
             use_thumbnail=processing.use_thumbnail,
         ),
@@ -372,7 +481,12 @@ def _resolved_config(
 
 def _callbacks(run: Path, setup: TrainingSetup) -> list[pl.Callback]:
     train = setup.config.train
-    callbacks: list[pl.Callback] = [LastCheckpoint(run, train.checkpoint_every_n_steps), Throughput()]
+    memory = [setup.memory] if setup.memory is not None else []  # first: a step closes before its checkpoint
+    callbacks: list[pl.Callback] = [
+        *memory,
+        LastCheckpoint(run, train.checkpoint_every_n_steps, setup.memory),
+        Throughput(),
+    ]
     if train.progress_bar:
         callbacks.append(progress_bar(train.max_steps))
     if train.val_generate_every_n_steps is not None:
@@ -384,13 +498,13 @@ def _callbacks(run: Path, setup: TrainingSetup) -> list[pl.Callback]:
     return callbacks
 
 
-def _trainer(run: Path, setup: TrainingSetup, callbacks: list[pl.Callback]) -> pl.Trainer:
+def _trainer(run: Path, setup: TrainingSetup, callbacks: list[pl.Callback], plan: StepPlan) -> pl.Trainer:
     train = setup.config.train
     return pl.Trainer(
         default_root_dir=str(run),
         max_steps=train.max_steps,
         max_epochs=train.max_epochs if train.max_steps == -1 else -1,
-        accumulate_grad_batches=train.accumulate_grad_batches,
+        accumulate_grad_batches=plan.accumulation,
         gradient_clip_val=train.gradient_clip_val or None,
         precision=_precision(train.precision, _on_gpu(setup.config)),
         accelerator=train.accelerator,
@@ -410,9 +524,7 @@ def _trainer(run: Path, setup: TrainingSetup, callbacks: list[pl.Callback]) -> p
             min(train.log_every_n_steps, train.max_steps) if train.max_steps > 0 else train.log_every_n_steps
         ),
         # Lightning's interval counts batches; ours counts optimizer steps.
-        val_check_interval=(
-            train.val_every_n_steps * train.accumulate_grad_batches if train.val_every_n_steps else None
-        ),
+        val_check_interval=(train.val_every_n_steps * plan.accumulation if train.val_every_n_steps else None),
         check_val_every_n_epoch=None if train.val_every_n_steps else 1,
         enable_progress_bar=train.progress_bar,
         enable_model_summary=False,
@@ -430,19 +542,22 @@ def _write_run_files(run: Path, setup: TrainingSetup) -> None:
     atomic_write_json(
         run / "token_budget.json", {"train": setup.train_budget.to_json(), "val": setup.val_budget.to_json()}
     )
+    atomic_write_json(run / "meta.json", official_meta(setup.datamodule, setup.config.data.augment_jpeg))
 
 
 def _report_setup(setup: TrainingSetup) -> None:
     rank_zero_info(f"parameters ({setup.tuning.method}):\n{tuning_mod.format_summary(setup.parameters)}")
+    rank_zero_info(describe_mix(setup.datamodule))
     if setup.train_budget.too_long:
         rank_zero_info(
             f"{len(setup.train_budget.too_long)} training sample(s) over max_length dropped (token_budget.json)"
         )
     if setup.config.data.packing:
-        packs, capacity = setup.datamodule.train_lengths, setup.config.data.max_length
+        packs, capacity = setup.datamodule.train_lengths, setup.datamodule.packer.capacity
+        tiles = setup.datamodule.packer.max_tiles
         rank_zero_info(
-            f"packing: {len(setup.train_entries)} samples in {len(packs)} packs of up to {capacity} tokens "
-            f"({sum(packs) / (len(packs) * capacity):.0%} full)"
+            f"packing: {len(setup.train_entries)} samples in {len(packs)} packs of up to {capacity} tokens"
+            f"{f' and {tiles} tiles' if tiles is not None else ''} ({sum(packs) / (len(packs) * capacity):.0%} full)"
         )
 
 
@@ -493,7 +608,46 @@ def summarize(
         "first_loss": before.get("first_loss") if resume and "first_loss" in before else task.first_loss,
         "last_loss": task.last_loss if task.last_loss is not None else before.get("last_loss"),
         "val_loss": float(val_loss) if val_loss is not None else None,
-        "peak_memory": _peak_memory_bytes(),
+        **_step_summary(trainer, setup),
+        "peak_memory": _peak_memory_bytes(setup.memory),
+        "peak_memory_by_phase": setup.memory.to_json() if setup.memory is not None else None,
         "precision": str(trainer.precision),
         "resumed": resume,
     }
+
+
+def _step_summary(trainer: pl.Trainer, setup: TrainingSetup) -> dict[str, Any]:
+    """The optimizer step of summary.json: global batch, devices, accumulation, mean tokens per step, loss."""
+    config, devices = setup.config, trainer.num_devices * trainer.num_nodes
+    accumulation, steps = trainer.accumulate_grad_batches, trainer.global_step
+    packer = setup.datamodule.packer
+    return {
+        "global_batch_size": devices * config.train.batch_size * accumulation,
+        "global_batch_unit": "packs" if config.data.packing else "samples",
+        "devices": devices,
+        "num_nodes": trainer.num_nodes,
+        "batch_size": config.train.batch_size,
+        "accumulate_grad_batches": accumulation,
+        # The whole run's real (unpadded) input tokens per optimizer step, over all devices.
+        "mean_tokens_per_step": setup.task.tokens_seen * trainer.world_size / steps if steps else None,
+        "packs": len(setup.datamodule.train_lengths) if config.data.packing else None,
+        "pack_max_tokens": packer.capacity if config.data.packing else None,
+        "pack_max_tiles": packer.max_tiles if config.data.packing else None,
+        "loss_reduction": config.train.loss_reduction,
+        "loss_reduction_all_gather": config.train.loss_reduction_all_gather,
+    }
+
+
+def _summary_line(summary: dict[str, Any]) -> str:
+    """The printed summary: steps, what a step trained, tokens per step, the loss."""
+    tokens = summary.get("mean_tokens_per_step")
+    losses = [
+        f"{v:.4f}" if isinstance(v, float) else "-" for v in (summary["first_loss"], summary["last_loss"])
+    ]
+    return (
+        f"summary: {summary['steps']} optimizer steps of {summary['global_batch_size']} "
+        f"{summary['global_batch_unit']} ({summary['devices']} device(s) x batch {summary['batch_size']} x "
+        f"accumulation {summary['accumulate_grad_batches']}), "
+        f"{f'{tokens:.0f}' if tokens is not None else '-'} tokens per step on average; "
+        f"{summary['loss_reduction']} loss {losses[0]} -> {losses[1]} (summary.json)"
+    )

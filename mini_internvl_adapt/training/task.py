@@ -14,6 +14,12 @@ from torch import nn
 
 from mini_internvl_adapt.errors import NonFiniteLossError
 from mini_internvl_adapt.processing.transform import IGNORE_INDEX
+from mini_internvl_adapt.training.loss import (
+    LOSS_REDUCTIONS,
+    reduced_loss,
+    token_weights,
+    weighted_loss_terms,
+)
 from mini_internvl_adapt.tuning import TuningConfig, parameter_groups
 
 RNG_KEY = "mini_internvl_adapt_rng"
@@ -76,15 +82,35 @@ class InternVLTask(pl.LightningModule):
     fine-tuning) plus optimizer, scheduler and RNG state, so a LoRA checkpoint of a 4B model is small
     and a resumed run continues bit-for-bit where the killed one stopped.
 
+    The training loss is the official one (`training.loss`): ``token`` (the model's own token mean, the
+    default), ``sample`` or ``square`` weights per sample within packs, normalised per micro-batch by the weight
+    sum, averaged over the ranks with `loss_all_gather`. Validation keeps the token mean.
+
     Args:
         model: The model returned by `tuning.apply_tuning`.
         tuning: The tuning options (learning rates per component).
         optim: Optimizer and schedule.
+        loss_reduction: "token", "sample" or "square" (the official ``loss_reduction``).
+        loss_all_gather: Normalise by the weight sum averaged over the ranks (``loss_reduction_all_gather``).
     """
 
-    def __init__(self, model: nn.Module, tuning: TuningConfig, optim: OptimConfig) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        tuning: TuningConfig,
+        optim: OptimConfig,
+        *,
+        loss_reduction: str = "token",
+        loss_all_gather: bool = False,
+    ) -> None:
         super().__init__()
+        if loss_reduction not in LOSS_REDUCTIONS:
+            raise ValueError(
+                f"loss_reduction must be one of {', '.join(LOSS_REDUCTIONS)}, got {loss_reduction!r}"
+            )
         self.model = model
+        self.loss_reduction = loss_reduction
+        self.loss_all_gather = loss_all_gather
         # load_model returns eval mode; Lightning keeps submodule modes, so dropout (LoRA's too) needs this.
         self.model.train()
         self.tuning = tuning
@@ -99,8 +125,9 @@ class InternVLTask(pl.LightningModule):
         self.seen_ids: list[str] = []  # this session's training samples, in order (DDP diagnostics)
         self._val_totals = torch.zeros(2, dtype=torch.float64)
 
-    def forward(self, batch: dict[str, Any]) -> Any:
-        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "labels")}
+    def forward(self, batch: dict[str, Any], *, with_labels: bool = True) -> Any:
+        keys = ("input_ids", "attention_mask", "labels") if with_labels else ("input_ids", "attention_mask")
+        inputs = {k: batch[k] for k in keys}
         if batch.get("position_ids") is not None:
             # Packs: no mask, positions restart per sample; transformers derives the per-sample attention
             # from the positions only when no KV cache is being built.
@@ -115,13 +142,39 @@ class InternVLTask(pl.LightningModule):
             inputs["pixel_values"] = pixel_values
         return self.model(**inputs)
 
+    def _ranks_mean(self) -> Any:
+        """Averages a tensor over the ranks (None with one process or without the all-gather normaliser)."""
+        if not self.loss_all_gather or self.trainer.world_size <= 1:
+            return None
+        # Lightning's reduce works in place: reduce a copy, never a tensor the loss or its graph holds.
+        return lambda value: self.trainer.strategy.reduce(value.detach().clone(), reduce_op="mean")
+
+    def training_loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        """This rank's loss of a micro-batch under the configured reduction (see `training.loss`)."""
+        mean_over_ranks = self._ranks_mean()
+        if self.loss_reduction == "token":
+            loss = self(batch).loss  # the model's own token mean: the default path stays as fast as it was
+            if mean_over_ranks is None:
+                return loss
+            # Officially the token sum over the ranks' mean token count: the mean rescaled by n / mean(n).
+            count = (batch["labels"][..., 1:] != IGNORE_INDEX).sum().to(torch.float32)
+            return loss * count / mean_over_ranks(count).clamp_min(torch.finfo(torch.float32).tiny)
+        logits = self(batch, with_labels=False).logits
+        weights = token_weights(batch["labels"], batch.get("position_ids"), self.loss_reduction)
+        weighted_sum, weight_sum = weighted_loss_terms(logits, batch["labels"], weights)
+        return reduced_loss(weighted_sum, weight_sum, mean_over_ranks)
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        loss = self(batch).loss
+        loss = self.training_loss(batch)
         # All ranks decide together: one raising alone would leave the others blocked in the gradient
         # all-reduce until they die with a transport error (and rank 0 kills the workers on its error).
         if not self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss)), all=True):
             raise NonFiniteLossError(self._non_finite_message(loss, batch, batch_idx))
-        value = loss.detach().item()
+        logged = loss.detach()
+        mean_over_ranks = self._ranks_mean()
+        if mean_over_ranks is not None:  # each rank's share: their mean is the official loss of the step
+            logged = mean_over_ranks(logged)
+        value = logged.item()
         if self.first_loss is None:
             self.first_loss = value
         self.last_loss = value
@@ -129,7 +182,7 @@ class InternVLTask(pl.LightningModule):
         self.seen_ids += batch["ids"]
         self.tokens_seen += int(batch["tokens"])
         self.log(
-            "train_loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(batch["ids"])
+            "train_loss", logged, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(batch["ids"])
         )
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
         return loss

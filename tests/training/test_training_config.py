@@ -110,7 +110,7 @@ def test_flags_and_dotted_overrides_win_over_the_file(tmp_path: Path) -> None:
             "--max-steps",
             "7",
             "--batch-size",
-            "3",
+            "2",  # divides the file's global batch of 16
             "--lr",
             "0.001",
             "--max-tiles",
@@ -128,7 +128,7 @@ def test_flags_and_dotted_overrides_win_over_the_file(tmp_path: Path) -> None:
     assert config.data.path == "other.jsonl" and config.model.name == "tiny-phi3"
     assert config.tuning.method == "full" and config.tuning.use_llm_lora == 0
     assert config.out == str(tmp_path / "run")
-    assert (config.train.max_steps, config.train.batch_size, config.train.lr) == (7, 3, 0.001)
+    assert (config.train.max_steps, config.train.batch_size, config.train.lr) == (7, 2, 0.001)
     assert (config.data.max_tiles, config.train.seed, config.train.devices) == (2, 5, 2)
     assert config.train.warmup_ratio == 0.5 and config.data.use_thumbnail is False
     assert config.data.max_length == 4096  # untouched values come from the file
