@@ -1,4 +1,5 @@
-"""Training speed and memory: samples/s, tokens/s and peak memory for LoRA, QLoRA and full fine-tuning.
+"""Training speed and memory: samples/s, tokens/s and peak memory for LoRA, QLoRA and full fine-tuning, with
+the SFT objective and with MPO (preference pairs: a sample is then a pair, chosen and rejected answer).
 
 Each row is one `adapt train` run in its own process (so peak memory is that run's own), on a synthetic
 dataset of solid-colour images with short driving-style answers. Models:
@@ -11,6 +12,7 @@ Usage::
 
     python benchmarks/train.py                         # tiny + real-1b, lora/qlora/full, CPU
     python benchmarks/train.py --models tiny --steps 30
+    python benchmarks/train.py --models tiny --methods lora,full --objectives sft,mpo
     python benchmarks/train.py --models real-1b,real-2b --methods lora,full --accelerator gpu \\
         --precision bf16-mixed --dtype auto --max-tiles 6 --max-length 4096 --peak-tflops 989
 
@@ -22,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import shutil
 import subprocess
@@ -31,6 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from machine import cpu_model, load_average  # benchmarks/machine.py, beside this script
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -64,6 +67,28 @@ def make_dataset(root: Path, n: int, image_size: tuple[int, int]) -> Path:
         )
     (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return root
+
+
+def make_pairs(root: Path) -> Path:
+    """MPO pairs of the dataset's samples: its answer chosen, a shorter wrong one rejected (same images)."""
+    pairs = []
+    for line in (root / "train.jsonl").read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        question, answer = (turn["value"] for turn in row["conversations"])
+        pairs.append(
+            {
+                "id": row["id"],
+                "image": row["image"],
+                "width_list": [row["width"]],
+                "height_list": [row["height"]],
+                "question": question,
+                "chosen": answer,
+                "rejected": "There is nothing in front of the ego vehicle.",
+            }
+        )
+    path = root / "pairs.jsonl"
+    path.write_text("".join(json.dumps(p) + "\n" for p in pairs), encoding="utf-8")
+    return path
 
 
 # The real LLM geometries (config facts of Qwen2-0.5B-Instruct and internlm2-chat-1.8b, the latter as Llama).
@@ -178,8 +203,14 @@ def run_row(
     steps: int,
     batch: int,
     extra: tuple[str, ...] = (),
+    objective: str = "sft",
+    env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """One training run in a fresh process; returns its summary plus the settings."""
+    """One training run in a fresh process; returns its summary plus the settings.
+
+    With objective "mpo", `data` is a pair file and a sample is a pair (two sequences, plus the reference).
+    `env` replaces the environment (``--before-src`` runs another copy of the package through PYTHONPATH).
+    """
     command = [
         sys.executable,
         "-m",
@@ -210,18 +241,22 @@ def run_row(
         "train.progress_bar=false",
         "train.log_every_n_steps=1",
         "model.dtype=" + args.dtype,
+        f"train.objective={objective}",
         *extra,
     ]
     started = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True)
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - started
     if result.returncode != 0:
-        return {"model": model, "method": method, "error": result.stderr[-1500:]}
+        return {"model": model, "method": method, "objective": objective, "error": result.stderr[-1500:]}
     summary = json.loads((out / "summary.json").read_text())
     params = json.loads((out / "parameters.json").read_text())
     return {
         "model": model,
         "method": method,
+        "objective": objective,
+        "mpo_reference": summary.get("mpo", {}).get("reference"),
+        "mpo_reference_seconds": summary.get("mpo", {}).get("reference_seconds"),
         "batch_size": batch,
         "steps": summary["steps"],
         "max_tiles": args.max_tiles,
@@ -230,6 +265,7 @@ def run_row(
         "samples_per_second_incl_first_step": summary["train_samples_per_second"],
         "peak_rss_gib": summary["peak_memory"]["cpu_max_rss_bytes"] / 2**30,
         "peak_gpu_gib": summary["peak_memory"].get("gpu_max_allocated_bytes", 0) / 2**30 or None,
+        "phases": phases_gib(summary.get("peak_memory_by_phase")),
         "trainable_params": params["total"]["trainable"],
         "total_params": params["total"]["total"],
         "first_loss": summary["first_loss"],
@@ -255,8 +291,27 @@ InternVLProcessor(image_processor=images, tokenizer=tokenizer, video_processor=I
 """
 
 
-def run_swift(venv: Path, data: Path, work: Path, steps: int, batch: int, max_tiles: int) -> dict[str, Any]:
-    """The same LoRA run (tiny model, data, batch, tiles, steps, r=8 on the LLM) under ms-swift's `swift sft`."""
+def run_measured(command: list[str], env: dict[str, str] | None = None) -> tuple[int, str, int]:
+    """Run `command`: its exit status, its output (stdout and stderr) and its peak resident memory in bytes.
+
+    The peak is Linux's ru_maxrss of the process and of the children it waited for (wait4), so a launcher that
+    runs the training in a child reports the child's peak.
+    """
+    with tempfile.TemporaryFile("w+", encoding="utf-8") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True, env=env)
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        log.seek(0)
+        return process.returncode, log.read(), usage.ru_maxrss * 1024
+
+
+def run_swift(
+    venv: Path, data: Path, work: Path, steps: int, batch: int, max_tiles: int, model_dir: Path | None = None
+) -> dict[str, Any]:
+    """The same LoRA run (model, data, batch, tiles, steps, r=8 on the LLM) under ms-swift's `swift sft`.
+
+    `model_dir` is the model (default: the tiny one); its weights are linked into ms-swift's copy, not copied.
+    """
 
     from mini_internvl_adapt.models.tiny import tiny_model_path
 
@@ -264,7 +319,12 @@ def run_swift(venv: Path, data: Path, work: Path, steps: int, batch: int, max_ti
     model = work / "swift-model"
     if model.exists():
         shutil.rmtree(model)
-    shutil.copytree(tiny_model_path("tiny"), model)
+    model.mkdir(parents=True)
+    for item in Path(model_dir or tiny_model_path("tiny")).iterdir():
+        if item.suffix == ".safetensors":
+            (model / item.name).symlink_to(item.resolve())
+        elif item.is_file():
+            shutil.copy2(item, model / item.name)
     subprocess.run(
         [str(python), "-c", _SWIFT_PROCESSOR, str(model), str(max_tiles)], check=True, capture_output=True
     )
@@ -324,10 +384,12 @@ def run_swift(venv: Path, data: Path, work: Path, steps: int, batch: int, max_ti
         "false",
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, env=env)
-    found = re.findall(r"'train_runtime': '([0-9.]+)'", result.stdout + result.stderr)
-    if result.returncode != 0 or not found:
-        return {"tool": "ms-swift", "error": (result.stdout + result.stderr)[-1500:]}
+    started = time.perf_counter()
+    code, output, peak = run_measured(command, env)
+    wall = time.perf_counter() - started
+    found = re.findall(r"'train_runtime': '([0-9.]+)'", output)
+    if code != 0 or not found:
+        return {"tool": "ms-swift", "error": output[-1500:]}
     runtime = float(found[-1])
     # HF Trainer's own train_samples_per_second counts whole epochs; samples really trained = steps x batch.
     return {
@@ -336,6 +398,8 @@ def run_swift(venv: Path, data: Path, work: Path, steps: int, batch: int, max_ti
         "batch_size": batch,
         "train_runtime": runtime,
         "samples_per_second": steps * batch / runtime,
+        "peak_rss_gib": peak / 2**30,
+        "process_wall_seconds": round(wall, 1),
     }
 
 
@@ -347,18 +411,21 @@ def write_markdown(rows: list[dict[str, Any]], meta: dict[str, Any], path: Path)
         f"{meta['accelerator']}, precision {meta['precision']}; max_tiles {meta['max_tiles']}. Samples/s and tokens/s "
         "are steady-state (after the first step); peak RSS is the whole process (model load included).",
         "",
-        "| model | method | batch | steps | samples/s | tokens/s | peak RSS GiB | peak GPU GiB | MFU "
+        "| model | method | objective | batch | steps | samples/s | tokens/s | peak RSS GiB | peak GPU GiB | MFU "
         "| trainable / total params | first -> last loss |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        objective = r.get("objective", "sft")
+        if objective == "mpo":  # a sample is a pair; the reference is the adapter-less policy or precomputed
+            objective = f"mpo ({r.get('mpo_reference') or '?'} reference)"
         if "error" in r:
             lines.append(
-                f"| {r['model']} | {r['method']} | failed: {r['error'].splitlines()[-1][:120]} |||||||"
+                f"| {r['model']} | {r['method']} | {objective} | failed: {r['error'].splitlines()[-1][:120]} |||||||"
             )
             continue
         lines.append(
-            f"| {r['model']} | {r['method']} | {r['batch_size']} | {r['steps']} | {r['samples_per_second']:.2f} | "
+            f"| {r['model']} | {r['method']} | {objective} | {r['batch_size']} | {r['steps']} | {r['samples_per_second']:.2f} | "
             f"{r['tokens_per_second']:.0f} | {r['peak_rss_gib']:.2f} | "
             f"{'-' if not r.get('peak_gpu_gib') else format(r['peak_gpu_gib'], '.2f')} | "
             f"{'-' if not r.get('mfu') else format(r['mfu'], '.1%')} | "
@@ -385,10 +452,102 @@ def write_markdown(rows: list[dict[str, Any]], meta: dict[str, Any], path: Path)
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
+# summary.json's peak_memory_by_phase, in order (see training.callbacks.PhaseMemory).
+PHASES = (
+    "startup",
+    "load",
+    "wrap",
+    "first_step",
+    "steady_steps",
+    "checkpoint_save",
+    "end_of_training",
+    "final_save",
+)
+
+
+def phases_gib(record: dict[str, Any] | None) -> dict[str, float] | None:
+    """Each phase's own peak resident memory in GiB (None for a run that recorded none)."""
+    if not record:
+        return None
+    return {p: record[p]["peak_rss_bytes"] / 2**30 for p in PHASES if isinstance(record.get(p), dict)}
+
+
+def swift_memory_rows(
+    args: argparse.Namespace, rows: list[dict[str, Any]], data: Path, work: Path
+) -> list[dict[str, Any]]:
+    """ms-swift's LoRA run of each --swift-memory-models model, with our rows' steps and batch: peak RSS, speed."""
+    from mini_internvl_adapt.models.tiny import cache_dir
+
+    out = []
+    for model in args.swift_memory_models.split(","):
+        ours = next(
+            (r for r in rows if r["model"] == model and r["method"] == "lora" and "error" not in r), None
+        )
+        if ours is None:
+            continue
+        folder = cache_dir() / "models" / f"bench-{model}" if model in REAL_LLMS else None
+        print(f"ms-swift {model} lora ...", file=sys.stderr, flush=True)
+        swift = run_swift(
+            args.swift_venv, data, work, ours["steps"], ours["batch_size"], args.max_tiles, folder
+        )
+        print(json.dumps(swift), file=sys.stderr, flush=True)
+        out.append({"model": model, **swift})
+    return out
+
+
+def memory_markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> list[str]:
+    """The phase table (each phase's own peak RSS) and the peak against ms-swift, as Markdown lines."""
+    lines = [
+        "## Peak resident memory by phase (GiB)",
+        "",
+        "Each phase's own peak (the high-water mark is reset between phases); `code` before/current: the package "
+        "before the change and now, run one after the other in this run.",
+        "",
+        "| model | method | code | "
+        + " | ".join(p.replace("_", " ") for p in PHASES)
+        + " | peak | samples/s |",
+        "|---|---|---|" + "---|" * (len(PHASES) + 2),
+    ]
+    for r in rows:
+        if "error" in r or not r.get("phases") or r.get("objective", "sft") != "sft":
+            continue
+        cells = [f"{r['phases'][p]:.2f}" if p in r["phases"] else "-" for p in PHASES]
+        lines.append(
+            f"| {r['model']} | {r['method']} | {r.get('code', 'current')} | {' | '.join(cells)} | "
+            f"**{r['peak_rss_gib']:.2f}** | {r['samples_per_second']:.3f} |"
+        )
+    for swift in meta.get("swift_memory", []):
+        lines += [
+            "",
+            f"## {swift['model']} LoRA against ms-swift {meta.get('comparison', {}).get('swift_version', '')}",
+            "",
+        ]
+        if "error" in swift:
+            lines.append(f"ms-swift failed: {swift['error'].splitlines()[-1][:200]}")
+            continue
+        lines += ["| run | peak RSS GiB | x ms-swift | samples/s (whole loop) |", "|---|---|---|---|"]
+        for r in rows:
+            same = (
+                r["model"] == swift["model"] and r["method"] == "lora" and r.get("objective", "sft") == "sft"
+            )
+            if same and "error" not in r:
+                lines.append(
+                    f"| mini-internvl-adapt ({r.get('code', 'current')}) | {r['peak_rss_gib']:.2f} | "
+                    f"{r['peak_rss_gib'] / swift['peak_rss_gib']:.2f} | {r['samples_per_second_incl_first_step']:.3f} |"
+                )
+        lines.append(f"| ms-swift | {swift['peak_rss_gib']:.2f} | 1.00 | {swift['samples_per_second']:.4f} |")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default="tiny,real-1b", help="comma list of tiny, real-1b, real-2b")
     parser.add_argument("--methods", default="lora,qlora,full", help="comma list of lora, qlora, full")
+    parser.add_argument(
+        "--objectives",
+        default="sft,mpo",
+        help="comma list of sft, mpo (MPO rows train on pairs of the same samples; samples/s counts pairs)",
+    )
     parser.add_argument("--steps", type=int, default=0, help="steps per row (default: tiny 30, real sizes 4)")
     parser.add_argument("--max-tiles", type=int, default=1)
     parser.add_argument("--max-length", type=int, default=2048)
@@ -410,6 +569,18 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         help="a separate venv with ms-swift installed: also time the same tiny LoRA run there",
     )
+    parser.add_argument(
+        "--swift-memory-models",
+        default="",
+        help="with --swift-venv: comma list of models (e.g. real-1b) whose LoRA run ms-swift also makes, for peak RSS",
+    )
+    parser.add_argument(
+        "--before-src",
+        type=Path,
+        help="a copy of the package before a change (the folder holding mini_internvl_adapt/): every row also runs "
+        "with it (PYTHONPATH), just before the current code, so the two compare within one run",
+    )
+    parser.add_argument("--name", default="train", help="results file stem (default: train)")
     args = parser.parse_args(argv)
 
     import torch
@@ -418,6 +589,10 @@ def main(argv: list[str] | None = None) -> int:
 
     work = args.work or Path(tempfile.mkdtemp(prefix="mia-bench-"))
     data = make_dataset(work / "data", n=64, image_size=(448, 448))
+    pairs = make_pairs(data)
+    variants: list[tuple[str, dict[str, str] | None]] = [("current", None)]
+    if args.before_src is not None:
+        variants.insert(0, ("before", {**os.environ, "PYTHONPATH": str(args.before_src.resolve())}))
     rows = []
     for model in args.models.split(","):
         if model in REAL_LLMS:
@@ -426,20 +601,28 @@ def main(argv: list[str] | None = None) -> int:
         else:
             name, steps, batch = model, args.steps or 30, 2
         for method in args.methods.split(","):
-            print(f"{model} {method} ...", file=sys.stderr, flush=True)
-            # Full fine-tuning of the real size keeps the ViT frozen, as the official full scripts do (and it fits).
-            extra = ("tuning.freeze_backbone=true",) if model in REAL_LLMS and method == "full" else ()
-            out = work / f"{model}-{method}-{time.time_ns()}"
-            row = run_row(name, method, data, out, args, steps, batch, extra)
-            # A real-size full fine-tune checkpoint is GBs: only the timings are kept.
-            shutil.rmtree(out, ignore_errors=True)
-            row["overrides"] = list(extra)
-            row["model"] = model
-            row["mfu"] = mfu(row, args.peak_tflops) if "error" not in row else None
-            print(json.dumps(row), file=sys.stderr, flush=True)
-            rows.append(row)
+            for objective in args.objectives.split(","):
+                print(f"{model} {method} {objective} ...", file=sys.stderr, flush=True)
+                # Full fine-tuning of the real size keeps the ViT frozen, as the official full scripts do (and it fits).
+                extra = ("tuning.freeze_backbone=true",) if model in REAL_LLMS and method == "full" else ()
+                source = pairs if objective == "mpo" else data
+                for code, env in variants:
+                    out = work / f"{model}-{method}-{objective}-{time.time_ns()}"
+                    row = run_row(
+                        name, method, source, out, args, steps, batch, extra, objective=objective, env=env
+                    )
+                    # A real-size full fine-tune checkpoint is GBs: only the timings are kept.
+                    shutil.rmtree(out, ignore_errors=True)
+                    row["overrides"] = list(extra)
+                    row["model"] = model
+                    row["code"] = code
+                    row["mfu"] = mfu(row, args.peak_tflops) if "error" not in row else None
+                    print(json.dumps(row), file=sys.stderr, flush=True)
+                    rows.append(row)
     meta = {
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores",
+        "machine": f"{cpu_model()}, {os.cpu_count()} CPU cores, "
+        f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB RAM",
+        "load_average_end": load_average(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "accelerator": args.accelerator,
@@ -448,7 +631,16 @@ def main(argv: list[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     ours = next(
-        (r for r in rows if r["model"] == "tiny" and r["method"] == "lora" and "error" not in r), None
+        (
+            r
+            for r in rows
+            if r["model"] == "tiny"
+            and r["method"] == "lora"
+            and r["objective"] == "sft"
+            and r["code"] == "current"
+            and "error" not in r
+        ),
+        None,
     )
     if args.swift_venv is not None and ours is not None:
         print("ms-swift lora ...", file=sys.stderr, flush=True)
@@ -466,13 +658,21 @@ def main(argv: list[str] | None = None) -> int:
             if "error" not in swift
             else None,
         }
+    if args.swift_venv is not None and args.swift_memory_models:
+        meta["swift_memory"] = swift_memory_rows(args, rows, data, work)
     if args.work is None:
         shutil.rmtree(work, ignore_errors=True)
     args.out.mkdir(parents=True, exist_ok=True)
     suffix = "" if args.accelerator == "cpu" else f".{args.accelerator}"
-    (args.out / f"train{suffix}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    write_markdown(rows, meta, args.out / f"train{suffix}.md")
-    print(f"results in {args.out}/train{suffix}.json", file=sys.stderr)
+    (args.out / f"{args.name}{suffix}.json").write_text(
+        json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n"
+    )
+    write_markdown(rows, meta, args.out / f"{args.name}{suffix}.md")
+    memory = memory_markdown(rows, meta)
+    with open(args.out / f"{args.name}{suffix}.md", "a", encoding="utf-8") as f:
+        f.write("\n" + "\n".join(memory) + "\n")
+    print("\n".join(memory), file=sys.stderr)
+    print(f"results in {args.out}/{args.name}{suffix}.json", file=sys.stderr)
     return 0
 
 

@@ -92,3 +92,42 @@ class NonFiniteLossError(AdaptError, FloatingPointError):
 
 class CliError(AdaptError):
     """A command-line usage error the user can fix."""
+
+
+class OutputExistsError(InputError):
+    """An output path that would replace something this command did not write, or one of its own inputs."""
+
+
+class FolderInUseError(AdaptError, RuntimeError):
+    """A folder another process is writing into (a run being trained); the message names the process."""
+
+
+class DiskFullError(AdaptError, OSError):
+    """No space left on the device (ENOSPC / EDQUOT); the message says what was being written and what is
+    intact."""
+
+    def __init__(self, what: str, note: str = "", filename: str | None = None) -> None:
+        where = f" ({filename})" if filename and filename not in what else ""
+        message = f"no space left on the device while writing {what}{where}"
+        super().__init__(f"{message}; {note}" if note else message)
+        self.what = what
+        self.note = note
+        self.filename = filename  # type: ignore[assignment]  # OSError's attribute, kept for callers
+
+    def __str__(self) -> str:  # OSError would format "[Errno ...]" from its args
+        return str(self.args[0])
+
+
+class ImageTooLargeError(InputError):
+    """An image whose header declares more pixels than Pillow's decompression-bomb limit allows."""
+
+
+class MissingWeightsError(AdaptError, FileNotFoundError):
+    """A checkpoint folder without safetensors weights (pickled .bin files are never loaded)."""
+
+    def __str__(self) -> str:  # FileNotFoundError would format "[Errno ...]" from its args
+        return str(self.args[0]) if self.args else ""
+
+
+class RefusedPickleError(InputError):
+    """A pickled file (a training checkpoint) holding objects a safe (weights_only) load refuses."""

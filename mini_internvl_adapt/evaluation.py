@@ -1,9 +1,15 @@
 """Evaluation: generate answers for a test set, score them with the domain's metrics, write predictions
 and metrics.
+
+Every sample is measured before anything is generated, as training measures its samples: one whose prompt
+cannot fit the checkpoint's token budget (``max_length``; its characters and images checked first, without a
+tokenizer) is a counted skip in metrics.json (``skipped``, ``skipped_samples``), scored as unanswered,
+never a run out of memory.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Mapping, Sequence
@@ -13,10 +19,12 @@ from typing import Any
 
 import torch
 
-from mini_internvl_adapt.data_format.samples import Sample, check_unique_ids, read_samples
-from mini_internvl_adapt.errors import DomainError
-from mini_internvl_adapt.fileio import atomic_write_json, atomic_write_text
+from mini_internvl_adapt.data_format.limits import image_size, length_problem
+from mini_internvl_adapt.data_format.samples import GPT, Sample, check_unique_ids, read_samples, resolve_image
+from mini_internvl_adapt.errors import DataError, DatasetError, DomainError
+from mini_internvl_adapt.fileio import OUTPUT_MARKER, atomic_write_json, atomic_write_text, marked
 from mini_internvl_adapt.inference import EvalModel, generate_answers, load_eval_model
+from mini_internvl_adapt.processing.transform import SampleProcessor
 from mini_internvl_adapt.registry import get_domain
 
 PREDICTIONS_FILE = "predictions.jsonl"
@@ -24,10 +32,14 @@ PREDICTIONS_FILE = "predictions.jsonl"
 
 METRICS_FILE = "metrics.json"
 
+# Keys of metrics.json that are not scores: left out of the printed table.
+NOT_SCORES = (OUTPUT_MARKER, "skipped_samples", "warnings")
+
 
 def format_metrics_table(metrics: Mapping[str, Any]) -> str:
     """A two-column text table of metrics (nested dicts shown with dotted names)."""
     rows: list[tuple[str, str]] = []
+    metrics = {k: v for k, v in metrics.items() if k not in NOT_SCORES}
 
     def walk(prefix: str, value: Any) -> None:
         if isinstance(value, Mapping):
@@ -99,18 +111,25 @@ def evaluate(
         else load_eval_model(model_dir_or_run, dtype=dtype, device=device)
     )
     out = Path(out_dir)
+    skipped = over_budget(samples, root, SampleProcessor(eval_model.tokenizer, eval_model.processing))
+    todo = [s for s in samples if s.id not in skipped]
+    if not todo:
+        first = next(iter(skipped.items()))
+        raise DatasetError(
+            where, f"no sample fits the token budget ({len(skipped)} over it; '{first[0]}': {first[1]})"
+        )
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     predictions = generate_answers(
         eval_model,
-        samples,
+        todo,
         root,
         batch_size=batch_size,
         max_new_tokens=max_new_tokens,
         show_progress=show_progress,
     )
     elapsed = time.perf_counter() - started
-    lines = [json.dumps({"id": s.id, "answer": predictions[s.id]}, ensure_ascii=False) for s in samples]
+    lines = [json.dumps({"id": s.id, "answer": predictions[s.id]}, ensure_ascii=False) for s in todo]
     atomic_write_text(out / PREDICTIONS_FILE, "".join(line + "\n" for line in lines))
     metrics: dict[str, Any] = {}
     if scorer is not None:
@@ -123,10 +142,54 @@ def evaluate(
     metrics.update(
         {
             "samples": len(samples),
-            "samples_per_second": round(len(samples) / elapsed, 3) if elapsed > 0 else None,
+            "samples_per_second": round(len(todo) / elapsed, 3) if elapsed > 0 else None,
             "model": eval_model.source,
             "processing": asdict(eval_model.processing),
         }
     )
+    if skipped:  # counted, and scored as unanswered by the domain (no prediction)
+        metrics["skipped"] = len(skipped)
+        metrics["skipped_samples"] = [{"id": i, "reason": why} for i, why in skipped.items()]
+    metrics = marked(metrics, "eval")
     atomic_write_json(out / METRICS_FILE, metrics)
     return metrics
+
+
+def over_budget(samples: Sequence[Sample], root: Path, processor: SampleProcessor) -> dict[str, str]:
+    """The samples whose prompt cannot fit the checkpoint's token budget, each with its reason.
+
+    Lengths are checked first (characters and images, no tokenizer); the rest are counted as generation
+    sees them: the prompt up to the last answer, each image's tiles from its header (no pixel decoding).
+
+    Args:
+        samples: The samples to evaluate.
+        root: The dataset root of their image paths.
+        processor: The checkpoint's sample processor (template, tiles, max_length).
+
+    Returns:
+        Sample id -> why it is skipped (empty when every sample fits).
+
+    Raises:
+        DataError: An image path leaving the dataset root, an image that cannot be read, or one over
+            Pillow's pixel limit; names the sample.
+    """
+    config = processor.config
+    skipped: dict[str, str] = {}
+    for sample in samples:
+        last_answer = max((i for i, t in enumerate(sample.conversations) if t.role == GPT), default=None)
+        prompt = dataclasses.replace(sample, conversations=sample.conversations[:last_answer])
+        problem = length_problem(prompt, config.max_length, config.num_image_token + 2)
+        if problem is not None:
+            skipped[sample.id] = f"its prompt: {problem.reason}"
+            continue
+        try:
+            sizes = [image_size(resolve_image(root, path)) for path in sample.images]
+        except (ValueError, OSError) as e:
+            raise DataError(f"sample '{sample.id}': {e}") from e
+        prompt.widths, prompt.heights = [w for w, _ in sizes], [h for _, h in sizes]
+        tokens = processor.count_tokens(prompt, root)
+        if tokens > config.max_length:
+            skipped[sample.id] = (
+                f"its prompt takes {tokens} tokens, over the budget of {config.max_length} (max_length)"
+            )
+    return skipped

@@ -169,6 +169,8 @@ def generate_answers(
     show_progress: bool = True,
     on_batch: Callable[[list[str], list[str]], None] | None = None,
     min_new_tokens: int = 0,
+    sampling: Mapping[str, Any] | None = None,
+    prefixes: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """Greedy answers to each sample's last question, in batches with left padding and the KV cache.
 
@@ -181,6 +183,10 @@ def generate_answers(
         show_progress: Show a tqdm bar with samples/s.
         on_batch: Called with (ids, answers) after each batch (for streaming writers).
         min_new_tokens: Shortest answer in tokens (the official evaluation scripts set 1); 0 sets none.
+        sampling: Sample instead of decoding greedily, with these ``generate`` settings (``temperature``,
+            ``top_k``, ``top_p``); None: greedy. Seed torch's RNG before the call for repeatable samples.
+        prefixes: Sample id -> text the answer starts with (put after the assistant role, as if the model
+            had written it); the returned answer is what the model adds after it.
 
     Returns:
         Sample id -> answer text.
@@ -202,7 +208,11 @@ def generate_answers(
         **({"min_new_tokens": min_new_tokens} if min_new_tokens else {}),
     }
     bar = tqdm(total=len(samples), desc="eval", unit="sample", disable=not show_progress, file=sys.stderr)
-    rows = (sample_processor.generation_inputs(s, root) for s in samples)
+    rows = (
+        _with_prefix(sample_processor.generation_inputs(s, root), (prefixes or {}).get(s.id), tokenizer)
+        for s in samples
+    )
+    decoding: dict[str, Any] = {"do_sample": True, **sampling} if sampling else {"do_sample": False}
     try:
         for chunk in _rope_safe_batches(rows, batch_size, rope_switch(model), max_new_tokens):
             batch = processing.collate(chunk, pad_id, padding_side="left")
@@ -216,7 +226,7 @@ def generate_answers(
                 out = model.generate(
                     **inputs,
                     **lengths,
-                    do_sample=False,
+                    **decoding,
                     num_beams=1,
                     use_cache=True,
                     eos_token_id=stop,
@@ -232,6 +242,20 @@ def generate_answers(
     finally:
         bar.close()
     return answers
+
+
+def _with_prefix(
+    row: processing.ProcessedSample, prefix: str | None, tokenizer: Any
+) -> processing.ProcessedSample:
+    """A generation row whose answer starts with `prefix` (its tokens appended after the assistant role)."""
+    if not prefix:
+        return row
+    ids = torch.tensor(tokenizer(prefix, add_special_tokens=False)["input_ids"], dtype=row.input_ids.dtype)
+    return replace(
+        row,
+        input_ids=torch.cat([row.input_ids, ids]),
+        labels=torch.cat([row.labels, row.labels.new_full((len(ids),), processing.IGNORE_INDEX)]),
+    )
 
 
 @dataclass(frozen=True)

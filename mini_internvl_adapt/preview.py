@@ -1,27 +1,40 @@
 """A picture of converted samples: the image(s) as the model sees them, the question, the answer, and
-every box (``<box>[[...]]</box>``) and driving object tag drawn where it points."""
+every box (``<box>[[...]]</box>``) and driving object tag drawn where it points.
+
+What cannot be shown is shortened before any work is done on it: the text to a few lines, the ids and box
+labels to a line, the images of a sample to the first MAX_IMAGES; boxes and tags are looked for in the first
+MAX_SCANNED characters only, with patterns whose every repetition is bounded (a 50 MB word costs a slice).
+"""
 
 from __future__ import annotations
 
+import io
 import re
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
-from mini_internvl_adapt.data_format.samples import Sample
+from mini_internvl_adapt.data_format.limits import too_large
+from mini_internvl_adapt.data_format.samples import Sample, resolve_image
+from mini_internvl_adapt.fileio import MARKER_VALUE, PNG_MARKER_KEY, atomic_write_bytes
 from mini_internvl_adapt.metrics.boxes import denormalize_box
 
+MAX_IMAGES = 8
+MAX_SCANNED = 100_000
+MAX_LABEL = 80
+
 _REF_BOX = re.compile(
-    r"(?:<ref>(?P<ref>[^<]*)</ref>)?\s*<box>\s*\[(?P<boxes>(?:\s*\[[^\[\]]*\]\s*,?)+)\]\s*</box>"
+    r"(?:<ref>(?P<ref>[^<]{0,200})</ref>)?\s{0,20}<box>\s{0,20}\["
+    r"(?P<boxes>(?:\s{0,20}\[[^\[\]]{0,200}\]\s{0,20},?){1,100})\]\s{0,20}</box>"
 )
 _ONE = re.compile(r"\[\s*([-\d.]+)\s*,\s*([-\d.]+)\s*,\s*([-\d.]+)\s*,\s*([-\d.]+)\s*\]")
 # Grid layout tags carry 0-1000 coordinates in brackets; views layout tags carry camera pixels.
 _TAG_GRID = re.compile(r"<(c\d+),\s*(CAM_[A-Z_]+),\s*\[\s*([\d.]+)\s*,\s*([\d.]+)\s*\]>")
 _TAG_PIXELS = re.compile(r"<(c\d+),\s*(CAM_[A-Z_]+),\s*([\d.]+)\s*,\s*([\d.]+)\s*>")
 
-_IMAGE_LABEL = re.compile(r"(\S+):\s*<image>")
+_IMAGE_LABEL = re.compile(r"(\S{1,40}):\s{0,20}<image>")
 
 PANEL_WIDTH = 640
 TEXT_LINES = 9
@@ -48,16 +61,25 @@ def _annotations(
     return boxes, tags
 
 
-def _open_image(sample: Sample, path: Path) -> Image.Image:
-    """The image as RGB; raises ValueError naming the sample and the file when it cannot be read."""
+def _short(text: str, limit: int = MAX_LABEL) -> str:
+    """`text` cut to `limit` characters (with '...' when it was longer)."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _open_image(sample: Sample, root: Path, rel: str) -> Image.Image:
+    """The image as RGB; raises ValueError naming the sample and the file when it cannot be read (or lies
+    outside the dataset root, or is over Pillow's pixel limit)."""
+    path = root / rel
     try:
-        with Image.open(path) as image:
+        with Image.open(resolve_image(root, rel)) as image:
             return image.convert("RGB")
-    except (OSError, Image.DecompressionBombError) as e:
+    except Image.DecompressionBombError as e:
+        raise ValueError(f"sample '{_short(sample.id)}': {too_large(path, e)}") from e
+    except (OSError, ValueError) as e:
         reason = (
             e.strerror if isinstance(e, OSError) and e.strerror else str(e).replace(f"'{path}'", "").strip()
         )
-        raise ValueError(f"sample '{sample.id}': cannot read image {path}: {reason}") from e
+        raise ValueError(f"sample '{_short(sample.id)}': cannot read image {path}: {reason}") from e
 
 
 def render_sample(sample: Sample, root: Path, width: int = PANEL_WIDTH) -> Image.Image:
@@ -66,12 +88,13 @@ def render_sample(sample: Sample, root: Path, width: int = PANEL_WIDTH) -> Image
     Raises:
         ValueError: An image is missing or unreadable; names the sample and the file.
     """
-    images = [_open_image(sample, root / rel) for rel in sample.images]
-    text = " ".join(t.value for t in sample.conversations)
+    images = [_open_image(sample, root, rel) for rel in sample.images[:MAX_IMAGES]]
+    text = " ".join(t.value[:MAX_SCANNED] for t in sample.conversations)[:MAX_SCANNED]
     boxes, tags = _annotations(text)
+    boxes = [(_short(ref), box) for ref, box in boxes]
     # Which view each image is: meta may say; else prompts name them ("CAM_FRONT: <image>", "Image-1: <image>").
     cameras: Sequence[str] = (sample.meta.get("cameras") if isinstance(sample.meta, dict) else None) or [
-        m.group(1) for m in _IMAGE_LABEL.finditer(sample.question)
+        m.group(1) for m in _IMAGE_LABEL.finditer(sample.question[:MAX_SCANNED])
     ]
     drawn = []
     for index, image in enumerate(images):
@@ -105,9 +128,14 @@ def render_sample(sample: Sample, root: Path, width: int = PANEL_WIDTH) -> Image
         scale = width / sum(im.width for im in drawn)
         strip_height = max(1, round(max(im.height for im in drawn) * scale))
     font = sized_font(13)
-    question = textwrap.wrap("Q: " + sample.question.replace("\n", " "), 95)[: TEXT_LINES // 2 + 1]
-    answer = textwrap.wrap("A: " + sample.answer.replace("\n", " "), 95)[: TEXT_LINES // 2]
-    lines = [f"{sample.id}  [{sample.task or '-'}]", *question, *answer]
+    shown = 95 * (TEXT_LINES // 2 + 1) + 1  # more than the lines kept can hold: wrapping more is wasted work
+    question = textwrap.wrap("Q: " + _short(sample.question, shown).replace("\n", " "), 95)[
+        : TEXT_LINES // 2 + 1
+    ]
+    answer = textwrap.wrap("A: " + _short(sample.answer, shown).replace("\n", " "), 95)[: TEXT_LINES // 2]
+    lines = [f"{_short(sample.id)}  [{_short(sample.task or '-', 40)}]", *question, *answer]
+    if len(sample.images) > MAX_IMAGES:
+        lines.insert(1, f"(the first {MAX_IMAGES} of its {len(sample.images)} images)")
     panel = Image.new("RGB", (width, strip_height + 16 * len(lines) + 10), "white")
     x = 0
     for image in drawn:
@@ -138,6 +166,10 @@ def make_preview(samples: Sequence[Sample], root: Path, out: Path, n: int = 8, c
         for c, panel in enumerate(panels[r * columns : (r + 1) * columns]):
             sheet.paste(panel, (c * (PANEL_WIDTH + 8), y))
         y += row_heights[r] + 8
-    out.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(out)
+    image_format = Image.registered_extensions().get(out.suffix.lower(), "PNG")
+    info = PngImagePlugin.PngInfo()
+    info.add_text(PNG_MARKER_KEY, f"{MARKER_VALUE} preview")  # what `adapt preview` may overwrite
+    buffer = io.BytesIO()
+    sheet.save(buffer, format=image_format, **({"pnginfo": info} if image_format == "PNG" else {}))
+    atomic_write_bytes(out, buffer.getvalue())
     return out

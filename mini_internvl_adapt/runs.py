@@ -93,7 +93,9 @@ def card_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
 def _flat_hyperparameters(config: Mapping[str, Any]) -> dict[str, Any]:
     """Scalar training settings from run_config.yaml, dotted (``tuning.method``), for the card."""
     out: dict[str, Any] = {}
-    for section in ("model", "data", "tuning", "train"):
+    train = config.get("train")
+    mpo = isinstance(train, Mapping) and train.get("objective") == "mpo"  # its mpo section is a setting then
+    for section in ("model", "data", "tuning", "train", *(("mpo",) if mpo else ())):
         block = config.get(section)
         if isinstance(block, Mapping):
             for key, value in block.items():

@@ -240,6 +240,8 @@ def read_info(path: Path) -> Track:
         info = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise InfoError(f"cannot read the info file: {e}") from None
+    except RecursionError:
+        raise InfoError("cannot read the info file: JSON nested too deeply") from None
     locations = info.get("locations") if isinstance(info, dict) else None
     if not isinstance(locations, list):
         raise InfoError("the info file has no 'locations' list")

@@ -367,6 +367,9 @@ def convert_bddx(source: Path, out: Path, **options: Any) -> ConversionReport:
                         skip(control[0], plan.segment, ["control"], control[1])
                         plan.tasks.remove("control")
                 samples = _samples(plan, frames)
+                for sample in samples:  # the annotators' action / justification text is free text
+                    answer = sample.conversations[-1]
+                    answer.value = report.free_text(answer.value, f"{source}:{plan.segment.row}", sample.id)
                 splits.setdefault(plan.split, []).extend(samples)
                 images.update(f.path for f in frames)
                 report.converted += len(samples)

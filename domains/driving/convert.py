@@ -130,6 +130,9 @@ def _plan(
         except (ValueError, TagError) as e:
             report.skip(source, str(e), id=frame.id)
             continue
+        for q in questions:  # free text: the template's special strings escaped (and reported)
+            q.question = report.free_text(q.question, source, q.id)
+            q.answer = report.free_text(q.answer, source, q.id)
         jobs.append(_Job(frame, split, questions, cameras))
     if opts.multiple_choice:
         report.details["multiple_choice_left_open"] = left_open
@@ -284,6 +287,8 @@ def convert_drivelm(source: Path, out: Path, **options: Any) -> ConversionReport
                 samples += [_qa_sample(job, q, rendered, opts) for q in job.questions]
             if "grounding" in opts.tasks:
                 objects = _key_objects(job.frame)
+                for obj in objects:
+                    obj["phrase"] = report.free_text(obj["phrase"], source, f"{job.frame.id}/{obj['tag']}")
                 if projector is not None:
                     filled, extra = projector.complete(job.frame.token, objects)
                     added_boxes += filled

@@ -79,6 +79,8 @@ def load_drivelm(path: Path) -> list[Frame]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise DriveLMError(f"{path}: bad JSON: {e.msg} (line {e.lineno})") from None
+    except RecursionError:
+        raise DriveLMError(f"{path}: JSON nested too deeply to read") from None
     if not isinstance(data, Mapping) or not any(
         isinstance(v, Mapping) and isinstance(v.get("key_frames"), Mapping) for v in data.values()
     ):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -65,7 +66,7 @@ def detect_format(source: Path) -> str:
 def _first_json_keys(path: Path) -> set[str]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError, RecursionError):
         return set()
     if isinstance(data, list) and data and isinstance(data[0], dict):
         return set(data[0])
@@ -218,8 +219,9 @@ def convert_medical(
         if keep_source_paths:
             meta["source_image"] = shown
         sample_id = f"medical/{digest(record.ref + '|' + str(record.image), 12)}"
+        free_text = functools.partial(report.free_text, source=record.ref, id=sample_id)
         by_split.setdefault(split, []).append(
-            build_sample(record, sample_id, list(result.images), list(result.sizes), meta)
+            build_sample(record, sample_id, list(result.images), list(result.sizes), meta, free_text)
         )
         used_images.update(result.images)
     report.converted = len(kept)

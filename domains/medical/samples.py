@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 from mini_internvl_adapt.domains.medical.deid import context_sentence
@@ -40,12 +42,17 @@ def prompt_text(record: Record) -> str:
     return f"{record.question}\n{SHORT_ANSWER}"
 
 
+def _no_rewrite(text: str) -> str:
+    return text
+
+
 def build_sample(
     record: Record,
     sample_id: str,
     images: list[str],
     sizes: list[tuple[int, int]],
     image_meta: dict[str, Any],
+    free_text: Callable[[str], str] = _no_rewrite,
 ) -> Sample:
     """One sample: images, allow-listed context, the task's prompt and the reference answer.
 
@@ -55,8 +62,17 @@ def build_sample(
         images: Image paths relative to the dataset root.
         sizes: (width, height) of each image.
         image_meta: The de-identified meta of the rendered source (modality, window, frames ...).
+        free_text: Applied to every text the source gave (question, answer, choices, labels, the header
+            words of the context): `ConversionReport.free_text`, which escapes the template's strings.
     """
-    context = context_sentence(image_meta)
+    record = dataclasses.replace(
+        record,
+        question=free_text(record.question),
+        answer=free_text(record.answer),
+        choices={k: free_text(v) for k, v in record.choices.items()},
+        labels=[free_text(label) for label in record.labels],
+    )
+    context = free_text(context_sentence(image_meta))
     human = image_prefix(len(images)) + context + prompt_text(record)
     meta: dict[str, Any] = {**image_meta, **record.meta, "source": record.ref}
     if record.task == TASK_VQA:

@@ -19,7 +19,7 @@ from mini_internvl_adapt.domains.medical.records import (
 )
 
 from mini_internvl_adapt.data_format.dataset import ConversionReport
-from mini_internvl_adapt.data_format.source_files import read_text
+from mini_internvl_adapt.data_format.source_files import load_json, read_text
 
 REQUIRED = ("image_name", "question", "answer")
 META_FIELDS = ("question_type", "image_organ", "qid")
@@ -28,7 +28,7 @@ META_FIELDS = ("question_type", "image_organ", "qid")
 def load_json_list(path: Path) -> list[Any]:
     """A JSON file holding a list; SourceError naming the file otherwise."""
     try:
-        data = json.loads(read_text(path))
+        data = load_json(read_text(path), path)
     except json.JSONDecodeError as e:
         raise SourceError(path, f"bad JSON: {e.msg} (line {e.lineno})") from None
     if not isinstance(data, list):

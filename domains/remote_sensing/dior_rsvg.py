@@ -154,6 +154,7 @@ def convert_dior_rsvg(
             else:
                 name = image_name(source, image)
                 jobs[name] = image
+                expression = report.free_text(expression, where, f"dior-rsvg/{i}")
                 answer = grounding_answer(expression, [normalize_box(box, width, height)])
                 sample = Sample(
                     id=f"dior-rsvg/{i}",

@@ -81,6 +81,8 @@ def convert_geochat(
         entries = json.loads(read_text(source))
     except json.JSONDecodeError as e:
         raise ValueError(f"{source}: bad JSON: {e.msg} (line {e.lineno})") from None
+    except RecursionError:
+        raise ValueError(f"{source}: JSON nested too deeply to read") from None
     if not isinstance(entries, list):
         raise ValueError(f"{source}: GeoChat data is a JSON list of {{id, image, conversations}}")
     root = image_root or source.parent
@@ -101,6 +103,9 @@ def convert_geochat(
         if not turns or turns[-1].role != "gpt":
             report.skip(where, "the conversation does not end with an answer")
             continue
+        for k, turn in enumerate(turns):  # free text, but the first turn's own image placeholder
+            head, placeholder, rest = turn.value.partition("<image>") if k == 0 else ("", "", turn.value)
+            turn.value = report.free_text(head, where) + placeholder + report.free_text(rest, where)
         if "<image>" not in turns[0].value:
             turns[0].value = f"<image>\n{turns[0].value}"
         name = image_name(root, image)

@@ -79,6 +79,8 @@ def read_label_file(path: str | Path, label_field: str = "label") -> LabelFile:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise LabelFileError(f"{path}: cannot read GeoJSON ({e})") from None
+    except RecursionError:
+        raise LabelFileError(f"{path}: cannot read GeoJSON (nested too deeply)") from None
     if not isinstance(doc, dict) or doc.get("type") != "FeatureCollection":
         raise LabelFileError(f"{path}: expected a GeoJSON FeatureCollection")
     if not isinstance(doc.get("features") or [], list):

@@ -77,6 +77,9 @@ def convert_manifest(
                 f"{source}:{number}", "row without image or without label / question+answer / caption"
             )
             continue
+        for key in ("label", "question", "answer", "caption"):  # free text: the template's strings escaped
+            if row.get(key):
+                row[key] = report.free_text(row[key], f"{source}:{number}", f"manifest/{number - 1}")
         usable.append((number, row, task))
     jobs = {image_name(root, root / row["image"]): root / row["image"] for _, row, _ in usable}
     facts = write_images(jobs, out, render, max_size, workers)

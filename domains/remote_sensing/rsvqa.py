@@ -42,7 +42,7 @@ def _load(path: Path, key: str) -> tuple[dict[int, dict[str, Any]], list[tuple[i
         entries = doc[key]
         if not isinstance(entries, list):
             raise TypeError(f"'{key}' is a {type(entries).__name__}")
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, RecursionError) as e:
         raise ValueError(
             f"{path}: expected a JSON object with a '{key}' list ({describe_error(e)})"
         ) from None
@@ -153,8 +153,10 @@ def convert_rsvqa(
                 continue
             name = image_name(source, path)
             jobs[name] = path
+            sid = f"rsvqa-{resolution.lower()}/{split}/{qid}"
+            text, answer = report.free_text(text, where, sid), report.free_text(answer, where, sid)
             sample = Sample(
-                id=f"rsvqa-{resolution.lower()}/{split}/{qid}",
+                id=sid,
                 conversations=[
                     Turn("human", f"<image>\n{text}\n{SHORT_ANSWER}"),
                     Turn("gpt", answer),

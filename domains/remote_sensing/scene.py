@@ -104,6 +104,8 @@ class _LabelBook:
                 self.report.read += len(book.features) + len(book.rejected)
                 for index, reason in book.rejected:
                     self.report.skip(f"{path}#features[{index}]", reason)
+                for feature in book.features:  # class names are free text: the template's strings escaped
+                    feature.label = self.report.free_text(feature.label, feature.source)
             self.files[path] = book
         return self.files[path]
 

@@ -19,6 +19,7 @@ from mini_internvl_adapt.errors import AdaptError, CliError
 COMMANDS = (
     "convert",
     "train",
+    "pairs",
     "eval",
     "score",
     "bench",
@@ -41,6 +42,7 @@ HANDLERS: dict[str, tuple[str, str]] = {
     "export": ("export", "cmd_export"),
     "convert-checkpoint": ("convert_checkpoint", "cmd_convert_checkpoint"),
     "bench": ("bench", "cmd_bench"),
+    "pairs": ("pairs", "cmd_pairs"),
 }
 
 

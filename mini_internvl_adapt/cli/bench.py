@@ -11,6 +11,7 @@ from typing import Any
 from mini_internvl_adapt.bench import BENCHMARKS
 from mini_internvl_adapt.bench.paper import format_bench_table, format_benchmark_list
 from mini_internvl_adapt.cli.score import read_predictions
+from mini_internvl_adapt.fileio import check_output
 from mini_internvl_adapt.models.loading import DTYPES
 
 # The options that are the benchmark's scoring options (passed to its scorer when given).
@@ -45,6 +46,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--predictions", type=Path, help="score these answers (JSONL {id, answer}) instead")
     parser.add_argument("--out", type=Path, help="results folder (predictions.jsonl, metrics.json)")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write --out even where a folder this command did not write exists",
+    )
     parser.add_argument("--limit", type=int, help="only the first N entries of the file")
     parser.add_argument("--batch-size", type=int, default=8, help="entries per generate call (default 8)")
     parser.add_argument(
@@ -97,6 +103,8 @@ def cmd_bench(argv: Sequence[str]) -> int:
         print(format_benchmark_list(), end="")
         return 0
     _check(parser, args)
+    inputs = [args.data, args.images, args.predictions, args.model, args.tags]
+    check_output(args.out, "results", inputs=inputs, overwrite=args.overwrite)
     options: dict[str, Any] = {k: getattr(args, k) for k in _SCORE_OPTIONS if getattr(args, k) is not None}
     if args.predictions is not None:
         from mini_internvl_adapt.bench.run import score_benchmark_predictions

@@ -7,7 +7,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from mini_internvl_adapt.errors import CliError, MissingDependencyError, UnknownDomainError
+from mini_internvl_adapt.errors import CliError, DatasetError, MissingDependencyError, UnknownDomainError
 from mini_internvl_adapt.registry import add_domain_arguments, available_domains, get_domain
 
 
@@ -48,3 +48,30 @@ def given_options(args: argparse.Namespace, exclude: set[str]) -> dict[str, Any]
 def print_metrics(metrics: dict[str, Any]) -> None:
     """Print metrics as JSON on stdout (machine-readable, as the docs promise)."""
     print(json.dumps(metrics, indent=2, ensure_ascii=False))
+
+
+def add_overwrite_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    """The --overwrite option of a command that writes `what` (see fileio.check_output)."""
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help=f"write {what} even where a file or folder this command did not write exists (it is replaced)",
+    )
+
+
+def check_converted(report: Any, out: Any) -> None:
+    """Raise when a conversion wrote no sample: exit non-zero, pointing at the reasons in report.json.
+
+    Args:
+        report: The domain's ConversionReport.
+        out: The dataset folder it was written to.
+
+    Raises:
+        DatasetError: Nothing was converted.
+    """
+    if report.written == 0:
+        raise DatasetError(
+            report.source,
+            f"nothing converted: 0 samples from {report.read} record(s) read, {len(report.skipped)} skipped; "
+            f"the reasons are in {out}/report.json",
+        )

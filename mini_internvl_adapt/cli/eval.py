@@ -8,8 +8,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from mini_internvl_adapt.cli.common import add_overwrite_argument
 from mini_internvl_adapt.data_format.samples import check_unique_ids, read_samples
 from mini_internvl_adapt.evaluation import evaluate, format_metrics_table
+from mini_internvl_adapt.fileio import check_output
 from mini_internvl_adapt.inference import device_problem
 from mini_internvl_adapt.models.loading import DTYPES, torch_dtype
 from mini_internvl_adapt.registry import add_domain_arguments, available_domains, get_domain
@@ -35,6 +37,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     parser.add_argument("--limit", type=int, help="evaluate only the first N samples")
+    add_overwrite_argument(parser, "the results folder")
 
 
 def eval_main(argv: Sequence[str]) -> int:
@@ -60,7 +63,19 @@ def eval_main(argv: Sequence[str]) -> int:
         if problem is not None:
             parser.error(problem)  # before the model loads, not a traceback after it
     domain = get_domain(args.domain)
-    own = {"domain", "data", "model", "out", "batch_size", "max_new_tokens", "dtype", "device", "limit"}
+    check_output(args.out, "results", inputs=[args.data, args.model], overwrite=args.overwrite)
+    own = {
+        "domain",
+        "data",
+        "model",
+        "out",
+        "batch_size",
+        "max_new_tokens",
+        "dtype",
+        "device",
+        "limit",
+        "overwrite",
+    }
     score_options = {k: v for k, v in vars(args).items() if k not in own and v is not None}
     samples = read_samples(args.data)
     check_unique_ids(samples, args.data)
@@ -79,6 +94,12 @@ def eval_main(argv: Sequence[str]) -> int:
         score_options=score_options,
     )
     print(format_metrics_table({k: v for k, v in metrics.items() if k != "processing"}), file=sys.stderr)
+    if metrics.get("skipped"):
+        print(
+            f"adapt eval: warning: {metrics['skipped']} sample(s) over the token budget were not evaluated "
+            f"(scored as unanswered; ids and reasons in {args.out / 'metrics.json'})",
+            file=sys.stderr,
+        )
     print(json.dumps(metrics, indent=2, ensure_ascii=False))
     print(f"predictions and metrics written to {args.out}", file=sys.stderr)
     return 0

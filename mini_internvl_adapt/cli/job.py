@@ -18,7 +18,7 @@ from typing import Any
 
 from mini_internvl_adapt.cli import CliError
 from mini_internvl_adapt.cli.common import add_overwrite_argument, check_converted, domain_from_argv
-from mini_internvl_adapt.cli.job_mpo import add_mpo_job_arguments, run_mpo_stages
+from mini_internvl_adapt.cli.job_mpo import add_mpo_job_arguments, run_mpo_stages, wants_mpo
 from mini_internvl_adapt.evaluation import evaluate, format_metrics_table
 from mini_internvl_adapt.export.exporter import export
 from mini_internvl_adapt.fileio import check_output, disk_full_as_error
@@ -270,7 +270,7 @@ def cmd_job(argv: Sequence[str]) -> int:
         )
 
     mpo = None
-    if args.mpo:  # the model exported and summarised is then the MPO one
+    if wants_mpo(args, out):  # the model exported and summarised is then the MPO one
         scoring = _group_options(args, parser, "scoring")
         mpo = run_mpo_stages(args, domain, dataset, run, test_file, metrics, scoring, evaluate_fn=evaluate)
         run, metrics = mpo.run, mpo.metrics

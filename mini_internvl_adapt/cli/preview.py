@@ -6,8 +6,10 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
+from mini_internvl_adapt.cli.common import add_overwrite_argument
 from mini_internvl_adapt.data_format.samples import read_samples
 from mini_internvl_adapt.errors import CliError
+from mini_internvl_adapt.fileio import check_output
 from mini_internvl_adapt.preview import make_preview
 
 
@@ -21,9 +23,11 @@ def cmd_preview(argv: Sequence[str]) -> int:
     parser.add_argument("--n", type=int, default=8, help="number of samples (default 8)")
     parser.add_argument("--columns", type=int, default=2, help="panels per row (default 2)")
     parser.add_argument("--task", help="only samples of this task")
+    add_overwrite_argument(parser, "the picture")
     args = parser.parse_args(argv)
     if args.n < 1 or args.columns < 1:
         parser.error(f"--n and --columns must be at least 1, got {args.n} and {args.columns}")
+    check_output(args.out, "preview", inputs=[args.data], overwrite=args.overwrite)
     samples = read_samples(args.data)
     if args.task:
         chosen = [s for s in samples if s.task == args.task]

@@ -12,6 +12,7 @@ from mini_internvl_adapt.data_format.dataset import (
     Skip,
     write_dataset,
 )
+from mini_internvl_adapt.data_format.free_text import SPECIAL_STRINGS, clean_free_text, special_strings
 from mini_internvl_adapt.data_format.samples import (
     GPT,
     HUMAN,
@@ -23,6 +24,7 @@ from mini_internvl_adapt.data_format.samples import (
     check_unique_ids,
     iter_samples,
     read_samples,
+    resolve_image,
     write_samples,
 )
 from mini_internvl_adapt.data_format.sources import DatasetSource, resolve_sources
@@ -33,6 +35,7 @@ __all__ = [
     "GPT",
     "HUMAN",
     "IMAGE_PLACEHOLDER",
+    "SPECIAL_STRINGS",
     "SYSTEM",
     "VAL_SPLITS",
     "ConversionReport",
@@ -42,10 +45,13 @@ __all__ = [
     "Skip",
     "Turn",
     "check_relative_path",
+    "clean_free_text",
     "check_unique_ids",
     "iter_samples",
     "read_samples",
+    "resolve_image",
     "resolve_sources",
+    "special_strings",
     "write_dataset",
     "write_samples",
 ]

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mini_internvl_adapt.data_format.free_text import clean_free_text, special_strings
 from mini_internvl_adapt.data_format.samples import Sample, write_samples
 from mini_internvl_adapt.fileio import atomic_write_json
 
@@ -27,6 +28,7 @@ class ConversionReport:
 
     `read` and `skipped` count source records (a frame, a DICOM file, a scene ...); a converter
     keeps `read == converted + len(skipped)` where `converted` counts records that produced samples.
+    `rewrites` lists the free text whose template strings were escaped (see `free_text`).
     """
 
     domain: str
@@ -37,6 +39,16 @@ class ConversionReport:
     samples: dict[str, int] = field(default_factory=dict)
     images: int = 0
     details: dict[str, Any] = field(default_factory=dict)
+    rewrites: list[Skip] = field(default_factory=list)
+
+    def free_text(self, text: str, source: str | Path, id: str | None = None) -> str:
+        """`text` from a source with the template's special strings escaped (`clean_free_text`); a
+        rewrite is recorded (source, id and the strings) for report.json."""
+        cleaned, changed = clean_free_text(text)
+        if changed:
+            found = ", ".join(special_strings(text))
+            self.rewrites.append(Skip(str(source), f"special string(s) {found} escaped as '< ...>'", id))
+        return cleaned
 
     def skip(self, source: str | Path, reason: str, id: str | None = None) -> None:
         """Record a skipped record."""
@@ -58,6 +70,8 @@ class ConversionReport:
             "samples": dict(self.samples),
             "images": self.images,
             "skips": [{k: v for k, v in vars(s).items() if v is not None} for s in self.skipped],
+            "rewritten": len(self.rewrites),
+            "rewrites": [{k: v for k, v in vars(s).items() if v is not None} for s in self.rewrites],
             **self.details,
         }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections import Counter
@@ -10,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from mini_internvl_adapt.data_format.source_files import load_json
 from mini_internvl_adapt.errors import DatasetError
 from mini_internvl_adapt.fileio import atomic_write_text
 
@@ -206,8 +208,10 @@ class Sample:
             raise ValueError(f"{n_placeholders} <image> placeholder(s) but {len(self.images)} image(s){hint}")
         for path in self.images:
             check_relative_path(path)
-            if check_files and root is not None and not (root / path).is_file():
-                raise ValueError(f"image file not found: {root / path}")
+            if check_files and root is not None:
+                full = resolve_image(root, path)
+                if not full.is_file():
+                    raise ValueError(f"image file not found: {full}")
 
 
 def check_relative_path(path: str) -> None:
@@ -216,6 +220,40 @@ def check_relative_path(path: str) -> None:
         raise ValueError(f"image path must be relative to the dataset root, got absolute path '{path}'")
     if ".." in PurePosixPath(path.replace("\\", "/")).parts:
         raise ValueError(f"image path escapes the dataset root: '{path}'")
+
+
+def resolve_image(root: str | Path, path: str) -> Path:
+    """``root / path`` for an image path of a sample, refused unless it stays inside `root` once every
+    symlink on the way is followed (a link in ``images/`` to a file elsewhere is not read).
+
+    Args:
+        root: The dataset root.
+        path: The image path as the sample gives it (relative).
+
+    Returns:
+        ``root / path`` (not resolved: messages name the path the sample gives).
+
+    Raises:
+        ValueError: The path is absolute, climbs out with '..', or a symlink leads outside the root.
+    """
+    check_relative_path(path)
+    full = Path(root) / path
+    # The folder part resolved once per folder (cached); the file itself only when it is a link.
+    real = (
+        os.path.realpath(full)
+        if os.path.islink(full)
+        else os.path.join(_real_dir(str(full.parent)), full.name)
+    )
+    if not Path(real).is_relative_to(_real_dir(str(root))):
+        raise ValueError(
+            f"image path '{path}' leads outside the dataset root {root} (through a symlink, to {real})"
+        )
+    return full
+
+
+@functools.lru_cache(maxsize=4096)
+def _real_dir(folder: str) -> str:
+    return os.path.realpath(folder)
 
 
 def iter_samples(
@@ -247,7 +285,7 @@ def iter_samples(
             if not line.strip():
                 continue
             try:
-                obj = json.loads(line)
+                obj = load_json(line, path, number)
             except json.JSONDecodeError as e:
                 raise DatasetError(path, f"bad JSON: {e.msg} (column {e.colno})", number) from None
             try:

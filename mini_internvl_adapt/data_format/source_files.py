@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import io
+import json
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,27 @@ from mini_internvl_adapt.errors import DatasetError
 
 SPLITS = ("train", "val", "test")
 SPLIT_ALIASES = {"validate": "val", "validation": "val", "valid": "val", "dev": "val"}
+
+
+def load_json(text: str | bytes, path: str | Path, line: int | None = None) -> Any:
+    """``json.loads``, with JSON nested too deeply to decode reported as a DatasetError naming the file.
+
+    Python's decoder recurses once per level and gives up (RecursionError) near the recursion limit; a
+    label, annotation or predictions file nested that deeply is no file this package reads.
+
+    Raises:
+        json.JSONDecodeError: Bad JSON (each caller names file and line in its own words).
+        DatasetError: Nesting deeper than the decoder can follow; names the file (and line).
+    """
+    try:
+        return json.loads(text)
+    except RecursionError:
+        limit = sys.getrecursionlimit()
+        raise DatasetError(
+            path,
+            f"JSON nested too deeply to read (about {limit} levels or more, Python's recursion limit)",
+            line,
+        ) from None
 
 
 def read_text(path: Path) -> str:

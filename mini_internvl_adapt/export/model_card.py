@@ -372,6 +372,8 @@ def render_model_card(info: CardInfo) -> str:
         "qlora": "QLoRA (4-bit NF4 base, LoRA adapters)",
         "full": "full fine-tuning",
     }.get(info.method, info.method)
+    if info.hyperparameters.get("train.objective") == "mpo":  # preference optimization after SFT
+        method += " with Mixed Preference Optimization (MPO) on preference pairs"
     if info.method == "full":
         form = "the fine-tuned weights themselves (a plain transformers model)"
     else:

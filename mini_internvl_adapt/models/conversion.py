@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import json
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -219,17 +219,23 @@ def convert_original_config(config: dict, image_token_id: int) -> InternVLConfig
     )
 
 
+def _internlm2_wqkv_part(
+    tensor: Tensor, role: int, num_heads: int, num_kv_heads: int, head_dim: int
+) -> Tensor:
+    """One of q (role 0), k (1) or v (2) from InternLM2's grouped wqkv (rows: kv_head, groups + k + v, head_dim)."""
+    groups = num_heads // num_kv_heads
+    rest = tensor.shape[1:]  # (hidden,) for weights, () for biases
+    grouped = tensor.reshape(num_kv_heads, groups + 2, head_dim, *rest)
+    piece = grouped[:, :groups] if role == 0 else grouped[:, groups + role - 1]
+    return piece.reshape(-1, *rest).contiguous()
+
+
 def _split_internlm2_wqkv(
     tensor: Tensor, num_heads: int, num_kv_heads: int, head_dim: int
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Split InternLM2's grouped wqkv: rows are (kv_head, n_kv_groups q heads + k + v, head_dim)."""
-    groups = num_heads // num_kv_heads
-    rest = tensor.shape[1:]  # (hidden,) for weights, () for biases
-    grouped = tensor.reshape(num_kv_heads, groups + 2, head_dim, *rest)
-    q = grouped[:, :groups].reshape(num_heads * head_dim, *rest)
-    k = grouped[:, groups].reshape(num_kv_heads * head_dim, *rest)
-    v = grouped[:, groups + 1].reshape(num_kv_heads * head_dim, *rest)
-    return q.contiguous(), k.contiguous(), v.contiguous()
+    q, k, v = (_internlm2_wqkv_part(tensor, role, num_heads, num_kv_heads, head_dim) for role in range(3))
+    return q, k, v
 
 
 def _fuse_internlm2_wqkv(q: Tensor, k: Tensor, v: Tensor, num_heads: int, num_kv_heads: int) -> Tensor:
@@ -251,65 +257,114 @@ def _head_counts(config: Mapping[str, Any]) -> tuple[int, int, int]:
     return num_heads, num_kv_heads, head_dim
 
 
-def _convert_vision_key(key: str, tensor: Tensor, out: dict[str, Tensor]) -> bool:
+# Where a converted tensor comes from: (original key, part), part None for a renamed tensor, else the function
+# that cuts it from a fused one.
+Source = tuple[str, Callable[[Tensor], Tensor] | None]
+
+
+def _qkv_chunk(index: int) -> Callable[[Tensor], Tensor]:
+    """Part `index` (q, k, v) of InternViT's fused qkv rows."""
+    return lambda tensor: tensor.chunk(3, dim=0)[index].contiguous()
+
+
+def _wqkv_role(role: int, config: Mapping[str, Any]) -> Callable[[Tensor], Tensor]:
+    """Part `role` (q, k, v) of InternLM2's grouped wqkv."""
+    heads = _head_counts(config)
+    return lambda tensor: _internlm2_wqkv_part(tensor, role, *heads)
+
+
+def _vision_sources(key: str, source: str) -> dict[str, Source] | None:
+    """The HF keys an InternViT key (without ``vision_model.``) becomes; None for an unknown key."""
     if key in _VISION_EMBED_RENAMES:
-        out[_HF_PREFIX_VISION + _VISION_EMBED_RENAMES[key]] = tensor
-        return True
+        return {_HF_PREFIX_VISION + _VISION_EMBED_RENAMES[key]: (source, None)}
     match = re.fullmatch(r"encoder\.layers\.(\d+)\.(.+)\.(weight|bias)|encoder\.layers\.(\d+)\.(ls[12])", key)
     if not match:
-        return False
+        return None
     if match.group(5):  # layer scale parameters have no .weight suffix
-        out[f"{_HF_PREFIX_VISION}encoder.layer.{match.group(4)}.{_VISION_LAYER_RENAMES[match.group(5)]}"] = (
-            tensor
-        )
-        return True
+        name = f"{_HF_PREFIX_VISION}encoder.layer.{match.group(4)}.{_VISION_LAYER_RENAMES[match.group(5)]}"
+        return {name: (source, None)}
     index, module, kind = match.group(1), match.group(2), match.group(3)
     prefix = f"{_HF_PREFIX_VISION}encoder.layer.{index}."
     if module == "attn.qkv":
-        for name, part in zip(("q_proj", "k_proj", "v_proj"), tensor.chunk(3, dim=0)):
-            out[f"{prefix}attention.{name}.{kind}"] = part.contiguous()
-        return True
+        names = ("q_proj", "k_proj", "v_proj")
+        return {f"{prefix}attention.{name}.{kind}": (source, _qkv_chunk(i)) for i, name in enumerate(names)}
     if module in _VISION_LAYER_RENAMES:
-        out[f"{prefix}{_VISION_LAYER_RENAMES[module]}.{kind}"] = tensor
-        return True
-    return False
+        return {f"{prefix}{_VISION_LAYER_RENAMES[module]}.{kind}": (source, None)}
+    return None
 
 
-def _convert_llm_key(key: str, tensor: Tensor, family: str, config: Mapping[str, Any], out: dict) -> bool:
+def _llm_sources(key: str, source: str, family: str, config: Mapping[str, Any]) -> dict[str, Source] | None:
+    """The HF keys an LLM key (without ``language_model.``) becomes ({} to drop it); None for an unknown key."""
     if key.endswith("rotary_emb.inv_freq"):
-        return True  # a recomputed buffer some checkpoints carry: drop it
+        return {}  # a recomputed buffer some checkpoints carry: drop it
     if family != "internlm2":
         if key.startswith("model."):
-            out[_HF_PREFIX_LLM + key[len("model.") :]] = tensor
-            return True
-        if key.startswith("lm_head."):
-            out[key] = tensor
-            return True
-        return False
-    if key == "output.weight":
-        out["lm_head.weight"] = tensor
-        return True
-    if key == "model.tok_embeddings.weight":
-        out[_HF_PREFIX_LLM + "embed_tokens.weight"] = tensor
-        return True
-    if key == "model.norm.weight":
-        out[_HF_PREFIX_LLM + "norm.weight"] = tensor
-        return True
+            return {_HF_PREFIX_LLM + key[len("model.") :]: (source, None)}
+        return {key: (source, None)} if key.startswith("lm_head.") else None
+    renamed = {
+        "output.weight": "lm_head.weight",
+        "model.tok_embeddings.weight": _HF_PREFIX_LLM + "embed_tokens.weight",
+        "model.norm.weight": _HF_PREFIX_LLM + "norm.weight",
+    }
+    if key in renamed:
+        return {renamed[key]: (source, None)}
     match = re.fullmatch(r"model\.layers\.(\d+)\.(.+)\.(weight|bias)", key)
     if not match:
-        return False
+        return None
     index, module, kind = match.groups()
     prefix = f"{_HF_PREFIX_LLM}layers.{index}."
     if module == "attention.wqkv":
-        q, k, v = _split_internlm2_wqkv(tensor, *_head_counts(config))
-        out[f"{prefix}self_attn.q_proj.{kind}"] = q
-        out[f"{prefix}self_attn.k_proj.{kind}"] = k
-        out[f"{prefix}self_attn.v_proj.{kind}"] = v
-        return True
+        names = ("q_proj", "k_proj", "v_proj")
+        return {
+            f"{prefix}self_attn.{name}.{kind}": (source, _wqkv_role(i, config))
+            for i, name in enumerate(names)
+        }
     if module in _INTERNLM2_LAYER_RENAMES:
-        out[f"{prefix}{_INTERNLM2_LAYER_RENAMES[module]}.{kind}"] = tensor
-        return True
-    return False
+        return {f"{prefix}{_INTERNLM2_LAYER_RENAMES[module]}.{kind}": (source, None)}
+    return None
+
+
+def original_to_hf_plan(keys: Iterable[str], config: Mapping[str, Any]) -> dict[str, Source]:
+    """Where each weight of InternVLForConditionalGeneration comes from in an original-layout checkpoint.
+
+    Decided from the keys alone, so a loader can read and convert one tensor at a time (models.loading) and
+    keep no converted state dict beside the model.
+
+    Args:
+        keys: The checkpoint's keys (``vision_model.``, ``mlp1.``, ``language_model.``).
+        config: The original config.json (decides the LLM family and InternLM2's head counts).
+
+    Returns:
+        ``{hf key: (original key, part)}`` in checkpoint order: part is None for a renamed tensor, else the
+        function cutting the piece from a fused tensor (InternViT's qkv, InternLM2's wqkv). A missing lm_head
+        (tied LLMs) comes from the input embeddings.
+
+    Raises:
+        ValueError: Listing keys that match no known pattern (nothing is dropped silently).
+    """
+    family = original_llm_family(config)
+    plan: dict[str, Source] = {}
+    unknown: list[str] = []
+    for key in keys:
+        found: dict[str, Source] | None = None
+        if key.startswith("vision_model."):
+            found = _vision_sources(key[len("vision_model.") :], key)
+        elif key.startswith("mlp1."):
+            index, _, kind = key[len("mlp1.") :].partition(".")
+            if index in _PROJECTOR_RENAMES:
+                found = {f"{_HF_PREFIX_PROJECTOR}{_PROJECTOR_RENAMES[index]}.{kind}": (key, None)}
+        elif key.startswith("language_model."):
+            found = _llm_sources(key[len("language_model.") :], key, family, config)
+        if found is None:
+            unknown.append(key)
+        else:
+            plan.update(found)
+    if unknown:
+        shown = ", ".join(unknown[:8]) + (f" ... ({len(unknown)} in all)" if len(unknown) > 8 else "")
+        raise ValueError(f"unknown keys in an original-layout ({family}) checkpoint: {shown}")
+    if "lm_head.weight" not in plan and _HF_PREFIX_LLM + "embed_tokens.weight" in plan:
+        plan["lm_head.weight"] = plan[_HF_PREFIX_LLM + "embed_tokens.weight"]
+    return plan
 
 
 def convert_original_state_dict(state_dict: Mapping[str, Tensor], config: dict) -> dict[str, Tensor]:
@@ -326,29 +381,10 @@ def convert_original_state_dict(state_dict: Mapping[str, Tensor], config: dict) 
     Raises:
         ValueError: Listing keys that match no known pattern (nothing is dropped silently).
     """
-    family = original_llm_family(config)
-    out: dict[str, Tensor] = {}
-    unknown: list[str] = []
-    for key, tensor in state_dict.items():
-        if key.startswith("vision_model."):
-            ok = _convert_vision_key(key[len("vision_model.") :], tensor, out)
-        elif key.startswith("mlp1."):
-            index, _, kind = key[len("mlp1.") :].partition(".")
-            ok = index in _PROJECTOR_RENAMES
-            if ok:
-                out[f"{_HF_PREFIX_PROJECTOR}{_PROJECTOR_RENAMES[index]}.{kind}"] = tensor
-        elif key.startswith("language_model."):
-            ok = _convert_llm_key(key[len("language_model.") :], tensor, family, config, out)
-        else:
-            ok = False
-        if not ok:
-            unknown.append(key)
-    if unknown:
-        shown = ", ".join(unknown[:8]) + (f" ... ({len(unknown)} in all)" if len(unknown) > 8 else "")
-        raise ValueError(f"unknown keys in an original-layout ({family}) checkpoint: {shown}")
-    if "lm_head.weight" not in out and _HF_PREFIX_LLM + "embed_tokens.weight" in out:
-        out["lm_head.weight"] = out[_HF_PREFIX_LLM + "embed_tokens.weight"]
-    return out
+    return {
+        name: part(state_dict[source]) if part is not None else state_dict[source]
+        for name, (source, part) in original_to_hf_plan(state_dict, config).items()
+    }
 
 
 # --------------------------------------------------------------------------------------------------

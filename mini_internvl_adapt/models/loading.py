@@ -7,20 +7,31 @@ device_map and a quantization config (bitsandbytes 4/8-bit) work exactly as for 
 
 from __future__ import annotations
 
+import collections
+import ctypes
 import json
+import mmap
+import sys
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import InternVLConfig, InternVLForConditionalGeneration, PreTrainedTokenizerBase
+from transformers import (
+    GenerationConfig,
+    InternVLConfig,
+    InternVLForConditionalGeneration,
+    PreTrainedTokenizerBase,
+)
 
 from mini_internvl_adapt.errors import MissingWeightsError, ModelUnavailableError
 from mini_internvl_adapt.models.conversion import (
     convert_original_config,
-    convert_original_state_dict,
     detect_layout,
     original_llm_family,
+    original_to_hf_plan,
 )
 from mini_internvl_adapt.models.info import SIDECAR, ModelInfo
 from mini_internvl_adapt.models.published import get_published, hub_offline, resolve_published
@@ -213,14 +224,13 @@ def no_safetensors(path: Path) -> MissingWeightsError:
     )
 
 
-def load_original_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """All tensors of an original-layout folder: model.safetensors or the shards of its index.
+def weight_files(path: Path) -> list[Path]:
+    """The safetensors files of a checkpoint folder: the shards its index names, or model.safetensors.
 
     Raises:
-        FileNotFoundError: When there are no safetensors weights (pickled .bin files are refused).
+        MissingWeightsError: When there are no safetensors weights (pickled .bin files are refused).
+        FileNotFoundError: For a shard the index names but the folder lacks.
     """
-    from safetensors.torch import load_file
-
     path = Path(path)
     index = path / "model.safetensors.index.json"
     if index.is_file():
@@ -230,13 +240,196 @@ def load_original_state_dict(path: Path) -> dict[str, torch.Tensor]:
         files = ["model.safetensors"]
     else:
         raise no_safetensors(path)
-    state: dict[str, torch.Tensor] = {}
     for name in files:
-        shard = path / name
-        if not shard.is_file():
+        if not (path / name).is_file():
             raise FileNotFoundError(f"{path}: shard {name} listed in model.safetensors.index.json is missing")
+    return [path / name for name in files]
+
+
+def load_original_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """All tensors of an original-layout folder: model.safetensors or the shards of its index.
+
+    Raises:
+        FileNotFoundError: When there are no safetensors weights (pickled .bin files are refused).
+    """
+    from safetensors.torch import load_file
+
+    state: dict[str, torch.Tensor] = {}
+    for shard in weight_files(path):
         state.update(load_file(str(shard)))
     return state
+
+
+class _PageRelease:
+    """Gives back the pages of mapped checkpoint tensors once they have been converted (``MADV_DONTNEED``).
+
+    A load that casts, quantizes or moves the weights reads each tensor from the mapped files; the pages it read
+    would stay resident until the load ends, the whole checkpoint beside the model. Each read is released a few
+    reads later (transformers converts up to four tensors at once on its threads). The mappings are private and
+    never written, so a page given back too early is only read from the file again, never wrong.
+    """
+
+    LAG = 8
+
+    def __init__(self) -> None:
+        self.pending: collections.deque[tuple[int, int]] = collections.deque()
+        self.lock = threading.Lock()
+        self.page = mmap.PAGESIZE
+        self.libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+
+    def read(self, tensor: torch.Tensor) -> None:
+        """Note a tensor just read; release the pages of those read `LAG` reads ago."""
+        if self.libc is None:
+            return
+        with self.lock:
+            self.pending.append((tensor.data_ptr(), tensor.untyped_storage().nbytes()))
+            while len(self.pending) > self.LAG:
+                self._release(*self.pending.popleft())
+
+    def _release(self, start: int, size: int) -> None:
+        first = -(-start // self.page) * self.page  # whole pages inside the tensor only
+        last = (start + size) // self.page * self.page
+        if last > first and self.libc is not None:
+            self.libc.madvise(ctypes.c_void_p(first), ctypes.c_size_t(last - first), 4)  # MADV_DONTNEED
+
+
+class _SharedRead:
+    """One checkpoint tensor read once for the parts cut from it (InternViT's qkv, InternLM2's wqkv), and let
+    go when the last part has taken it; transformers may materialize the parts from several threads."""
+
+    def __init__(self, piece: Any, uses: int, release: _PageRelease | None) -> None:
+        self.piece, self.uses, self.release = piece, uses, release
+        self.tensor: torch.Tensor | None = None
+        self.lock = threading.Lock()
+
+    def take(self) -> torch.Tensor:
+        with self.lock:
+            tensor = self.tensor
+            if tensor is None:
+                tensor = self.piece[...]
+                if self.release is not None:
+                    self.release.read(tensor)
+            self.uses -= 1
+            self.tensor = tensor if self.uses > 0 else None
+            return tensor
+
+
+class LazyWeight:
+    """A weight that transformers reads when it loads it, as it reads its own safetensors slices (``weight[...]``).
+
+    Passed to ``from_pretrained(None, state_dict=...)``, it lets transformers cast (or quantize) one tensor at a time
+    and keep nothing of the checkpoint beside the model; `part` cuts it from a fused tensor (models.conversion).
+    """
+
+    def __init__(
+        self, source: _SharedRead, part: Callable[[torch.Tensor], torch.Tensor] | None = None
+    ) -> None:
+        self.source, self.part = source, part
+
+    def __getitem__(self, index: Any) -> torch.Tensor:
+        tensor = self.source.take()
+        return (self.part(tensor) if self.part is not None else tensor)[index]
+
+
+_FLOAT_DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64}
+
+
+def _load_converts(files: list[Path], dtype: torch.dtype, quantization_config: Any, device_map: Any) -> bool:
+    """Whether a load casts, quantizes or moves the weights (then the pages it reads are given back as it goes).
+
+    Otherwise the mapped files themselves become the model's weights (no copy at all). A load that converts
+    from mapped files would keep every file page it read resident until the load ends: a second model.
+    """
+    from safetensors import safe_open
+
+    if quantization_config is not None or device_map not in (None, "cpu", {"": "cpu"}):
+        return True
+    for file in files:
+        with safe_open(str(file), framework="pt") as handle:
+            for key in handle.keys():  # noqa: SIM118 - safe_open has keys(), not iteration
+                if _FLOAT_DTYPES.get(handle.get_slice(key).get_dtype(), dtype) != dtype:
+                    return True
+    return False
+
+
+def lazy_state_dict(path: Path, *, original: dict | None, converts: bool) -> dict[str, LazyWeight]:
+    """A checkpoint's weights as `LazyWeight` s: converted key by key from the original layout when `original` (its
+    config.json) is given, else under their own (HF-layout) keys.
+
+    Args:
+        path: The checkpoint folder.
+        original: The original config.json, or None for an HF-layout folder.
+        converts: Whether the load casts, quantizes or moves the weights (see `_load_converts`): then the pages of
+            each tensor read are given back once it is converted. Otherwise the mapped tensors become the model's
+            weights (they stay valid after the files are closed).
+
+    Raises:
+        ValueError: For original-layout keys that match no known pattern.
+    """
+    from safetensors import safe_open
+
+    handles = [safe_open(str(f), framework="pt") for f in weight_files(path)]
+    where = {key: handle for handle in handles for key in handle.keys()}  # noqa: SIM118 - no iteration
+    plan = original_to_hf_plan(where, original) if original is not None else {k: (k, None) for k in where}
+    uses: dict[str, int] = {}
+    for source, _ in plan.values():
+        uses[source] = uses.get(source, 0) + 1
+    release = _PageRelease() if converts else None
+    reads = {source: _SharedRead(where[source].get_slice(source), n, release) for source, n in uses.items()}
+    return {name: LazyWeight(reads[source], part) for name, (source, part) in plan.items()}
+
+
+def _load_weights(
+    path: Path,
+    layout: str,
+    image_token_id: int,
+    dtype: torch.dtype,
+    quantization_config: Any,
+    device_map: Any,
+) -> tuple[Any, dict[str, Any]]:
+    """`from_pretrained` of either layout, straight into the final dtype, quantization and device.
+
+    A load that needs no conversion maps the files (transformers' own load for the HF layout); any other reads
+    one tensor at a time through `lazy_state_dict`, so nothing of the checkpoint is held beside the model.
+    """
+    dtype = torch.get_default_dtype() if dtype is None else dtype  # what from_pretrained takes None for
+    common = {"dtype": dtype, "quantization_config": quantization_config, "device_map": device_map}
+    common = {k: v for k, v in common.items() if v is not None}
+    raw = json.loads((path / "config.json").read_text(encoding="utf-8")) if layout == "original" else None
+    if raw is None:
+        if not any(path.glob("*.safetensors")) and not (path / "model.safetensors.index.json").is_file():
+            raise no_safetensors(path)  # transformers would say so in an OSError of its own wording
+        config = InternVLConfig.from_pretrained(str(path))
+        config.image_token_id = image_token_id
+        try:
+            converts = _load_converts(weight_files(path), dtype, quantization_config, device_map)
+        except FileNotFoundError:  # shards without an index: transformers' own load says what is wrong
+            converts = False
+        if not converts:
+            return InternVLForConditionalGeneration.from_pretrained(
+                str(path),
+                config=config,
+                use_safetensors=True,
+                local_files_only=True,
+                output_loading_info=True,
+                **common,
+            )
+        state = lazy_state_dict(path, original=None, converts=True)
+    else:
+        try:
+            config = convert_original_config(raw, image_token_id)
+            converts = _load_converts(weight_files(path), dtype, quantization_config, device_map)
+            state = lazy_state_dict(path, original=raw, converts=converts)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from exc
+    model, report = InternVLForConditionalGeneration.from_pretrained(
+        None, config=config, state_dict=state, output_loading_info=True, **common
+    )
+    if raw is None:  # what from_pretrained(path) records and reads besides the weights
+        model.name_or_path = model.config.name_or_path = str(path)
+        if (path / "generation_config.json").is_file():
+            model.generation_config = GenerationConfig.from_pretrained(str(path))
+    return model, report
 
 
 def load_model(
@@ -266,37 +459,7 @@ def load_model(
     layout = detect_layout(path)
     tokenizer = load_tokenizer(path)
     image_token_id = int(tokenizer.convert_tokens_to_ids(IMG_CONTEXT))  # type: ignore[arg-type]
-    common: dict[str, Any] = {
-        "dtype": dtype,
-        "quantization_config": quantization_config,
-        "device_map": device_map,
-    }
-    common = {k: v for k, v in common.items() if v is not None}
-    if layout == "hf":
-        if not any(path.glob("*.safetensors")) and not (path / "model.safetensors.index.json").is_file():
-            raise no_safetensors(path)  # transformers would say so in an OSError of its own wording
-        config = InternVLConfig.from_pretrained(str(path))
-        config.image_token_id = image_token_id
-        loaded: Any = InternVLForConditionalGeneration.from_pretrained(
-            str(path),
-            config=config,
-            use_safetensors=True,
-            local_files_only=True,
-            output_loading_info=True,
-            **common,
-        )
-    else:
-        raw = json.loads((path / "config.json").read_text(encoding="utf-8"))
-        try:
-            config = convert_original_config(raw, image_token_id)
-            state = convert_original_state_dict(load_original_state_dict(path), raw)
-        except ValueError as exc:
-            raise ValueError(f"{path}: {exc}") from exc
-        loaded = InternVLForConditionalGeneration.from_pretrained(
-            None, config=config, state_dict=state, output_loading_info=True, **common
-        )
-        del state
-    model, report = loaded
+    model, report = _load_weights(path, layout, image_token_id, dtype, quantization_config, device_map)
     # Every weight must come from the checkpoint: a gap would silently stay random.
     missing = sorted(report.get("missing_keys") or [])
     if missing:

@@ -1,6 +1,7 @@
 """Fine-tuning under Lightning: the recipe (config), the data module, the task, callbacks and the run.
 
-The names users call are importable from here: `run_training`, the config API, and `load_run_model`
+The names users call are importable from here: `run_training` (and `run_mpo_training` for
+``train.objective: mpo``), the config API, and `load_run_model`
 (which lives with the run folder, in `mini_internvl_adapt.runs`). They resolve on first use, so importing
 one submodule (the config, for `adapt --help` of a command) does not import the rest.
 """
@@ -12,6 +13,7 @@ from typing import Any
 
 _WHERE = {
     "run_training": "mini_internvl_adapt.training.run",
+    "run_mpo_training": "mini_internvl_adapt.training.mpo_run",
     "load_run_model": "mini_internvl_adapt.runs",
     **{
         name: "mini_internvl_adapt.training.config"

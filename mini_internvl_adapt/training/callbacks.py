@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import tempfile
 import time
 from collections.abc import Sequence
@@ -33,10 +34,11 @@ class LastCheckpoint(pl.Callback):
     completed it (the first to see the new global_step).
     """
 
-    def __init__(self, run: Path, every: int) -> None:
+    def __init__(self, run: Path, every: int, memory: PhaseMemory | None = None) -> None:
         self.path = run / LAST_CHECKPOINT
         self.every = max(1, every)
         self.saved_step = -1
+        self.memory = memory
 
     def on_train_start(self, trainer: pl.Trainer, module: Any) -> None:
         # A resumed run starts on the step its checkpoint already holds.
@@ -51,6 +53,8 @@ class LastCheckpoint(pl.Callback):
             self.saved_step = step
             # weights_only=False: the full training state (and no log line on every save).
             trainer.save_checkpoint(self.path, weights_only=False)
+            if self.memory is not None:
+                self.memory.close("checkpoint_save")
 
 
 class Throughput(pl.Callback):
@@ -158,3 +162,71 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+
+# Writing "5" here resets the process's peak resident memory (VmHWM, ru_maxrss) to its current size (Linux >= 4.0).
+_PEAK_RESET = Path("/proc/self/clear_refs")
+
+
+def _status_bytes(field: str) -> int | None:
+    """A ``kB`` field of /proc/self/status in bytes (None off Linux)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+class PhaseMemory(pl.Callback):
+    """Peak resident memory (and CUDA memory) per phase of a run: summary.json's ``peak_memory_by_phase``.
+
+    `close(phase)` ends a phase: its peak is the high-water mark since the previous close, which is then reset
+    (``/proc/self/clear_refs``), so each phase's peak is its own. Where the reset is refused the peak is the
+    process's so far (``exact`` False). A phase closed several times (steps, checkpoints) keeps its worst.
+    `run.py` closes ``startup``, ``load`` and ``wrap``; this callback ``first_step`` and ``steady_steps``;
+    `LastCheckpoint` ``checkpoint_save``; `run.py` ``final_save``.
+    """
+
+    def __init__(self) -> None:
+        self.phases: dict[str, dict[str, int]] = {}
+        self.peak_rss = self.peak_gpu = 0
+        self.exact = True
+        self._start = 0  # the global step this session started on (a resumed run's)
+        self._step: int | None = None  # the global step the last closed step ended on
+
+    def _gpu(self) -> bool:
+        return torch.cuda.is_available() and torch.cuda.is_initialized()
+
+    def close(self, phase: str) -> None:
+        """End `phase` now (its peak is the high-water mark since the last close) and start the next one."""
+        hwm = _status_bytes("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        row = self.phases.setdefault(phase, {"peak_rss_bytes": 0, "count": 0})
+        row["peak_rss_bytes"] = max(row["peak_rss_bytes"], hwm)
+        row["rss_end_bytes"] = _status_bytes("VmRSS") or hwm
+        row["count"] += 1
+        self.peak_rss = max(self.peak_rss, hwm)
+        if self._gpu():
+            gpu = int(torch.cuda.max_memory_allocated())
+            row["gpu_peak_allocated_bytes"] = max(row.get("gpu_peak_allocated_bytes", 0), gpu)
+            self.peak_gpu = max(self.peak_gpu, gpu)
+            torch.cuda.reset_peak_memory_stats()
+        if self.exact:
+            try:
+                _PEAK_RESET.write_text("5")
+            except OSError:
+                self.exact = False
+
+    def on_train_start(self, trainer: pl.Trainer, module: Any) -> None:
+        self._start = trainer.global_step
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        # With gradient accumulation a step ends on the micro-batch that moved global_step.
+        if trainer.global_step != (self._start if self._step is None else self._step):
+            self.close("steady_steps" if self._step is not None else "first_step")
+            self._step = trainer.global_step
+
+    def to_json(self) -> dict[str, Any]:
+        """The phases in order, with whether their peaks are their own (``exact``)."""
+        return {"exact": self.exact, **self.phases}

@@ -72,32 +72,38 @@ def token_weights(
     return torch.where(trained, weight, torch.zeros_like(weight))
 
 
-def weighted_loss_terms(
-    logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The weighted sum of the shifted token losses and the sum of their weights.
+def predicted_labels(labels: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The label each position predicts and that label's weight: the official one-token shift.
 
-    Token t's logits predict label t + 1 with that label's weight, as the official weighted loss shifts them; the
-    cross-entropy is computed (in float32) only where a weight is non-zero.
+    Position t's logits predict label t + 1 with the weight of label t + 1; the last position of a row predicts
+    nothing (ignored, weight 0).
 
     Args:
-        logits: (batch, length, vocab) logits.
         labels: (batch, length) labels (not shifted).
         weights: (batch, length) weights from `token_weights`.
 
     Returns:
-        (weighted sum of the token losses, sum of the weights), both scalars.
+        (targets, weights), both (batch, length), aligned with the predicting positions.
     """
-    # Aligned with the predicting positions: the last position of a row predicts nothing.
-    weight = F.pad(weights[:, 1:], (0, 1)).reshape(-1)
-    targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX).reshape(-1)
-    where = weight.nonzero().squeeze(1)
-    losses = F.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]).index_select(0, where).float(),
-        targets.index_select(0, where),
-        reduction="none",
-    )
-    return (losses * weight.index_select(0, where)).sum(), weight.sum()
+    targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
+    return targets, F.pad(weights[:, 1:], (0, 1))
+
+
+def weighted_cross_entropy(
+    logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor
+) -> torch.Tensor:
+    """The weighted sum of token losses, computed in float32.
+
+    Args:
+        logits: (tokens, vocab) logits of the predicting positions that carry a weight (the model gives only
+            those rows with a boolean ``logits_to_keep``).
+        targets: (tokens,) the labels they predict.
+        weights: (tokens,) their weights.
+
+    Returns:
+        The scalar sum of weight x cross-entropy.
+    """
+    return (F.cross_entropy(logits.float(), targets, reduction="none") * weights).sum()
 
 
 def reduced_loss(

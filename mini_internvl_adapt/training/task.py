@@ -16,9 +16,10 @@ from mini_internvl_adapt.errors import NonFiniteLossError
 from mini_internvl_adapt.processing.transform import IGNORE_INDEX
 from mini_internvl_adapt.training.loss import (
     LOSS_REDUCTIONS,
+    predicted_labels,
     reduced_loss,
     token_weights,
-    weighted_loss_terms,
+    weighted_cross_entropy,
 )
 from mini_internvl_adapt.tuning import TuningConfig, parameter_groups
 
@@ -125,9 +126,11 @@ class InternVLTask(pl.LightningModule):
         self.seen_ids: list[str] = []  # this session's training samples, in order (DDP diagnostics)
         self._val_totals = torch.zeros(2, dtype=torch.float64)
 
-    def forward(self, batch: dict[str, Any], *, with_labels: bool = True) -> Any:
+    def forward(self, batch: dict[str, Any], *, with_labels: bool = True, logits_to_keep: Any = None) -> Any:
         keys = ("input_ids", "attention_mask", "labels") if with_labels else ("input_ids", "attention_mask")
         inputs = {k: batch[k] for k in keys}
+        if logits_to_keep is not None:
+            inputs["logits_to_keep"] = logits_to_keep
         if batch.get("position_ids") is not None:
             # Packs: no mask, positions restart per sample; transformers derives the per-sample attention
             # from the positions only when no KV cache is being built.
@@ -142,6 +145,17 @@ class InternVLTask(pl.LightningModule):
             inputs["pixel_values"] = pixel_values
         return self.model(**inputs)
 
+    def token_loss(self, batch: dict[str, Any]) -> torch.Tensor:
+        """The model's own loss, the mean over labelled tokens, with logits only where a label is predicted.
+
+        Image tokens and the prompt carry no label: projecting them onto the vocabulary (151k for Qwen2) would
+        be most of a step's activation memory, for nothing (ms-swift's ``logits_to_keep`` does the same).
+        """
+        targets = torch.nn.functional.pad(batch["labels"][..., 1:], (0, 1), value=IGNORE_INDEX)
+        keep = targets != IGNORE_INDEX
+        logits = self(batch, with_labels=False, logits_to_keep=keep).logits  # (labelled tokens, vocabulary)
+        return torch.nn.functional.cross_entropy(logits.float(), targets[keep])
+
     def _ranks_mean(self) -> Any:
         """Averages a tensor over the ranks (None with one process or without the all-gather normaliser)."""
         if not self.loss_all_gather or self.trainer.world_size <= 1:
@@ -153,16 +167,18 @@ class InternVLTask(pl.LightningModule):
         """This rank's loss of a micro-batch under the configured reduction (see `training.loss`)."""
         mean_over_ranks = self._ranks_mean()
         if self.loss_reduction == "token":
-            loss = self(batch).loss  # the model's own token mean: the default path stays as fast as it was
+            loss = self.token_loss(batch)  # the model's own token mean: the default path stays the fastest
             if mean_over_ranks is None:
                 return loss
             # Officially the token sum over the ranks' mean token count: the mean rescaled by n / mean(n).
             count = (batch["labels"][..., 1:] != IGNORE_INDEX).sum().to(torch.float32)
             return loss * count / mean_over_ranks(count).clamp_min(torch.finfo(torch.float32).tiny)
-        logits = self(batch, with_labels=False).logits
         weights = token_weights(batch["labels"], batch.get("position_ids"), self.loss_reduction)
-        weighted_sum, weight_sum = weighted_loss_terms(logits, batch["labels"], weights)
-        return reduced_loss(weighted_sum, weight_sum, mean_over_ranks)
+        targets, weights = predicted_labels(batch["labels"], weights)
+        keep = weights > 0  # logits only where a weighted label is predicted, as in token_loss
+        logits = self(batch, with_labels=False, logits_to_keep=keep).logits  # (kept tokens, vocabulary)
+        weighted_sum = weighted_cross_entropy(logits, targets[keep], weights[keep])
+        return reduced_loss(weighted_sum, weights.sum(), mean_over_ranks)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss = self.training_loss(batch)
@@ -213,7 +229,7 @@ class InternVLTask(pl.LightningModule):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         # Every rank runs every batch (FSDP's forward gathers weights across ranks), padding copies too;
         # their labels are all ignored (data.InternVLDataModule), so they add no tokens to the sums.
-        loss = self(batch).loss
+        loss = self.token_loss(batch)
         tokens = int((batch["labels"][..., 1:] != IGNORE_INDEX).sum())
         if tokens:
             self._val_totals += torch.stack(
