@@ -80,14 +80,16 @@ def test_ddp_two_cpu_processes_shard_data_and_stay_in_sync(tmp_path: Path) -> No
 
 
 class _LossModel(nn.Module):
-    """Stands in for the InternVL model: a finite loss from one weight."""
+    """Stands in for the InternVL model: finite logits (and loss) from one weight."""
 
     def __init__(self) -> None:
         super().__init__()
         self.w = nn.Parameter(torch.ones(1))
 
     def forward(self, **inputs: Any) -> SimpleNamespace:
-        return SimpleNamespace(loss=self.w.sum() * 2)
+        keep = inputs.get("logits_to_keep")  # the kept positions' logits only, as transformers gives them
+        rows = int(keep.sum()) if keep is not None else inputs["input_ids"].numel()
+        return SimpleNamespace(loss=self.w.sum() * 2, logits=self.w * torch.ones(rows, 3))
 
 
 class _Strategy:
@@ -129,17 +131,17 @@ def test_ddp_nan_on_one_rank_stops_every_rank_with_the_message(tmp_path: Path) -
             """
             import os, sys
             from mini_internvl_adapt.training import task as task_mod
-            from mini_internvl_adapt.training import train_main
+            from mini_internvl_adapt.cli.train import train_main
 
-            original = task_mod.InternVLTask.forward
+            original = task_mod.InternVLTask.training_loss
 
-            def forward(self, batch):
-                out = original(self, batch)
-                if self.trainer.global_rank == 1 and self.global_step == 2 and self.training:
-                    out.loss = out.loss * float("nan")
-                return out
+            def training_loss(self, batch):
+                loss = original(self, batch)
+                if self.trainer.global_rank == 1 and self.global_step == 2:
+                    loss = loss * float("nan")
+                return loss
 
-            task_mod.InternVLTask.forward = forward
+            task_mod.InternVLTask.training_loss = training_loss
             rc = train_main(sys.argv[1:])
             print(f"RANK-EXIT {os.environ.get('LOCAL_RANK', '0')} rc={rc}", file=sys.stderr, flush=True)
             sys.exit(rc)

@@ -216,15 +216,13 @@ def test_nan_loss_stops_with_step_and_sample_ids(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     data = make_dataset(tmp_path / "data", n_val=0)
-    original = task_mod.InternVLTask.forward
+    original = task_mod.InternVLTask.training_loss
 
     def poisoned(self, batch):  # the loss of any batch holding d5 becomes NaN
-        out = original(self, batch)
-        if "d5" in batch["ids"]:
-            out.loss = out.loss * float("nan")
-        return out
+        loss = original(self, batch)
+        return loss * float("nan") if "d5" in batch["ids"] else loss
 
-    monkeypatch.setattr(task_mod.InternVLTask, "forward", poisoned)
+    monkeypatch.setattr(task_mod.InternVLTask, "training_loss", poisoned)
     assert _train("lora", data, tmp_path / "run", "--max-steps", "8", "train.batch_size=1") == 1
     err = capsys.readouterr().err
     assert "loss is nan at step" in err and "d5" in err
