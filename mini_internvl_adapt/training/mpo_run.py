@@ -54,17 +54,16 @@ from mini_internvl_adapt.training.mpo_data import (
     expand_pair_sources,
     pair_budget_check,
 )
-from mini_internvl_adapt.training.run import (
-    _absolute_if_local,
-    _check_run_folder,
-    _checksum,
-    _dtype,
-    _launched_worker,
-    _merge_metrics,
-    _on_gpu,
-    _peak_memory_bytes,
-    _precision,
-    _processing,
+from mini_internvl_adapt.training.run import check_run_folder, processing_for
+from mini_internvl_adapt.training.runtime import (
+    absolute_if_local,
+    launched_worker,
+    load_dtype,
+    merge_metrics,
+    peak_memory_bytes,
+    precision_for,
+    trainable_checksum,
+    uses_gpu,
 )
 from mini_internvl_adapt.training.task import OptimConfig
 from mini_internvl_adapt.tuning import TuningConfig
@@ -148,7 +147,7 @@ def start_model(name: str, run: Path, dtype: torch.dtype) -> tuple[str, str | No
         return str(final), str(sft)
     target = run / START_MODEL
     if not (target / SIDECAR).is_file():
-        if _launched_worker():
+        if launched_worker():
             raise ConfigError(f"{target} is missing: rank 0 writes it before the other processes start")
         _write_merged(sft, target, dtype)
     return str(target.resolve()), str(sft)
@@ -186,16 +185,16 @@ def setup_mpo(config: TrainConfig, started_from: str | None = None) -> MPOSetup:
     tuning_cfg = config.tuning.resolved()
     train_sources, val_sources = split_sources(config.data.path, config.data.val)
     train_pairs, val_pairs = expand_pair_sources(train_sources), expand_pair_sources(val_sources)
-    on_gpu = _on_gpu(config)
-    dtype = _dtype(config.model.dtype, tuning_cfg.method, on_gpu)
+    on_gpu = uses_gpu(config)
+    dtype = load_dtype(config.model.dtype, tuning_cfg.method, on_gpu)
     quant = tuning_mod.quantization_config(dtype) if tuning_cfg.method == "qlora" else None
     loaded = load_model(config.model.name, dtype=dtype, quantization_config=quant)
-    processing = _processing(config, loaded.info)
+    processing = processing_for(config, loaded.info)
     processor = SampleProcessor(loaded.tokenizer, processing)
     train_entries, train_budget = pair_budget_check(train_pairs, processor)
     val_entries, val_budget = pair_budget_check(val_pairs, processor)
     model = tuning_mod.apply_tuning(loaded.model, tuning_cfg)
-    if dtype != torch.float32 and str(_precision(config.train.precision, on_gpu)).endswith("-mixed"):
+    if dtype != torch.float32 and str(precision_for(config.train.precision, on_gpu)).endswith("-mixed"):
         tuning_mod.upcast_trainable(model)
     pad = loaded.tokenizer.pad_token_id if loaded.tokenizer.pad_token_id is not None else 0
     datamodule = PairDataModule(
@@ -215,8 +214,8 @@ def setup_mpo(config: TrainConfig, started_from: str | None = None) -> MPOSetup:
         tuning=tuning_cfg,
         data=dataclasses.replace(
             config.data,
-            path=_absolute_if_local(config.data.path),
-            val=_absolute_if_local(config.data.val),
+            path=absolute_if_local(config.data.path),
+            val=absolute_if_local(config.data.val),
             template=processing.template,
             use_thumbnail=processing.use_thumbnail,
         ),  # fmt: skip
@@ -238,7 +237,7 @@ def _trainer(run: Path, setup: MPOSetup, callbacks: list[pl.Callback]) -> pl.Tra
         default_root_dir=str(run), max_steps=train.max_steps,
         max_epochs=train.max_epochs if train.max_steps == -1 else -1,
         accumulate_grad_batches=train.accumulate_grad_batches, gradient_clip_val=train.gradient_clip_val or None,
-        precision=_precision(train.precision, _on_gpu(setup.config)), accelerator=train.accelerator,
+        precision=precision_for(train.precision, uses_gpu(setup.config)), accelerator=train.accelerator,
         devices=train.devices, num_nodes=train.num_nodes, strategy=train.strategy,
         logger=[CSVLogger(str(run), name="logs"), TensorBoardLogger(str(run), name="tensorboard", version="")],
         callbacks=callbacks, plugins=[AtomicCheckpointIO()], enable_checkpointing=False,
@@ -270,13 +269,13 @@ def run_mpo_training(config: TrainConfig, *, resume: bool = False) -> Path:
     if config.data.path is None:
         raise ConfigError("no training pairs: set data.path in the config or pass --data PAIRS.jsonl")
     run = Path(config.out)
-    lock = contextlib.nullcontext() if _launched_worker() else folder_lock(run, "training")
+    lock = contextlib.nullcontext() if launched_worker() else folder_lock(run, "training")
     with lock:
-        resume = _check_run_folder(run, resume)
+        resume = check_run_folder(run, resume)
         pl.seed_everything(config.train.seed, workers=True, verbose=False)
         method = config.tuning.resolved().method
         name, started_from = start_model(
-            config.model.name, run, _dtype(config.model.dtype, method, _on_gpu(config))
+            config.model.name, run, load_dtype(config.model.dtype, method, uses_gpu(config))
         )
         config = dataclasses.replace(config, model=dataclasses.replace(config.model, name=name))
         setup = setup_mpo(config, started_from)
@@ -333,7 +332,7 @@ def _finish(
             {
                 "rank": trainer.global_rank,
                 "sample_ids": list(setup.task.seen_ids),
-                "trainable_checksum": _checksum(setup.task.model),
+                "trainable_checksum": trainable_checksum(setup.task.model),
                 "bco_delta": setup.task.running.mean,
             },
         )
@@ -343,7 +342,7 @@ def _finish(
             run, setup.task.model, setup.loaded, setup.trained_info, setup.config.model.name,
             setup.tuning.method, setup.dtype, setup.processing,
         )  # fmt: skip
-        _merge_metrics(run)
+        merge_metrics(run)
         if (run / "metrics.csv").is_file():
             plot_training_curve(run / "metrics.csv", run / "loss.png", title=f"MPO loss: {run.name}")
         atomic_write_json(run / "summary.json", summarize_mpo(run, trainer, setup, callbacks, resume=resume))
@@ -385,7 +384,7 @@ def summarize_mpo(
         "first_loss": before.get("first_loss") if resume and "first_loss" in before else task.first_loss,
         "last_loss": task.last_loss if task.last_loss is not None else before.get("last_loss"),
         "val_loss": float(val_loss) if val_loss is not None else None,
-        "peak_memory": _peak_memory_bytes(),
+        "peak_memory": peak_memory_bytes(),
         "precision": str(trainer.precision),
         "resumed": resume,
         "mpo": {

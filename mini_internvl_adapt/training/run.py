@@ -35,16 +35,11 @@ The run folder (``out``) describes itself, so evaluation and export need nothing
 from __future__ import annotations
 
 import contextlib
-import csv
 import dataclasses
-import hashlib
 import json
-import os
 import pickle
 import re
-import resource
 import shutil
-import tempfile
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -58,7 +53,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from mini_internvl_adapt import tuning as tuning_mod
 from mini_internvl_adapt.errors import ConfigError, RefusedPickleError
-from mini_internvl_adapt.fileio import atomic_write_json, atomic_write_text, disk_full_as_error, folder_lock
+from mini_internvl_adapt.fileio import atomic_write_json, disk_full_as_error, folder_lock
 from mini_internvl_adapt.models.info import SIDECAR, ModelInfo
 from mini_internvl_adapt.models.loading import LoadedModel, load_model
 from mini_internvl_adapt.processing.transform import BudgetReport, ProcessingConfig, SampleProcessor
@@ -95,89 +90,18 @@ from mini_internvl_adapt.training.mix import (
     mix_brief,
     official_meta,
 )
+from mini_internvl_adapt.training.runtime import (
+    absolute_if_local,
+    launched_worker,
+    load_dtype,
+    merge_metrics,
+    peak_memory_bytes,
+    precision_for,
+    trainable_checksum,
+    uses_gpu,
+)
 from mini_internvl_adapt.training.task import InternVLTask, OptimConfig
 from mini_internvl_adapt.tuning import TuningConfig
-
-
-def _dtype(name: str, method: str, on_gpu: bool) -> torch.dtype:
-    if name == "auto":
-        # A frozen base loses nothing in bf16; trained full weights keep fp32 masters.
-        return torch.bfloat16 if on_gpu and method in ("lora", "qlora") else torch.float32
-    try:
-        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
-    except KeyError:
-        raise ConfigError(f"model.dtype must be auto, float32, bfloat16 or float16, got '{name}'") from None
-
-
-def _precision(name: str, on_gpu: bool) -> Any:  # a Lightning precision literal, validated by Lightning
-    if name != "auto":
-        return name
-    return "bf16-mixed" if on_gpu and torch.cuda.is_bf16_supported() else "32-true"
-
-
-def _absolute_if_local(path: str | None) -> str | None:
-    """An existing local path made absolute (so `--resume RUN` works from any folder); names stay as typed."""
-    if path is None or not Path(path).expanduser().exists():
-        return path
-    return str(Path(path).expanduser().resolve())
-
-
-def _launched_worker() -> bool:
-    """True in the extra processes Lightning's DDP launcher starts (they re-run the command after rank 0)."""
-    return int(os.environ.get("LOCAL_RANK", "0")) > 0 or int(os.environ.get("NODE_RANK", "0")) > 0
-
-
-def _on_gpu(config: TrainConfig) -> bool:
-    return config.train.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-
-
-def _peak_memory_bytes(memory: PhaseMemory | None = None) -> dict[str, int]:
-    # PhaseMemory resets the high-water marks between phases: the run's peak is its phases' worst.
-    out = {"cpu_max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
-    if memory is not None:
-        out["cpu_max_rss_bytes"] = max(out["cpu_max_rss_bytes"], memory.peak_rss)
-    if torch.cuda.is_available():
-        gpu = int(torch.cuda.max_memory_allocated())
-        out["gpu_max_allocated_bytes"] = max(gpu, memory.peak_gpu) if memory is not None else gpu
-    return out
-
-
-def _checksum(model: torch.nn.Module) -> str:
-    digest = hashlib.sha256()
-    for name, param in sorted(model.named_parameters()):
-        if param.requires_grad:
-            digest.update(name.encode())
-            digest.update(param.detach().float().cpu().numpy().tobytes())
-    return digest.hexdigest()
-
-
-def _merge_metrics(run: Path) -> None:
-    """metrics.csv of the whole run: the CSV logs of every session (a resumed run has several)."""
-    rows: list[dict[str, str]] = []
-    keys: list[str] = []
-    versions = sorted((run / "logs").glob("version_*"), key=lambda p: int(p.name.split("_")[-1]))
-    for version in versions:
-        path = version / "metrics.csv"
-        if not path.is_file():
-            continue
-        with open(path, newline="", encoding="utf-8") as f:
-            session = list(csv.DictReader(f))
-        steps = [int(r["step"]) for r in session if (r.get("step") or "").isdigit()]
-        if steps:  # a resumed session redoes the steps after the last checkpoint: its rows replace those
-            rows = [r for r in rows if not (r.get("step") or "").isdigit() or int(r["step"]) < min(steps)]
-        for row in session:
-            rows.append(row)
-            keys += [k for k in row if k not in keys]
-    if not rows:
-        return
-    lines: list[str] = []
-    with tempfile.TemporaryFile("w+", newline="", encoding="utf-8") as tmp:
-        writer = csv.DictWriter(tmp, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(rows)
-        tmp.seek(0)
-        lines = tmp.readlines()
-    atomic_write_text(run / "metrics.csv", "".join(lines))
 
 
 @dataclass
@@ -260,7 +184,7 @@ def _run_guard(run: Path) -> Iterator[None]:
             return f"the previous checkpoint {checkpoint} is intact: free some space and continue with --resume {run}"
         return "no checkpoint had been written yet: free some space and start again"
 
-    lock = contextlib.nullcontext() if _launched_worker() else folder_lock(run, "training")
+    lock = contextlib.nullcontext() if launched_worker() else folder_lock(run, "training")
     with lock, disk_full_as_error(f"the run {run}", intact):
         try:
             yield
@@ -277,7 +201,7 @@ def _run_guard(run: Path) -> Iterator[None]:
 
 def _train(config: TrainConfig, run: Path, plan: StepPlan, resume: bool) -> Path:
     """`run_training` in its locked run folder."""
-    resume = _check_run_folder(run, resume)
+    resume = check_run_folder(run, resume)
     pl.seed_everything(config.train.seed, workers=True, verbose=False)
     setup = setup_training(config, PhaseMemory())
     callbacks = _callbacks(run, setup)
@@ -298,7 +222,7 @@ def _train(config: TrainConfig, run: Path, plan: StepPlan, resume: bool) -> Path
             {
                 "rank": trainer.global_rank,
                 "sample_ids": list(setup.task.seen_ids),
-                "trainable_checksum": _checksum(setup.task.model),
+                "trainable_checksum": trainable_checksum(setup.task.model),
             },
         )
     trainer.strategy.barrier()
@@ -317,7 +241,7 @@ def _train(config: TrainConfig, run: Path, plan: StepPlan, resume: bool) -> Path
         )
         if setup.memory is not None:
             setup.memory.close("final_save")
-        _merge_metrics(run)
+        merge_metrics(run)
         if (run / "metrics.csv").is_file():
             plot_training_curve(run / "metrics.csv", run / "loss.png", title=f"training loss: {run.name}")
         mix = data_mix_record(setup.datamodule)
@@ -346,7 +270,7 @@ def _step_plan(config: TrainConfig) -> StepPlan:
     return step_plan(train, world, packing=config.data.packing)
 
 
-def _check_run_folder(run: Path, resume: bool) -> bool:
+def check_run_folder(run: Path, resume: bool) -> bool:
     """Whether the run resumes: refuse a folder holding a run unless resuming, and restart a run killed
     before its first checkpoint from step 0."""
     checkpoint = run / LAST_CHECKPOINT
@@ -358,11 +282,11 @@ def _check_run_folder(run: Path, resume: bool) -> bool:
         rank_zero_warn(
             f"{checkpoint} does not exist (killed before the first checkpoint): starting from step 0"
         )
-        if not _launched_worker():
+        if not launched_worker():
             for folder in ("logs", "tensorboard"):
                 shutil.rmtree(run / folder, ignore_errors=True)
         return False
-    if not resume and not _launched_worker() and ((run / RUN_CONFIG).exists() or checkpoint.exists()):
+    if not resume and not launched_worker() and ((run / RUN_CONFIG).exists() or checkpoint.exists()):
         raise ConfigError(f"{run} already holds a run: resume it with --resume {run} or choose another --out")
     return resume
 
@@ -377,20 +301,20 @@ def setup_training(config: TrainConfig, memory: PhaseMemory | None = None) -> Tr
     tuning_cfg = config.tuning.resolved()
     train_sources, val_sources = split_sources(_data_path(config), config.data.val)
     mixed = general_sources(config.data.general) if config.data.general_ratio > 0 else []
-    on_gpu = _on_gpu(config)
-    dtype = _dtype(config.model.dtype, tuning_cfg.method, on_gpu)
+    on_gpu = uses_gpu(config)
+    dtype = load_dtype(config.model.dtype, tuning_cfg.method, on_gpu)
     quant = tuning_mod.quantization_config(dtype) if tuning_cfg.method == "qlora" else None
     close("startup")
     loaded = load_model(config.model.name, dtype=dtype, quantization_config=quant)
     close("load")
-    processing = _processing(config, loaded.info)
+    processing = processing_for(config, loaded.info)
     processor = SampleProcessor(loaded.tokenizer, processing)
     train_entries, train_budget = budget_check(expand_sources(train_sources), processor)
     val_entries, val_budget = budget_check(expand_sources(val_sources), processor)
     general_entries = expand_sources(mixed)  # measured lazily, when an epoch draws them
 
     model = tuning_mod.apply_tuning(loaded.model, tuning_cfg, llm_family=loaded.info.llm_family)
-    if dtype != torch.float32 and str(_precision(config.train.precision, on_gpu)).endswith("-mixed"):
+    if dtype != torch.float32 and str(precision_for(config.train.precision, on_gpu)).endswith("-mixed"):
         tuning_mod.upcast_trainable(model)  # fp32 masters for fully trained modules of a bf16 base
     close("wrap")
     datamodule = InternVLDataModule(
@@ -445,7 +369,7 @@ def setup_training(config: TrainConfig, memory: PhaseMemory | None = None) -> Tr
     )
 
 
-def _processing(config: TrainConfig, info: ModelInfo) -> ProcessingConfig:
+def processing_for(config: TrainConfig, info: ModelInfo) -> ProcessingConfig:
     """The training transform: the model's tile geometry with the recipe's template, tiles and budget."""
     return ProcessingConfig.from_model_info(
         info,
@@ -465,14 +389,14 @@ def _resolved_config(
     return dataclasses.replace(
         config,
         model=dataclasses.replace(
-            config.model, name=_absolute_if_local(config.model.name) or config.model.name
+            config.model, name=absolute_if_local(config.model.name) or config.model.name
         ),
         tuning=tuning_cfg,
         data=dataclasses.replace(
             config.data,
-            path=_absolute_if_local(config.data.path),
-            val=_absolute_if_local(config.data.val),
-            general=[_absolute_if_local(p) or p for p in config.data.general or ()] or None,
+            path=absolute_if_local(config.data.path),
+            val=absolute_if_local(config.data.val),
+            general=[absolute_if_local(p) or p for p in config.data.general or ()] or None,
             template=processing.template,
             use_thumbnail=processing.use_thumbnail,
         ),
@@ -506,7 +430,7 @@ def _trainer(run: Path, setup: TrainingSetup, callbacks: list[pl.Callback], plan
         max_epochs=train.max_epochs if train.max_steps == -1 else -1,
         accumulate_grad_batches=plan.accumulation,
         gradient_clip_val=train.gradient_clip_val or None,
-        precision=_precision(train.precision, _on_gpu(setup.config)),
+        precision=precision_for(train.precision, uses_gpu(setup.config)),
         accelerator=train.accelerator,
         devices=train.devices,
         num_nodes=train.num_nodes,
@@ -609,7 +533,7 @@ def summarize(
         "last_loss": task.last_loss if task.last_loss is not None else before.get("last_loss"),
         "val_loss": float(val_loss) if val_loss is not None else None,
         **_step_summary(trainer, setup),
-        "peak_memory": _peak_memory_bytes(setup.memory),
+        "peak_memory": peak_memory_bytes(setup.memory),
         "peak_memory_by_phase": setup.memory.to_json() if setup.memory is not None else None,
         "precision": str(trainer.precision),
         "resumed": resume,

@@ -237,14 +237,14 @@ def test_help_documents_every_option(capsys: pytest.CaptureFixture[str]) -> None
 def test_local_paths_are_stored_absolute_and_names_as_typed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from mini_internvl_adapt.training.run import _absolute_if_local
+    from mini_internvl_adapt.training.runtime import absolute_if_local
 
     (tmp_path / "my-model").mkdir()
     monkeypatch.chdir(tmp_path)
-    assert _absolute_if_local("my-model") == str(tmp_path / "my-model")
-    assert _absolute_if_local("mini-internvl-1b") == "mini-internvl-1b"
-    assert _absolute_if_local("OpenGVLab/InternVL2-1B") == "OpenGVLab/InternVL2-1B"
-    assert _absolute_if_local(None) is None
+    assert absolute_if_local("my-model") == str(tmp_path / "my-model")
+    assert absolute_if_local("mini-internvl-1b") == "mini-internvl-1b"
+    assert absolute_if_local("OpenGVLab/InternVL2-1B") == "OpenGVLab/InternVL2-1B"
+    assert absolute_if_local(None) is None
 
 
 def test_train_help_lists_every_config_key_with_its_default_and_meaning(

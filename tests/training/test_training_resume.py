@@ -258,7 +258,7 @@ def test_validation_interval_counts_optimizer_steps_under_accumulation(tmp_path:
 
 
 def test_merged_metrics_keep_the_resumed_sessions_rows_for_redone_steps(tmp_path: Path) -> None:
-    from mini_internvl_adapt.training.run import _merge_metrics
+    from mini_internvl_adapt.training.runtime import merge_metrics
 
     for version, rows in (
         (0, "step,train_loss\n1,2.0\n2,1.9\n3,1.8\n"),
@@ -267,7 +267,7 @@ def test_merged_metrics_keep_the_resumed_sessions_rows_for_redone_steps(tmp_path
         folder = tmp_path / "logs" / f"version_{version}"
         folder.mkdir(parents=True)
         (folder / "metrics.csv").write_text(rows)
-    _merge_metrics(tmp_path)
+    merge_metrics(tmp_path)
     with open(tmp_path / "metrics.csv", newline="") as f:
         merged = [(r["step"], r["train_loss"]) for r in csv.DictReader(f)]
     # Step 3 was logged, then lost with the kill and redone after the checkpoint at step 2.

@@ -1,0 +1,101 @@
+"""Facts of the training process that the SFT and MPO runs share: dtype and precision for the device, the
+process's rank, peak memory, a checksum of trained weights, the merged metrics.csv of a resumed run.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import resource
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mini_internvl_adapt.errors import ConfigError
+from mini_internvl_adapt.fileio import atomic_write_text
+from mini_internvl_adapt.training.callbacks import PhaseMemory
+from mini_internvl_adapt.training.config import TrainConfig
+
+
+def load_dtype(name: str, method: str, on_gpu: bool) -> torch.dtype:
+    if name == "auto":
+        # A frozen base loses nothing in bf16; trained full weights keep fp32 masters.
+        return torch.bfloat16 if on_gpu and method in ("lora", "qlora") else torch.float32
+    try:
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+    except KeyError:
+        raise ConfigError(f"model.dtype must be auto, float32, bfloat16 or float16, got '{name}'") from None
+
+
+def precision_for(name: str, on_gpu: bool) -> Any:  # a Lightning precision literal, validated by Lightning
+    if name != "auto":
+        return name
+    return "bf16-mixed" if on_gpu and torch.cuda.is_bf16_supported() else "32-true"
+
+
+def absolute_if_local(path: str | None) -> str | None:
+    """An existing local path made absolute (so `--resume RUN` works from any folder); names stay as typed."""
+    if path is None or not Path(path).expanduser().exists():
+        return path
+    return str(Path(path).expanduser().resolve())
+
+
+def launched_worker() -> bool:
+    """True in the extra processes Lightning's DDP launcher starts (they re-run the command after rank 0)."""
+    return int(os.environ.get("LOCAL_RANK", "0")) > 0 or int(os.environ.get("NODE_RANK", "0")) > 0
+
+
+def uses_gpu(config: TrainConfig) -> bool:
+    return config.train.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+
+
+def peak_memory_bytes(memory: PhaseMemory | None = None) -> dict[str, int]:
+    # PhaseMemory resets the high-water marks between phases: the run's peak is its phases' worst.
+    out = {"cpu_max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+    if memory is not None:
+        out["cpu_max_rss_bytes"] = max(out["cpu_max_rss_bytes"], memory.peak_rss)
+    if torch.cuda.is_available():
+        gpu = int(torch.cuda.max_memory_allocated())
+        out["gpu_max_allocated_bytes"] = max(gpu, memory.peak_gpu) if memory is not None else gpu
+    return out
+
+
+def trainable_checksum(model: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, param in sorted(model.named_parameters()):
+        if param.requires_grad:
+            digest.update(name.encode())
+            digest.update(param.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def merge_metrics(run: Path) -> None:
+    """metrics.csv of the whole run: the CSV logs of every session (a resumed run has several)."""
+    rows: list[dict[str, str]] = []
+    keys: list[str] = []
+    versions = sorted((run / "logs").glob("version_*"), key=lambda p: int(p.name.split("_")[-1]))
+    for version in versions:
+        path = version / "metrics.csv"
+        if not path.is_file():
+            continue
+        with open(path, newline="", encoding="utf-8") as f:
+            session = list(csv.DictReader(f))
+        steps = [int(r["step"]) for r in session if (r.get("step") or "").isdigit()]
+        if steps:  # a resumed session redoes the steps after the last checkpoint: its rows replace those
+            rows = [r for r in rows if not (r.get("step") or "").isdigit() or int(r["step"]) < min(steps)]
+        for row in session:
+            rows.append(row)
+            keys += [k for k in row if k not in keys]
+    if not rows:
+        return
+    lines: list[str] = []
+    with tempfile.TemporaryFile("w+", newline="", encoding="utf-8") as tmp:
+        writer = csv.DictWriter(tmp, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+        tmp.seek(0)
+        lines = tmp.readlines()
+    atomic_write_text(run / "metrics.csv", "".join(lines))
