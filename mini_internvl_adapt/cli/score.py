@@ -45,10 +45,10 @@ def read_predictions(path: Path) -> dict[str, str]:
     else:
         rows = []
         # "\n" only, as JSONL is written: splitlines() would also split at U+2028, U+0085 ... inside strings.
-        for number, line in enumerate(text.split("\n"), start=1):
-            if line.strip():
+        for number, raw in enumerate(text.split("\n"), start=1):
+            if raw.strip():
                 try:
-                    rows.append(load_json(line, path, number))
+                    rows.append(load_json(raw, path, number))
                 except json.JSONDecodeError as e:
                     raise DatasetError(path, f"bad JSON: {e.msg}", number) from None
     predictions: dict[str, str] = {}

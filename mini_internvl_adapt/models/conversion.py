@@ -597,7 +597,7 @@ def _original_llm_config(text: Any, family: str, dtype: str) -> dict[str, Any]:
     elif family in ("internlm2", "llama"):
         if getattr(text, "mlp_bias", False) and family == "internlm2":
             raise ValueError("InternLM2 has no MLP biases; this LLM cannot be written as InternLM2")
-        bias = {"bias": bool(getattr(text, "attention_bias", False))}
+        bias: dict[str, Any] = {"bias": bool(getattr(text, "attention_bias", False))}
         if family == "internlm2":
             bias["attn_implementation"] = "eager"
         else:

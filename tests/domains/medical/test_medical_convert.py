@@ -18,9 +18,9 @@ from PIL import Image  # noqa: E402
 from pydicom.data import get_testdata_file  # noqa: E402
 from test_medical_render import write_dicom  # noqa: E402
 
-from mini_internvl_adapt.cli import main
-from mini_internvl_adapt.data_format.samples import read_samples
-from mini_internvl_adapt.errors import DatasetError
+from mini_internvl_adapt.cli import main  # noqa: E402
+from mini_internvl_adapt.data_format.samples import read_samples  # noqa: E402
+from mini_internvl_adapt.errors import DatasetError  # noqa: E402
 
 # Fake PHI inside pydicom's bundled files (reference list).
 REFERENCE_PHI = [

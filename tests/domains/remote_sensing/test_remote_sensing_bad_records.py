@@ -16,8 +16,8 @@ from mini_internvl_adapt.domains.remote_sensing.scoring import count_bin, score_
 from test_remote_sensing_scene import convert, make_scene, map_box, write_labels  # noqa: E402
 from test_remote_sensing_sources import OBJ, VOC, geotiff, png, rsvqa_fixture  # noqa: E402
 
-from mini_internvl_adapt.data_format.samples import Sample, Turn, read_samples
-from mini_internvl_adapt.errors import DatasetError
+from mini_internvl_adapt.data_format.samples import Sample, Turn, read_samples  # noqa: E402
+from mini_internvl_adapt.errors import DatasetError  # noqa: E402
 
 
 def _split(out: Path, split: str) -> list[Sample]:

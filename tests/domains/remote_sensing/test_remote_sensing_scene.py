@@ -16,8 +16,8 @@ from PIL import Image  # noqa: E402
 from rasterio.transform import from_origin  # noqa: E402
 from rasterio.warp import transform_geom  # noqa: E402
 
-from mini_internvl_adapt.cli import main
-from mini_internvl_adapt.data_format.samples import read_samples
+from mini_internvl_adapt.cli import main  # noqa: E402
+from mini_internvl_adapt.data_format.samples import read_samples  # noqa: E402
 from mini_internvl_adapt.metrics.boxes import parse_boxes  # noqa: E402
 
 CRS = "EPSG:32633"

@@ -14,7 +14,7 @@ from mini_internvl_adapt.domains.remote_sensing import RemoteSensingDomain, dete
 from mini_internvl_adapt.domains.remote_sensing.geochat import convert_text, geochat_box_to_internvl  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from mini_internvl_adapt.data_format.samples import read_samples
+from mini_internvl_adapt.data_format.samples import read_samples  # noqa: E402
 
 
 def png(path: Path, size: tuple[int, int] = (64, 48), colour: tuple[int, int, int] = (10, 120, 200)) -> Path:
