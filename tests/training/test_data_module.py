@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from builders import write_image_dataset
 from PIL import Image
 
 from mini_internvl_adapt.errors import DataError, DatasetError
@@ -23,28 +24,16 @@ from mini_internvl_adapt.training.data import (
 
 
 def write_dataset(root: Path, n_train: int = 6, n_val: int = 2, prefix: str = "s") -> Path:
-    (root / "images").mkdir(parents=True, exist_ok=True)
-    lines = []
-    for i in range(n_train + n_val):
-        w, h = (64, 48) if i % 2 else (40, 80)
-        Image.new("RGB", (w, h), (i * 30 % 255, 90, 20)).save(root / "images" / f"{prefix}{i}.png")
-        answer = "There is a car to the front." * (1 + i % 3)
-        lines.append(
-            {
-                "id": f"{prefix}{i}",
-                "image": f"images/{prefix}{i}.png",
-                "width": w,
-                "height": h,
-                "conversations": [
-                    {"from": "human", "value": "<image>\nWhat is in the image?"},
-                    {"from": "gpt", "value": answer},
-                ],
-            }
-        )
-    (root / "train.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines[:n_train]))
-    if n_val:
-        (root / "val.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines[n_train:]))
-    return root
+    return write_image_dataset(
+        root,
+        n_train,
+        n_val,
+        ids=lambda i: f"{prefix}{i}",
+        image_name=lambda i: f"{prefix}{i}.png",
+        size=lambda i: (64, 48) if i % 2 else (40, 80),
+        color=lambda i: (i * 30 % 255, 90, 20),
+        answer=lambda i: "There is a car to the front." * (1 + i % 3),
+    )
 
 
 @pytest.fixture(scope="module")

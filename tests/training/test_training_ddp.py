@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import torch
+from builders import write_image_dataset
 from safetensors.torch import load_file
 from torch import nn
 
@@ -25,26 +26,14 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _dataset(root: Path, n: int = 16) -> Path:
-    from PIL import Image
-
-    (root / "images").mkdir(parents=True)
-    rows = []
-    for i in range(n):
-        Image.new("RGB", (48, 48), (i * 13 % 255, 80, 10)).save(root / "images" / f"{i}.png")
-        rows.append(
-            {
-                "id": f"p{i}",
-                "image": f"images/{i}.png",
-                "width": 48,
-                "height": 48,
-                "conversations": [
-                    {"from": "human", "value": "<image>\nDescribe the image."},
-                    {"from": "gpt", "value": "A plain colour." * (1 + i % 4)},
-                ],
-            }
-        )
-    (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return root
+    return write_image_dataset(
+        root,
+        n,
+        ids=lambda i: f"p{i}",
+        color=lambda i: (i * 13 % 255, 80, 10),
+        question="Describe the image.",
+        answer=lambda i: "A plain colour." * (1 + i % 4),
+    )
 
 
 def _ddp_train_args(data: Path, out: Path) -> list[str]:

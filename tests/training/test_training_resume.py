@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from builders import write_image_dataset
 from safetensors.torch import load_file
 
 from mini_internvl_adapt.cli.train import train_main
@@ -31,25 +32,16 @@ EVERY = 3
 
 
 def _dataset(root: Path, n: int = 40) -> Path:
-    from PIL import Image
-
-    (root / "images").mkdir(parents=True)
-    rows = []
-    for i in range(n):
-        size = (64, 32) if i % 3 else (32, 64)
-        Image.new("RGB", size, (i * 7 % 255, 30, 200)).save(root / "images" / f"{i}.png")
-        rows.append(
-            {
-                "id": f"r{i}",
-                "image": f"images/{i}.png",
-                "conversations": [
-                    {"from": "human", "value": "<image>\nIs the road clear?"},
-                    {"from": "gpt", "value": "Yes." if i % 2 else "No, a truck blocks the lane."},
-                ],
-            }
-        )
-    (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return root
+    return write_image_dataset(
+        root,
+        n,
+        ids=lambda i: f"r{i}",
+        size=lambda i: (64, 32) if i % 3 else (32, 64),
+        color=lambda i: (i * 7 % 255, 30, 200),
+        question="Is the road clear?",
+        answer=lambda i: "Yes." if i % 2 else "No, a truck blocks the lane.",
+        record_size=False,
+    )
 
 
 def _run_args(data: Path, out: Path, steps: int, batch_size: int, every: int, *extra: str) -> list[str]:

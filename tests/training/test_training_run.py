@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from builders import write_image_dataset
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -25,29 +26,15 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def make_dataset(root: Path, n_train: int = 8, n_val: int = 2) -> Path:
-    from PIL import Image
-
-    (root / "images").mkdir(parents=True, exist_ok=True)
-    rows = []
-    for i in range(n_train + n_val):
-        w, h = (96, 48) if i % 2 else (48, 48)
-        Image.new("RGB", (w, h), (i * 25 % 255, 120, 40)).save(root / "images" / f"{i}.png")
-        rows.append(
-            {
-                "id": f"d{i}",
-                "image": f"images/{i}.png",
-                "width": w,
-                "height": h,
-                "conversations": [
-                    {"from": "human", "value": "<image>\nWhat are the important objects?"},
-                    {"from": "gpt", "value": f"There is a car to the front. {i % 3}"},
-                ],
-            }
-        )
-    (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:n_train]))
-    if n_val:
-        (root / "val.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[n_train:]))
-    return root
+    return write_image_dataset(
+        root,
+        n_train,
+        n_val,
+        ids=lambda i: f"d{i}",
+        size=lambda i: (96, 48) if i % 2 else (48, 48),
+        question="What are the important objects?",
+        answer=lambda i: f"There is a car to the front. {i % 3}",
+    )
 
 
 def _train(config: str, data: Path, out: Path, *extra: str) -> int:
