@@ -10,6 +10,7 @@ from pathlib import Path
 from mini_internvl_adapt.errors import AdaptError
 from mini_internvl_adapt.export.converter import convert_checkpoint
 from mini_internvl_adapt.export.layouts import DEFAULT_MAX_SHARD_SIZE, LAYOUTS
+from mini_internvl_adapt.fileio import check_output
 from mini_internvl_adapt.models.loading import DTYPES
 
 
@@ -61,6 +62,8 @@ def convert_checkpoint_main(argv: Sequence[str]) -> int:
     if args.remote_code_from is not None and args.to != "original":
         parser.error("--remote-code-from needs --to original")
     try:
+        # The one output rule: never the model folder itself, nothing foreign without --overwrite.
+        check_output(args.out, "export", inputs=[args.model, args.remote_code_from], overwrite=args.overwrite)
         out = convert_checkpoint(
             args.model,
             args.out,

@@ -371,7 +371,19 @@ def test_convert_checkpoint_command_takes_a_run_an_export_and_an_original_folder
                 load_model(tmp_path / folder).model(input_ids=ids).logits, want, atol=1e-4, rtol=1e-4
             )
     # Errors are one line and exit 2: an output folder in use, a missing model.
-    assert adapt_main([*argv]) == 2 and "not empty" in capsys.readouterr().err
+    assert adapt_main([*argv]) == 2 and "--overwrite" in capsys.readouterr().err
+    # The model folder is never its own output, not even with --overwrite.
+    same = [
+        "convert-checkpoint",
+        "--to",
+        "hf",
+        "--model",
+        str(tmp_path / "hf"),
+        "--out",
+        str(tmp_path / "hf"),
+    ]
+    assert adapt_main([*same, "--overwrite"]) == 2 and "also an input" in capsys.readouterr().err
+    assert load_model(tmp_path / "hf").model is not None
     argv = [
         "convert-checkpoint",
         "--to",
