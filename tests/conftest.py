@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -51,3 +51,14 @@ def sentencepiece_model(tmp_path: Path) -> Callable[..., Path]:
         return tmp_path / "sp.model"
 
     return train
+
+
+@pytest.fixture(autouse=True)
+def _pillow_pixel_limit() -> Iterator[None]:
+    """Restore Pillow's process-wide decompression-bomb limit after each test (the CLI sets it from
+    MINI_INTERNVL_ADAPT_MAX_IMAGE_PIXELS, and a test that does so must not change the next test's limit)."""
+    from PIL import Image
+
+    limit = Image.MAX_IMAGE_PIXELS
+    yield
+    Image.MAX_IMAGE_PIXELS = limit
