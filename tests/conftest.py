@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -53,12 +54,14 @@ def sentencepiece_model(tmp_path: Path) -> Callable[..., Path]:
     return train
 
 
+# Pillow's limit before any test module imported anything: nuscenes-devkit raises it process-wide on import.
+_PILLOW_PIXEL_LIMIT = Image.MAX_IMAGE_PIXELS
+
+
 @pytest.fixture(autouse=True)
 def _pillow_pixel_limit() -> Iterator[None]:
-    """Restore Pillow's process-wide decompression-bomb limit after each test (the CLI sets it from
-    MINI_INTERNVL_ADAPT_MAX_IMAGE_PIXELS, and a test that does so must not change the next test's limit)."""
-    from PIL import Image
-
-    limit = Image.MAX_IMAGE_PIXELS
+    """Each test starts with Pillow's own decompression-bomb limit and leaves it so (the CLI sets it from
+    MINI_INTERNVL_ADAPT_MAX_IMAGE_PIXELS; importing nuscenes-devkit raises it)."""
+    Image.MAX_IMAGE_PIXELS = _PILLOW_PIXEL_LIMIT
     yield
-    Image.MAX_IMAGE_PIXELS = limit
+    Image.MAX_IMAGE_PIXELS = _PILLOW_PIXEL_LIMIT

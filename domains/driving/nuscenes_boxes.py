@@ -33,10 +33,17 @@ class NuScenesProjector:
     """
 
     def __init__(self, dataroot: Path, version: str) -> None:
+        from PIL import Image
+
+        # nuscenes-devkit raises Pillow's process-wide decompression-bomb limit to 1.6e11 pixels when its map
+        # module is imported: keep ours, so an image bomb in any dataset is still refused afterwards.
+        limit = Image.MAX_IMAGE_PIXELS
         try:
             from nuscenes.nuscenes import NuScenes
         except ImportError:
             raise MissingDependencyError("driving", "nuscenes-devkit", "driving") from None
+        finally:
+            Image.MAX_IMAGE_PIXELS = limit
         if not (Path(dataroot) / version).is_dir():
             raise FileNotFoundError(
                 f"{dataroot}: no nuScenes tables for version '{version}' ({Path(dataroot) / version})"
