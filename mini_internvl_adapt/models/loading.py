@@ -406,7 +406,8 @@ def _load_weights(
         except FileNotFoundError:  # shards without an index: transformers' own load says what is wrong
             converts = False
         if not converts:
-            return InternVLForConditionalGeneration.from_pretrained(
+            # output_loading_info=True returns (model, report); transformers' annotations say the model only.
+            return InternVLForConditionalGeneration.from_pretrained(  # type: ignore[return-value]
                 str(path),
                 config=config,
                 use_safetensors=True,
@@ -422,9 +423,10 @@ def _load_weights(
             state = lazy_state_dict(path, original=raw, converts=converts)
         except ValueError as exc:
             raise ValueError(f"{path}: {exc}") from exc
-    model, report = InternVLForConditionalGeneration.from_pretrained(
+    loaded: Any = InternVLForConditionalGeneration.from_pretrained(
         None, config=config, state_dict=state, output_loading_info=True, **common
     )
+    model, report = loaded
     if raw is None:  # what from_pretrained(path) records and reads besides the weights
         model.name_or_path = model.config.name_or_path = str(path)
         if (path / "generation_config.json").is_file():
