@@ -134,6 +134,7 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path: Pa
     assert json.loads((killed / "summary.json").read_text())["resumed"] is True
 
 
+@pytest.mark.slow  # about a minute on two cores; opt in with -m slow
 def test_full_fine_tuning_precomputes_its_reference_and_extends_exactly(tmp_path: Path) -> None:
     from mini_internvl_adapt.models.loading import load_model
     from mini_internvl_adapt.processing.transform import ProcessingConfig, SampleProcessor
@@ -191,6 +192,7 @@ def test_full_fine_tuning_precomputes_its_reference_and_extends_exactly(tmp_path
     )
 
 
+@pytest.mark.slow  # about a minute on two cores; opt in with -m slow
 def test_ddp_two_cpu_processes_stay_in_sync(tmp_path: Path) -> None:
     data = _pairs(tmp_path / "data", n=8)
     run = tmp_path / "run"
