@@ -209,7 +209,8 @@ def run_row(
     """One training run in a fresh process; returns its summary plus the settings.
 
     With objective "mpo", `data` is a pair file and a sample is a pair (two sequences, plus the reference).
-    `env` replaces the environment (``--before-src`` runs another copy of the package through PYTHONPATH).
+    `env` replaces the environment (``--before-src`` runs another copy of the package through PYTHONPATH); the
+    process runs in the run's parent folder, so that no copy of the package in the working directory shadows it.
     """
     command = [
         sys.executable,
@@ -245,7 +246,7 @@ def run_row(
         *extra,
     ]
     started = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=out.parent)
     wall = time.perf_counter() - started
     if result.returncode != 0:
         return {"model": model, "method": method, "objective": objective, "error": result.stderr[-1500:]}
@@ -291,14 +292,16 @@ InternVLProcessor(image_processor=images, tokenizer=tokenizer, video_processor=I
 """
 
 
-def run_measured(command: list[str], env: dict[str, str] | None = None) -> tuple[int, str, int]:
+def run_measured(
+    command: list[str], env: dict[str, str] | None = None, cwd: Path | None = None
+) -> tuple[int, str, int]:
     """Run `command`: its exit status, its output (stdout and stderr) and its peak resident memory in bytes.
 
     The peak is Linux's ru_maxrss of the process and of the children it waited for (wait4), so a launcher that
     runs the training in a child reports the child's peak.
     """
     with tempfile.TemporaryFile("w+", encoding="utf-8") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True, env=env)
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True, env=env, cwd=cwd)
         _, status, usage = os.wait4(process.pid, 0)
         process.returncode = os.waitstatus_to_exitcode(status)
         log.seek(0)

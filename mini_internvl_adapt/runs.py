@@ -22,7 +22,7 @@ from mini_internvl_adapt.data_format.sources import resolve_sources
 from mini_internvl_adapt.errors import ExportError
 from mini_internvl_adapt.fileio import OUTPUT_MARKER, apply_umask_modes, atomic_write_json
 from mini_internvl_adapt.models.info import SIDECAR, ModelInfo
-from mini_internvl_adapt.models.loading import LoadedModel, load_model
+from mini_internvl_adapt.models.loading import LoadedModel, load_model, return_freed_memory
 from mini_internvl_adapt.models.tokenizer import load_tokenizer
 from mini_internvl_adapt.processing.hf_files import save_tokenizer_and_processor
 from mini_internvl_adapt.processing.transform import ProcessingConfig
@@ -258,15 +258,18 @@ def _read_adapter_export(folder: Path, info: Mapping[str, Any]) -> RunInfo:
     )
 
 
-def merged_model(run: RunInfo) -> Any:
-    """The run's model in full precision with any LoRA merged: a plain InternVLForConditionalGeneration.
+def merged_model(run: RunInfo, dtype: torch.dtype = torch.float32) -> Any:
+    """The run's model with any LoRA merged in full precision, then cast to `dtype`: a plain
+    InternVLForConditionalGeneration.
 
-    `training.load_run_model` rebuilds the base without quantization even for QLoRA runs, so the merge
-    never rounds the weights to 4 bits.
+    `load_run_model` rebuilds the base without quantization even for QLoRA runs, so the merge never rounds the
+    weights to 4 bits, and in float32, so they are rounded to `dtype` once. Only one model is ever in memory: a
+    base to be cast is read into memory of its own (not mapped), so each weight cast frees its float32 original.
     """
-    import torch
-
-    return load_run_model(run.run_dir, dtype=torch.float32, merge=True).model
+    full = torch.float32
+    return_freed_memory()  # each float32 weight cast goes back to the system, not into glibc's heaps
+    model = load_run_model(run.run_dir, dtype=full, merge=True, mmap=dtype == full).model
+    return model if dtype == full else model.to(dtype)
 
 
 def run_tokenizer(run: RunInfo) -> Any:
@@ -341,7 +344,9 @@ def save_final(
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def load_run_model(run_dir: str | Path, *, dtype: torch.dtype = torch.float32, merge: bool = False) -> Any:
+def load_run_model(
+    run_dir: str | Path, *, dtype: torch.dtype = torch.float32, merge: bool = False, mmap: bool = True
+) -> Any:
     """Load a trained model from a run folder (or its final/ folder) for inference.
 
     LoRA / QLoRA runs rebuild the base model named in final/base_model.json (in `dtype`, full
@@ -351,6 +356,7 @@ def load_run_model(run_dir: str | Path, *, dtype: torch.dtype = torch.float32, m
         run_dir: The run folder (or RUN/final).
         dtype: Weight dtype.
         merge: Merge a LoRA adapter into the weights (a plain transformers model comes back).
+        mmap: Passed to `models.loading.load_model` (False: the weights in memory of their own, not mapped).
 
     Returns:
         A `models.loading.LoadedModel` whose model is the fine-tuned one, with the run's tokenizer and
@@ -364,14 +370,14 @@ def load_run_model(run_dir: str | Path, *, dtype: torch.dtype = torch.float32, m
     info = ModelInfo.from_json(json.loads((final / SIDECAR).read_text(encoding="utf-8")))
     base_file = final / BASE_MODEL_FILE
     if not base_file.is_file():
-        loaded = load_model(final, dtype=dtype)
+        loaded = load_model(final, dtype=dtype, mmap=mmap)
         loaded.info = info
         return loaded
     base = json.loads(base_file.read_text(encoding="utf-8"))
     name = base["name_or_path"]
     if not Path(name).exists() and base.get("resolved_path") and Path(base["resolved_path"]).is_dir():
         name = base["resolved_path"]
-    loaded = load_model(name, dtype=dtype)
+    loaded = load_model(name, dtype=dtype, mmap=mmap)
     model = tuning_mod.load_adapter(loaded.model, final, merge=merge)
     model.eval()
     return LoadedModel(model=model, tokenizer=load_tokenizer(final), info=info, path=final)  # type: ignore[arg-type]  # a peft wrapper

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from mini_internvl_adapt.models.drop_path import add_vision_drop_path
+from mini_internvl_adapt.models.swiglu import lean_swiglu
 
 METHODS = ("lora", "qlora", "full")
 COMPONENTS = ("vision_tower", "multi_modal_projector", "language_model", "lm_head")
@@ -314,6 +315,7 @@ def apply_tuning(model: nn.Module, config: TuningConfig, *, llm_family: str | No
     if cfg.gradient_checkpointing:
         # use_reentrant=False works with frozen inputs (LoRA) without enable_input_require_grads tricks.
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})  # type: ignore[operator]
+    lean_swiglu(model)  # the LLM MLPs keep gate and up for backward, not silu(gate) too (the same gradients)
     if cfg.method == "full":
         _set_trainable(model, cfg)
         add_vision_drop_path(model, cfg.drop_path_rate)
@@ -343,7 +345,35 @@ def apply_tuning(model: nn.Module, config: TuningConfig, *, llm_family: str | No
     # Whatever trains besides the adapters is a modules_to_save copy, so save_pretrained writes it too.
     tuned = get_peft_model(model, lora)
     add_vision_drop_path(tuned, cfg.drop_path_rate)  # after wrapping: copies of trained layers get it too
+    lean_lora_dropout(tuned)
     return tuned
+
+
+class BoolMaskDropout(nn.Dropout):
+    """`nn.Dropout` keeping a one-byte mask for backward (``torch.native_dropout``): the same values and gradients
+    from the same random state, where nn.Dropout on a CPU keeps a float32 mask.
+
+    Each LoRA layer drops its input before lora_A: the 1B model's 168 LoRA layers kept 455 MiB of float32 masks
+    in a step on a 491-token sample, a quarter of all it saved for backward.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or not 0 < self.p < 1:
+            return super().forward(x)
+        return torch.native_dropout(x, self.p, True)[0]
+
+
+def lean_lora_dropout(model: nn.Module) -> int:
+    """Replace the LoRA layers' dropout with `BoolMaskDropout`, in place; returns how many were replaced."""
+    replaced = 0
+    for module in model.modules():
+        dropouts = getattr(module, "lora_dropout", None)
+        if isinstance(dropouts, nn.ModuleDict):
+            for name, dropout in dropouts.items():
+                if type(dropout) is nn.Dropout:
+                    dropouts[name] = BoolMaskDropout(dropout.p)
+                    replaced += 1
+    return replaced
 
 
 def _rank_pattern(cfg: TuningConfig) -> dict[str, int]:

@@ -216,7 +216,7 @@ def _write_model(
         _copy_adapter(run, tmp, hub_id)
         save_tokenizer_and_processor(tokenizer, run.processing, tmp)
         return {}
-    model = merged_model(run).to(torch_dtype(dtype))
+    model = merged_model(run, torch_dtype(dtype))  # merged in float32, one model in memory
     family = family or str(model.config.text_config.model_type)
     template = get_template(run.processing.template)
     stop = [str(t) for t in tokenizer.convert_ids_to_tokens(stop_token_ids(tokenizer, template))]

@@ -1,8 +1,12 @@
 """Load a Mini-InternVL checkpoint (either layout) as a transformers InternVLForConditionalGeneration.
 
-Never ``trust_remote_code``, safetensors only. The original remote-code layout is converted in memory
+Never ``trust_remote_code``, safetensors only. The original remote-code layout is converted key by key
 (see conversion.py) and goes through ``from_pretrained(None, config=..., state_dict=...)``, so dtype,
 device_map and a quantization config (bitsandbytes 4/8-bit) work exactly as for the HF layout.
+
+No state dict is held beside the model: the files are memory-mapped, and a load that converts nothing makes them
+the weights (no copy); any other reads one `LazyWeight` at a time as transformers loads it and gives the pages it
+read back once the weight is converted (`_PageRelease`).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import collections
 import ctypes
 import json
 import mmap
+import os
 import sys
 import threading
 from collections.abc import Callable
@@ -260,6 +265,25 @@ def load_original_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def return_freed_memory(threshold: int = 64 * 1024) -> bool:
+    """Make glibc give every freed block of `threshold` bytes or more back to the system at once.
+
+    glibc's mmap threshold rises (up to 32 MiB) as large blocks are freed; after the first step a step's
+    activations (1-30 MiB each) then come from its heaps and stay resident once freed, scattered where no trim
+    reaches them: the 1B model's LoRA process grew 0.7-1.8 GiB past its live peak within four steps. A fixed
+    threshold maps each such block and unmaps it when freed (the page faults cost nothing measurable beside a
+    step). The same keeps a cast of loaded weights (export) from keeping the float32 ones. Left alone where
+    MALLOC_MMAP_THRESHOLD_ is set. Returns whether it applied (glibc on Linux only).
+    """
+    if not sys.platform.startswith("linux") or "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc
+        return False
+    return mallopt(-3, threshold) == 1  # M_MMAP_THRESHOLD
+
+
 class _PageRelease:
     """Gives back the pages of mapped checkpoint tensors once they have been converted (``MADV_DONTNEED``).
 
@@ -352,7 +376,9 @@ def _load_converts(files: list[Path], dtype: torch.dtype, quantization_config: A
     return False
 
 
-def lazy_state_dict(path: Path, *, original: dict | None, converts: bool) -> dict[str, LazyWeight]:
+def lazy_state_dict(
+    path: Path, *, original: dict | None, converts: bool, mmap: bool = True
+) -> dict[str, LazyWeight]:
     """A checkpoint's weights as `LazyWeight` s: converted key by key from the original layout when `original` (its
     config.json) is given, else under their own (HF-layout) keys.
 
@@ -362,19 +388,21 @@ def lazy_state_dict(path: Path, *, original: dict | None, converts: bool) -> dic
         converts: Whether the load casts, quantizes or moves the weights (see `_load_converts`): then the pages of
             each tensor read are given back once it is converted. Otherwise the mapped tensors become the model's
             weights (they stay valid after the files are closed).
+        mmap: False: read each tensor into memory of its own (``pread``); nothing is mapped.
 
     Raises:
         ValueError: For original-layout keys that match no known pattern.
     """
     from safetensors import safe_open
 
-    handles = [safe_open(str(f), framework="pt") for f in weight_files(path)]
+    backend = "mmap" if mmap else "pread"
+    handles = [safe_open(str(f), framework="pt", backend=backend) for f in weight_files(path)]
     where = {key: handle for handle in handles for key in handle.keys()}  # noqa: SIM118 - no iteration
     plan = original_to_hf_plan(where, original) if original is not None else {k: (k, None) for k in where}
     uses: dict[str, int] = {}
     for source, _ in plan.values():
         uses[source] = uses.get(source, 0) + 1
-    release = _PageRelease() if converts else None
+    release = _PageRelease() if converts and mmap else None
     reads = {source: _SharedRead(where[source].get_slice(source), n, release) for source, n in uses.items()}
     return {name: LazyWeight(reads[source], part) for name, (source, part) in plan.items()}
 
@@ -386,6 +414,7 @@ def _load_weights(
     dtype: torch.dtype,
     quantization_config: Any,
     device_map: Any,
+    mmap: bool = True,
 ) -> tuple[Any, dict[str, Any]]:
     """`from_pretrained` of either layout, straight into the final dtype, quantization and device.
 
@@ -405,7 +434,7 @@ def _load_weights(
             converts = _load_converts(weight_files(path), dtype, quantization_config, device_map)
         except FileNotFoundError:  # shards without an index: transformers' own load says what is wrong
             converts = False
-        if not converts:
+        if mmap and not converts:
             # output_loading_info=True returns (model, report); transformers' annotations say the model only.
             return InternVLForConditionalGeneration.from_pretrained(  # type: ignore[return-value]
                 str(path),
@@ -415,12 +444,12 @@ def _load_weights(
                 output_loading_info=True,
                 **common,
             )
-        state = lazy_state_dict(path, original=None, converts=True)
+        state = lazy_state_dict(path, original=None, converts=converts, mmap=mmap)
     else:
         try:
             config = convert_original_config(raw, image_token_id)
             converts = _load_converts(weight_files(path), dtype, quantization_config, device_map)
-            state = lazy_state_dict(path, original=raw, converts=converts)
+            state = lazy_state_dict(path, original=raw, converts=converts, mmap=mmap)
         except ValueError as exc:
             raise ValueError(f"{path}: {exc}") from exc
     loaded: Any = InternVLForConditionalGeneration.from_pretrained(
@@ -440,6 +469,7 @@ def load_model(
     dtype: torch.dtype = torch.float32,
     quantization_config: Any = None,
     device_map: Any = None,
+    mmap: bool = True,
 ) -> LoadedModel:
     """Load a Mini-InternVL checkpoint of either layout as InternVLForConditionalGeneration.
 
@@ -448,6 +478,10 @@ def load_model(
         dtype: Weight dtype of the loaded model.
         quantization_config: Passed unchanged to ``from_pretrained`` (e.g. a BitsAndBytesConfig).
         device_map: Passed unchanged to ``from_pretrained``.
+        mmap: Map the weight files where the load converts nothing (the files are the weights, no copy), and
+            give back the pages read where it casts, quantizes or moves them. False: read every weight into
+            memory of its own, for a caller that casts or replaces the weights afterwards (each cast then frees
+            what it replaces, where mapped files would stay resident until the last weight is gone).
 
     Returns:
         The model (eval mode, ``config.image_token_id`` = the tokenizer's ``<IMG_CONTEXT>`` id), its
@@ -461,7 +495,7 @@ def load_model(
     layout = detect_layout(path)
     tokenizer = load_tokenizer(path)
     image_token_id = int(tokenizer.convert_tokens_to_ids(IMG_CONTEXT))  # type: ignore[arg-type]
-    model, report = _load_weights(path, layout, image_token_id, dtype, quantization_config, device_map)
+    model, report = _load_weights(path, layout, image_token_id, dtype, quantization_config, device_map, mmap)
     # Every weight must come from the checkpoint: a gap would silently stay random.
     missing = sorted(report.get("missing_keys") or [])
     if missing:
