@@ -114,16 +114,17 @@ def run_cases(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
             )
     if "export" in args.cases:
         run = lora_run(work, folders["hf"])
-        out = work / "export"
         command = [sys.executable, "-m", "mini_internvl_adapt.cli", "export", "--checkpoint", str(run)]
+        # {code}: each variant writes its own folder (code before #16 has no --overwrite).
         cases.append(
-            ("export --merge-lora (bf16)", [*command, "--out", str(out), "--merge-lora", "--overwrite"])
+            ("export --merge-lora (bf16)", [*command, "--out", str(work / "export-{code}"), "--merge-lora"])
         )
     rows = []
     for name, command in cases:
         for code, env in variants:
             print(f"{name} [{code}] ...", file=sys.stderr, flush=True)
-            row = {"case": name, "code": code, **measure(command, env, work)}
+            filled = [part.replace("{code}", code) for part in command]
+            row = {"case": name, "code": code, **measure(filled, env, work)}
             print(json.dumps(row), file=sys.stderr, flush=True)
             rows.append(row)
     return rows

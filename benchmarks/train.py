@@ -242,7 +242,7 @@ def run_row(
         "train.progress_bar=false",
         "train.log_every_n_steps=1",
         "model.dtype=" + args.dtype,
-        f"train.objective={objective}",
+        *((f"train.objective={objective}",) if objective != "sft" else ()),  # code before MPO knows no key
         *extra,
     ]
     started = time.perf_counter()
@@ -551,7 +551,7 @@ def main(argv: list[str] | None = None) -> int:
         default="sft,mpo",
         help="comma list of sft, mpo (MPO rows train on pairs of the same samples; samples/s counts pairs)",
     )
-    parser.add_argument("--steps", type=int, default=0, help="steps per row (default: tiny 30, real sizes 4)")
+    parser.add_argument("--steps", type=int, default=0, help="steps per row (default: tiny 30, real sizes 8)")
     parser.add_argument("--max-tiles", type=int, default=1)
     parser.add_argument("--max-length", type=int, default=2048)
     parser.add_argument("--accelerator", default="cpu")
@@ -600,7 +600,7 @@ def main(argv: list[str] | None = None) -> int:
     for model in args.models.split(","):
         if model in REAL_LLMS:
             name = str(build_real(model, cache_dir() / "models" / f"bench-{model}"))
-            steps, batch = args.steps or 4, 1
+            steps, batch = args.steps or 8, 1
         else:
             name, steps, batch = model, args.steps or 30, 2
         for method in args.methods.split(","):
