@@ -271,11 +271,13 @@ def return_freed_memory(threshold: int = 1024 * 1024) -> bool:
     glibc's mmap threshold rises (up to 32 MiB) as large blocks are freed; after the first step a step's
     activations (1-30 MiB each at the 1B size) then come from its heaps and stay resident once freed, scattered
     where no trim reaches them: the 1B model's LoRA process grew 0.7-1.8 GiB past its live peak within four steps.
-    A fixed threshold maps each such block and unmaps it when freed. 1 MiB, not lower: below about 256 KiB the
-    page faults of the many small blocks dominate a small model's step (the tiny model trained at half speed with
-    64 KiB, at its usual speed with 1 MiB; see docs/benchmarks.md). The same keeps a cast of loaded weights
-    (export) from keeping the float32 ones. Left alone where MALLOC_MMAP_THRESHOLD_ is set. Returns whether it
-    applied (glibc on Linux only).
+    A fixed threshold maps each such block and unmaps it when freed, at the price of page faults each time one is
+    allocated again: none measurable for LoRA, about a quarter of QLoRA's CPU speed (its dequantized weights), a
+    tenth of full fine-tuning's (its gradients). 1 MiB, not lower: below about 256 KiB the faults of the many
+    small blocks dominate a small model's step (the tiny model trained at half speed with 64 KiB). Trimming the
+    heaps after each step instead (``malloc_trim``) does not help: the growth happens within a step. The same keeps
+    a cast of loaded weights (export) from keeping the float32 ones. Left alone where MALLOC_MMAP_THRESHOLD_ is
+    set. Returns whether it applied (glibc on Linux only).
     """
     if not sys.platform.startswith("linux") or "MALLOC_MMAP_THRESHOLD_" in os.environ:
         return False

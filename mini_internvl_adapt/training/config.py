@@ -125,6 +125,11 @@ class TrainSection:
         progress_bar: Show the progress bar.
         objective: "sft" (supervised fine-tuning on answers) or "mpo" (Mixed Preference Optimization on
             preference pairs, the official InternVL recipe after SFT; its settings are the mpo section).
+        return_freed_memory: Give every freed block of 1 MiB or more back to the system at once (a fixed glibc
+            mmap threshold), so the process's resident memory stays what is live: null (the default) does so for
+            LoRA and QLoRA, whose peak is the step's activations, not for full fine-tuning, whose peak is weights
+            and optimizer state. It trades CPU speed for memory on a CPU (real 1B: LoRA none, QLoRA about a
+            quarter, full about a tenth, see docs/benchmarks.md) and changes nothing on a GPU's memory.
     """
 
     max_steps: int = -1
@@ -153,6 +158,7 @@ class TrainSection:
     log_every_n_steps: int = 10
     progress_bar: bool = True
     objective: str = "sft"
+    return_freed_memory: bool | None = None
 
 
 @dataclass

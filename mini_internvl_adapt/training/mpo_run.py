@@ -57,6 +57,7 @@ from mini_internvl_adapt.training.mpo_data import (
 from mini_internvl_adapt.training.run import check_run_folder, processing_for
 from mini_internvl_adapt.training.runtime import (
     absolute_if_local,
+    apply_memory_policy,
     launched_worker,
     load_dtype,
     merge_metrics,
@@ -273,6 +274,7 @@ def run_mpo_training(config: TrainConfig, *, resume: bool = False) -> Path:
     with lock:
         resume = check_run_folder(run, resume)
         pl.seed_everything(config.train.seed, workers=True, verbose=False)
+        apply_memory_policy(config)
         method = config.tuning.resolved().method
         name, started_from = start_model(
             config.model.name, run, load_dtype(config.model.dtype, method, uses_gpu(config))

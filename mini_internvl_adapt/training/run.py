@@ -55,7 +55,7 @@ from mini_internvl_adapt import tuning as tuning_mod
 from mini_internvl_adapt.errors import ConfigError, RefusedPickleError
 from mini_internvl_adapt.fileio import atomic_write_json, disk_full_as_error, folder_lock
 from mini_internvl_adapt.models.info import SIDECAR, ModelInfo
-from mini_internvl_adapt.models.loading import LoadedModel, load_model, return_freed_memory
+from mini_internvl_adapt.models.loading import LoadedModel, load_model
 from mini_internvl_adapt.processing.transform import BudgetReport, ProcessingConfig, SampleProcessor
 from mini_internvl_adapt.runs import save_final
 from mini_internvl_adapt.training.callbacks import (
@@ -92,6 +92,7 @@ from mini_internvl_adapt.training.mix import (
 )
 from mini_internvl_adapt.training.runtime import (
     absolute_if_local,
+    apply_memory_policy,
     launched_worker,
     load_dtype,
     merge_metrics,
@@ -203,7 +204,7 @@ def _train(config: TrainConfig, run: Path, plan: StepPlan, resume: bool) -> Path
     """`run_training` in its locked run folder."""
     resume = check_run_folder(run, resume)
     pl.seed_everything(config.train.seed, workers=True, verbose=False)
-    return_freed_memory()  # activations go back to the system when freed, not into glibc's heaps
+    apply_memory_policy(config)
     setup = setup_training(config, PhaseMemory())
     callbacks = _callbacks(run, setup)
     trainer = _trainer(run, setup, callbacks, plan)

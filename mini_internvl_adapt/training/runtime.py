@@ -16,8 +16,22 @@ import torch
 
 from mini_internvl_adapt.errors import ConfigError
 from mini_internvl_adapt.fileio import atomic_write_text
+from mini_internvl_adapt.models.loading import return_freed_memory
 from mini_internvl_adapt.training.callbacks import PhaseMemory
 from mini_internvl_adapt.training.config import TrainConfig
+
+
+def returns_freed_memory(config: TrainConfig) -> bool:
+    """Whether the run gives freed blocks back to the system (`train.return_freed_memory`; null: LoRA, QLoRA)."""
+    if config.train.return_freed_memory is not None:
+        return config.train.return_freed_memory
+    return config.tuning.resolved().method != "full"
+
+
+def apply_memory_policy(config: TrainConfig) -> bool:
+    """Apply `returns_freed_memory` to this process (activations then go back to the system when freed, not
+    into glibc's heaps); returns whether it applied."""
+    return returns_freed_memory(config) and return_freed_memory()
 
 
 def load_dtype(name: str, method: str, on_gpu: bool) -> torch.dtype:

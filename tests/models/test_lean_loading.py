@@ -142,3 +142,23 @@ def test_freed_activations_go_back_to_the_system() -> None:
         results[mode] = (applied == "True", float(freed))
     assert results["on"][0] and results["on"][1] > 120  # every 4 MiB block unmapped when freed
     assert results["off"][1] < 64  # glibc's own threshold keeps them in its heap: what the fix is for
+
+
+@pytest.mark.parametrize(
+    ("method", "setting", "expected"),
+    [
+        ("lora", None, True),
+        ("qlora", None, True),
+        ("full", None, False),
+        ("full", True, True),
+        ("lora", False, False),
+    ],
+)
+def test_which_runs_return_freed_memory(method: str, setting: bool | None, expected: bool) -> None:
+    from mini_internvl_adapt.training.config import load_config
+    from mini_internvl_adapt.training.runtime import returns_freed_memory
+
+    overrides: dict[str, object] = {"tuning.method": method}
+    if setting is not None:
+        overrides["train.return_freed_memory"] = setting
+    assert returns_freed_memory(load_config(None, overrides)) is expected
