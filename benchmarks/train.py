@@ -406,6 +406,21 @@ def run_swift(
     }
 
 
+def speed_ratio(row: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    """A current row's steady samples/s over its before row's in the same run ("-" without one)."""
+    if row.get("code") != "current":
+        return "-"
+    key = (row["model"], row["method"], row.get("objective", "sft"))
+    before = [
+        r
+        for r in rows
+        if r.get("code") == "before" and (r["model"], r["method"], r.get("objective", "sft")) == key
+    ]
+    if not before or "error" in before[0]:
+        return "-"
+    return f"{row['samples_per_second'] / before[0]['samples_per_second']:.2f}"
+
+
 def write_markdown(rows: list[dict[str, Any]], meta: dict[str, Any], path: Path) -> None:
     lines = [
         "# Training benchmark (`python benchmarks/train.py`)",
@@ -414,22 +429,26 @@ def write_markdown(rows: list[dict[str, Any]], meta: dict[str, Any], path: Path)
         f"{meta['accelerator']}, precision {meta['precision']}; max_tiles {meta['max_tiles']}. Samples/s and tokens/s "
         "are steady-state (after the first step); peak RSS is the whole process (model load included).",
         "",
-        "| model | method | objective | batch | steps | samples/s | tokens/s | peak RSS GiB | peak GPU GiB | MFU "
-        "| trainable / total params | first -> last loss |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | method | objective | code | batch | steps | samples/s | x before | tokens/s | peak RSS GiB | "
+        "peak GPU GiB | MFU | trainable / total params | first -> last loss |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        objective = r.get("objective", "sft")
+        objective, code = r.get("objective", "sft"), r.get("code", "current")
+        shown = [o for o in r.get("overrides", []) if "freeze_backbone" not in o] if code == "current" else []
+        if shown:  # --set overrides (freezing the real-size ViT for full is every row's)
+            code += f" ({', '.join(shown)})"
         if objective == "mpo":  # a sample is a pair; the reference is the adapter-less policy or precomputed
             objective = f"mpo ({r.get('mpo_reference') or '?'} reference)"
         if "error" in r:
             lines.append(
-                f"| {r['model']} | {r['method']} | {objective} | failed: {r['error'].splitlines()[-1][:120]} |||||||"
+                f"| {r['model']} | {r['method']} | {objective} | {r.get('code', 'current')} | "
+                f"failed: {r['error'].splitlines()[-1][:120]} |||||||||"
             )
             continue
         lines.append(
-            f"| {r['model']} | {r['method']} | {objective} | {r['batch_size']} | {r['steps']} | {r['samples_per_second']:.2f} | "
-            f"{r['tokens_per_second']:.0f} | {r['peak_rss_gib']:.2f} | "
+            f"| {r['model']} | {r['method']} | {objective} | {code} | {r['batch_size']} | {r['steps']} | "
+            f"{r['samples_per_second']:.3g} | {speed_ratio(r, rows)} | {r['tokens_per_second']:.0f} | {r['peak_rss_gib']:.2f} | "
             f"{'-' if not r.get('peak_gpu_gib') else format(r['peak_gpu_gib'], '.2f')} | "
             f"{'-' if not r.get('mfu') else format(r['mfu'], '.1%')} | "
             f"{r['trainable_params']:,} / {r['total_params']:,} | {r['first_loss']:.3f} -> {r['last_loss']:.3f} |"
@@ -583,6 +602,13 @@ def main(argv: list[str] | None = None) -> int:
         help="a copy of the package before a change (the folder holding mini_internvl_adapt/): every row also runs "
         "with it (PYTHONPATH), just before the current code, so the two compare within one run",
     )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a config override for the current code's rows (repeatable), e.g. train.return_freed_memory=false",
+    )
     parser.add_argument("--name", default="train", help="results file stem (default: train)")
     args = parser.parse_args(argv)
 
@@ -611,12 +637,13 @@ def main(argv: list[str] | None = None) -> int:
                 source = pairs if objective == "mpo" else data
                 for code, env in variants:
                     out = work / f"{model}-{method}-{objective}-{time.time_ns()}"
+                    overrides = (*extra, *args.set) if code == "current" else extra  # keys the old code lacks
                     row = run_row(
-                        name, method, source, out, args, steps, batch, extra, objective=objective, env=env
+                        name, method, source, out, args, steps, batch, overrides, objective=objective, env=env
                     )
                     # A real-size full fine-tune checkpoint is GBs: only the timings are kept.
                     shutil.rmtree(out, ignore_errors=True)
-                    row["overrides"] = list(extra)
+                    row["overrides"] = list(overrides)
                     row["model"] = model
                     row["code"] = code
                     row["mfu"] = mfu(row, args.peak_tflops) if "error" not in row else None

@@ -272,7 +272,7 @@ def return_freed_memory(threshold: int = 1024 * 1024) -> bool:
     activations (1-30 MiB each at the 1B size) then come from its heaps and stay resident once freed, scattered
     where no trim reaches them: the 1B model's LoRA process grew 0.7-1.8 GiB past its live peak within four steps.
     A fixed threshold maps each such block and unmaps it when freed, at the price of page faults each time one is
-    allocated again: none measurable for LoRA, about a quarter of QLoRA's CPU speed (its dequantized weights), a
+    allocated again: none measurable for LoRA, about 30% of QLoRA's CPU speed (its dequantized weights), a
     tenth of full fine-tuning's (its gradients). 1 MiB, not lower: below about 256 KiB the faults of the many
     small blocks dominate a small model's step (the tiny model trained at half speed with 64 KiB). Trimming the
     heaps after each step instead (``malloc_trim``) does not help: the growth happens within a step. The same keeps

@@ -128,8 +128,8 @@ class TrainSection:
         return_freed_memory: Give every freed block of 1 MiB or more back to the system at once (a fixed glibc
             mmap threshold), so the process's resident memory stays what is live: null (the default) does so for
             LoRA and QLoRA, whose peak is the step's activations, not for full fine-tuning, whose peak is weights
-            and optimizer state. It trades CPU speed for memory on a CPU (real 1B: LoRA none, QLoRA about a
-            quarter, full about a tenth, see docs/benchmarks.md) and changes nothing on a GPU's memory.
+            and optimizer state. It trades CPU speed for memory on a CPU (real 1B: LoRA none, QLoRA about
+            30%, full about a tenth, see docs/benchmarks.md) and changes nothing on a GPU's memory.
     """
 
     max_steps: int = -1
