@@ -63,6 +63,7 @@ from mini_internvl_adapt.training.runtime import (
     merge_metrics,
     peak_memory_bytes,
     precision_for,
+    session_summary,
     trainable_checksum,
     uses_gpu,
 )
@@ -355,14 +356,16 @@ def summarize_mpo(
     run: Path, trainer: pl.Trainer, setup: MPOSetup, callbacks: list[pl.Callback], *, resume: bool
 ) -> dict[str, Any]:
     """summary.json of an MPO run: the SFT summary's keys (samples are pairs) plus an ``mpo`` block."""
-    task, world = setup.task, trainer.world_size
-    throughput = next(c for c in callbacks if isinstance(c, Throughput))
-    ran = throughput.first is not None
-    elapsed = throughput.end - throughput.start if ran else 0.0
-    samples = (task.samples_seen - throughput.start_samples) * world if ran else 0
-    tokens = (task.tokens_seen - throughput.start_tokens) * world if ran else 0
-    steady_samples, steady_tokens = throughput.steady()
-    val_loss = trainer.callback_metrics.get("val_loss")
+    task = setup.task
+    shared = session_summary(
+        run,
+        trainer,
+        task,
+        callbacks,
+        len(setup.train_entries),
+        len(setup.train_budget.too_long),
+        resume=resume,
+    )
     before = json.loads((run / "summary.json").read_text()) if (run / "summary.json").is_file() else {}
     settings = dataclasses.asdict(setup.config.mpo)
     # A resumed run loads its start model by path: the SFT run it came from is in the first session's summary.
@@ -371,21 +374,7 @@ def summarize_mpo(
         "objective": "mpo",
         "method": setup.tuning.method,
         "model": started_from or setup.config.model.name,
-        "steps": trainer.global_step,
-        "epochs": round(task.samples_seen * world / max(1, len(setup.train_entries)), 4),
-        "samples": task.samples_seen * world,
-        "world_size": world,
-        "train_samples": len(setup.train_entries),
-        "dropped_too_long": len(setup.train_budget.too_long),
-        "session_samples": samples,
-        "session_seconds": round(elapsed, 4),
-        "train_samples_per_second": samples / elapsed if elapsed > 0 else None,
-        "train_tokens_per_second": tokens / elapsed if elapsed > 0 else None,
-        "steady_samples_per_second": steady_samples * world if steady_samples is not None else None,
-        "steady_tokens_per_second": steady_tokens * world if steady_tokens is not None else None,
-        "first_loss": before.get("first_loss") if resume and "first_loss" in before else task.first_loss,
-        "last_loss": task.last_loss if task.last_loss is not None else before.get("last_loss"),
-        "val_loss": float(val_loss) if val_loss is not None else None,
+        **shared,
         "peak_memory": peak_memory_bytes(),
         "precision": str(trainer.precision),
         "resumed": resume,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import os
 import resource
 import tempfile
@@ -17,7 +18,7 @@ import torch
 from mini_internvl_adapt.errors import ConfigError
 from mini_internvl_adapt.fileio import atomic_write_text
 from mini_internvl_adapt.models.loading import return_freed_memory
-from mini_internvl_adapt.training.callbacks import PhaseMemory
+from mini_internvl_adapt.training.callbacks import PhaseMemory, Throughput
 from mini_internvl_adapt.training.config import TrainConfig
 
 
@@ -113,3 +114,53 @@ def merge_metrics(run: Path) -> None:
         tmp.seek(0)
         lines = tmp.readlines()
     atomic_write_text(run / "metrics.csv", "".join(lines))
+
+
+def session_summary(
+    run: Path,
+    trainer: Any,
+    task: Any,
+    callbacks: list[Any],
+    train_samples: int,
+    dropped: int,
+    *,
+    resume: bool,
+) -> dict[str, Any]:
+    """The summary.json keys an SFT and an MPO run share: steps, samples, this session's rates and the losses.
+
+    Args:
+        run: The run folder (a resumed run keeps its first session's first loss).
+        trainer: The Lightning trainer after fit.
+        task: The LightningModule (counts ``samples_seen`` / ``tokens_seen``, ``first_loss`` / ``last_loss``).
+        callbacks: The run's callbacks (its `Throughput` times the session).
+        train_samples: Training samples (pairs for MPO) in the data.
+        dropped: Samples dropped as over the token budget.
+        resume: Whether this session resumed the run.
+    """
+    world = trainer.world_size
+    throughput = next(c for c in callbacks if isinstance(c, Throughput))
+    # A session that ran no step (resuming a finished run) trained nothing and has no rate.
+    ran = throughput.first is not None
+    elapsed = throughput.end - throughput.start if ran else 0.0
+    samples = (task.samples_seen - throughput.start_samples) * world if ran else 0
+    tokens = (task.tokens_seen - throughput.start_tokens) * world if ran else 0
+    steady_samples, steady_tokens = throughput.steady()
+    val_loss = trainer.callback_metrics.get("val_loss")
+    before = json.loads((run / "summary.json").read_text()) if (run / "summary.json").is_file() else {}
+    return {
+        "steps": trainer.global_step,
+        "epochs": round(task.samples_seen * world / max(1, train_samples), 4),
+        "samples": task.samples_seen * world,
+        "world_size": world,
+        "train_samples": train_samples,
+        "dropped_too_long": dropped,
+        "session_samples": samples,
+        "session_seconds": round(elapsed, 4),
+        "train_samples_per_second": samples / elapsed if elapsed > 0 else None,
+        "train_tokens_per_second": tokens / elapsed if elapsed > 0 else None,
+        "steady_samples_per_second": steady_samples * world if steady_samples is not None else None,
+        "steady_tokens_per_second": steady_tokens * world if steady_tokens is not None else None,
+        "first_loss": before.get("first_loss") if resume and "first_loss" in before else task.first_loss,
+        "last_loss": task.last_loss if task.last_loss is not None else before.get("last_loss"),
+        "val_loss": float(val_loss) if val_loss is not None else None,
+    }
