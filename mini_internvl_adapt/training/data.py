@@ -710,7 +710,58 @@ class Packer:
         return pack_indices(lengths, self.capacity, tiles, self.max_tiles)
 
 
-class InternVLDataModule(pl.LightningDataModule):
+class ResumableDataModule(pl.LightningDataModule):
+    """A datamodule whose position within the training epoch is saved in every checkpoint and restored on resume.
+
+    Subclasses build their training sampler in `make_sampler`; it must offer ``skip_batches(epoch, batches)``.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._sampler: Any = None
+        self._position = {"epoch": 0, "batches": 0}
+        self._resume: dict[str, int] | None = None
+
+    def _world(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        return (1, 0) if trainer is None else (trainer.world_size, trainer.global_rank)
+
+    def make_sampler(self, world: int, rank: int) -> Any:
+        """The training sampler for `world` replicas, this one being `rank`."""
+        raise NotImplementedError
+
+    def train_sampler(self) -> Any:
+        """The training sampler (built on first use, with the trainer's world size and rank)."""
+        if self._sampler is None:
+            self._sampler = self.make_sampler(*self._world())
+            if self._resume is not None:
+                self._sampler.skip_batches(self._resume["epoch"], self._resume["batches"])
+                self._position = dict(self._resume)
+        return self._sampler
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        # Count the batches the training loop really consumed (workers prefetch ahead of it).
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None and trainer.training:
+            epoch = trainer.current_epoch
+            if epoch != self._position["epoch"]:
+                self._position = {"epoch": epoch, "batches": 0}
+            self._position["batches"] += 1
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        """The position in the current epoch, saved in every checkpoint."""
+        return dict(self._position)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Resume from a checkpoint: the next epoch iteration skips the batches already trained."""
+        self._resume = {"epoch": int(state_dict["epoch"]), "batches": int(state_dict["batches"])}
+        if self._sampler is not None:
+            self._sampler.skip_batches(self._resume["epoch"], self._resume["batches"])
+            self._position = dict(self._resume)
+
+
+class InternVLDataModule(ResumableDataModule):
     """Train/val dataloaders over shared-format sources, with resumable mid-epoch position.
 
     Args:
@@ -780,9 +831,6 @@ class InternVLDataModule(pl.LightningDataModule):
         self.seed = seed
         self.pad_token_id = pad_token_id
         self._collate = functools.partial(collate, pad_token_id=pad_token_id, padding_side="right")
-        self._sampler: LengthGroupedSampler | MixSampler | None = None
-        self._position = {"epoch": 0, "batches": 0}
-        self._resume: dict[str, int] | None = None
         self.train_entries, self.general_entries = list(train), list(general)
         self.train_samples = samples
         self.mix: GeneralMix | None = None
@@ -800,39 +848,27 @@ class InternVLDataModule(pl.LightningDataModule):
             self.train_set = MixedDataset(self.train_samples, packed=packing)
             self.train_lengths = self.mix.round(0).lengths
 
-    def _world(self) -> tuple[int, int]:
-        trainer = getattr(self, "trainer", None)
-        if trainer is None:
-            return 1, 0
-        return trainer.world_size, trainer.global_rank
-
-    def train_sampler(self) -> LengthGroupedSampler | MixSampler:
-        """The training sampler (built on first use, with the trainer's world size and rank)."""
-        if self._sampler is None:
-            world, rank = self._world()
-            if self.mix is not None:
-                self._sampler = MixSampler(
-                    self.mix,
-                    self.batch_size,
-                    num_replicas=world,
-                    rank=rank,
-                    seed=self.seed,
-                    group_by_length=self.group_by_length,
-                )
-            else:
-                self._sampler = LengthGroupedSampler(
-                    self.train_lengths,
-                    self.batch_size,
-                    num_replicas=world,
-                    rank=rank,
-                    seed=self.seed,
-                    group_by_length=self.group_by_length,
-                )
-                self.train_samples.clock = self._sampler  # the epoch of the JPEG augmentation
-            if self._resume is not None:
-                self._sampler.skip_batches(self._resume["epoch"], self._resume["batches"])
-                self._position = dict(self._resume)
-        return self._sampler
+    def make_sampler(self, world: int, rank: int) -> LengthGroupedSampler | MixSampler:
+        """The mix's sampler with a general mix, else the length-grouped one over the training samples (packs)."""
+        if self.mix is not None:
+            return MixSampler(
+                self.mix,
+                self.batch_size,
+                num_replicas=world,
+                rank=rank,
+                seed=self.seed,
+                group_by_length=self.group_by_length,
+            )
+        sampler = LengthGroupedSampler(
+            self.train_lengths,
+            self.batch_size,
+            num_replicas=world,
+            rank=rank,
+            seed=self.seed,
+            group_by_length=self.group_by_length,
+        )
+        self.train_samples.clock = sampler  # the epoch of the JPEG augmentation
+        return sampler
 
     def _loader(self, dataset: Dataset, sampler: Sampler[Any]) -> DataLoader:
         return DataLoader(
@@ -864,27 +900,6 @@ class InternVLDataModule(pl.LightningDataModule):
             mark_padding=True,
         )
         return self._loader(MaskedPadding(self.val_set), sampler)
-
-    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        # Count batches the training loop really consumed (workers prefetch ahead of it).
-        trainer = getattr(self, "trainer", None)
-        if trainer is not None and trainer.training:
-            epoch = trainer.current_epoch
-            if epoch != self._position["epoch"]:
-                self._position = {"epoch": epoch, "batches": 0}
-            self._position["batches"] += 1
-        return batch
-
-    def state_dict(self) -> dict[str, Any]:
-        """The position in the current epoch, saved in every checkpoint."""
-        return dict(self._position)
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Resume from a checkpoint: the next epoch iteration skips the batches already trained."""
-        self._resume = {"epoch": int(state_dict["epoch"]), "batches": int(state_dict["batches"])}
-        if self._sampler is not None:
-            self._sampler.skip_batches(self._resume["epoch"], self._resume["batches"])
-            self._position = dict(self._resume)
 
     def trained_samples(self) -> Iterator[int]:
         """The sample index of everything trained so far, over all ranks, once per time it was trained.

@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
@@ -29,7 +28,7 @@ from mini_internvl_adapt.processing.transform import (
     check_token_budget,
     collate,
 )
-from mini_internvl_adapt.training.data import LengthGroupedSampler
+from mini_internvl_adapt.training.data import LengthGroupedSampler, ResumableDataModule
 
 
 @dataclass
@@ -172,7 +171,7 @@ def collate_pairs(batch: Sequence[ProcessedPair], pad_token_id: int) -> dict[str
     return out
 
 
-class PairDataModule(pl.LightningDataModule):
+class PairDataModule(ResumableDataModule):
     """Train / validation loaders over preference pairs, resumable mid-epoch like `InternVLDataModule`.
 
     Args:
@@ -210,26 +209,13 @@ class PairDataModule(pl.LightningDataModule):
         self.group_by_length = group_by_length
         self.seed = seed
         self.collate = functools.partial(collate_pairs, pad_token_id=pad_token_id)
-        self._sampler: LengthGroupedSampler | None = None
-        self._position = {"epoch": 0, "batches": 0}
-        self._resume: dict[str, int] | None = None
 
-    def _world(self) -> tuple[int, int]:
-        trainer = getattr(self, "trainer", None)
-        return (1, 0) if trainer is None else (trainer.world_size, trainer.global_rank)
-
-    def train_sampler(self) -> LengthGroupedSampler:
-        """The training sampler (built on first use, with the trainer's world size and rank)."""
-        if self._sampler is None:
-            world, rank = self._world()
-            self._sampler = LengthGroupedSampler(
-                self.train_lengths, self.batch_size, num_replicas=world, rank=rank, seed=self.seed,
-                group_by_length=self.group_by_length,
-            )  # fmt: skip
-            if self._resume is not None:
-                self._sampler.skip_batches(self._resume["epoch"], self._resume["batches"])
-                self._position = dict(self._resume)
-        return self._sampler
+    def make_sampler(self, world: int, rank: int) -> LengthGroupedSampler:
+        """The length-grouped sampler over the pairs."""
+        return LengthGroupedSampler(
+            self.train_lengths, self.batch_size, num_replicas=world, rank=rank, seed=self.seed,
+            group_by_length=self.group_by_length,
+        )  # fmt: skip
 
     def loader(self, dataset: Dataset, sampler: Any) -> DataLoader:
         """A loader of `dataset` in `sampler`'s order, with its own generator (never the global RNG)."""
@@ -250,24 +236,3 @@ class PairDataModule(pl.LightningDataModule):
             group_by_length=False, mark_padding=True,
         )  # fmt: skip
         return self.loader(self.val_set, sampler)
-
-    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        # Count the batches the training loop really consumed (workers prefetch ahead of it).
-        trainer = getattr(self, "trainer", None)
-        if trainer is not None and trainer.training:
-            epoch = trainer.current_epoch
-            if epoch != self._position["epoch"]:
-                self._position = {"epoch": epoch, "batches": 0}
-            self._position["batches"] += 1
-        return batch
-
-    def state_dict(self) -> dict[str, Any]:
-        """The position in the current epoch, saved in every checkpoint."""
-        return dict(self._position)
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Resume: the next epoch iteration skips the batches already trained."""
-        self._resume = {"epoch": int(state_dict["epoch"]), "batches": int(state_dict["batches"])}
-        if self._sampler is not None:
-            self._sampler.skip_batches(self._resume["epoch"], self._resume["batches"])
-            self._position = dict(self._resume)
