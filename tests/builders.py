@@ -4,6 +4,10 @@ folder of the root conftest.py there)."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -57,3 +61,38 @@ def write_image_dataset(
     if n_val:
         (root / "val.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[n_train:]))
     return root
+
+
+def kill_after_second_checkpoint(proc: subprocess.Popen, checkpoint: Path, timeout: float) -> None:
+    """SIGKILL a training process right after its second write of `checkpoint` (each atomic write is a new inode).
+
+    Raises:
+        AssertionError: (pytest's fail) when training ends before, or no second write comes within `timeout` s.
+    """
+    import pytest
+
+    def inode() -> int | None:
+        try:
+            return checkpoint.stat().st_ino
+        except FileNotFoundError:
+            return None
+
+    deadline = time.monotonic() + timeout
+    inodes: list[int] = []
+    try:
+        while len(inodes) < 2:
+            current = inode()
+            if current is not None and current not in inodes:
+                inodes.append(current)
+                continue
+            if proc.poll() is not None:
+                assert proc.stderr is not None
+                pytest.fail(f"training ended before two checkpoints: {proc.stderr.read().decode()[-2000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"no second checkpoint within {timeout:.0f} s")
+            time.sleep(0.005)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()

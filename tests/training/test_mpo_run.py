@@ -10,11 +10,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from builders import kill_after_second_checkpoint
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -71,13 +71,6 @@ def test_a_short_mpo_run_lowers_the_loss(tmp_path: Path) -> None:
     assert (run / "final" / "adapter_model.safetensors").is_file() and (run / "loss.png").is_file()
 
 
-def _inode(path: Path) -> int | None:
-    try:
-        return path.stat().st_ino
-    except FileNotFoundError:
-        return None
-
-
 def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None:
     data = _pairs(tmp_path / "data")
     steps, every = 8, 2
@@ -96,23 +89,7 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path: Pa
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     checkpoint = killed / "checkpoints" / "last.ckpt"
-    deadline = time.monotonic() + 300
-    inodes: list[int] = []
-    try:
-        while len(inodes) < 2:  # kill right after the second write of last.ckpt
-            inode = _inode(checkpoint)
-            if inode is not None and inode not in inodes:
-                inodes.append(inode)
-                continue
-            if proc.poll() is not None:
-                pytest.fail(f"training ended before two checkpoints: {proc.stderr.read().decode()[-2000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail("no second checkpoint within 300 s")
-            time.sleep(0.005)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait()
-        proc.stderr.close()
+    kill_after_second_checkpoint(proc, checkpoint, timeout=300)
     assert proc.returncode == -signal.SIGKILL and not (killed / "summary.json").exists()
     saved = torch.load(checkpoint, weights_only=True)
     saved_at = saved["global_step"]

@@ -13,13 +13,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import warnings
 from pathlib import Path
 
 import pytest
 import torch
-from builders import write_image_dataset
+from builders import kill_after_second_checkpoint, write_image_dataset
 from safetensors.torch import load_file
 
 from mini_internvl_adapt.cli.train import train_main
@@ -80,13 +79,6 @@ def _args(data: Path, out: Path, accumulate: int, packing: bool = False) -> list
     )
 
 
-def _inode(path: Path) -> int | None:
-    try:
-        return path.stat().st_ino
-    except FileNotFoundError:
-        return None
-
-
 @pytest.mark.parametrize(
     ("accumulate", "packing"),
     [(1, False), (2, False), (1, True)],
@@ -106,25 +98,9 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(
         env=env,
     )
     checkpoint = killed / "checkpoints" / "last.ckpt"
-    deadline = time.monotonic() + 120
-    # Kill right after the second write of last.ckpt (each atomic write is a new inode). Before the fix,
-    # with accumulation that second write came one micro-batch after the first, mid-window.
-    inodes: list[int] = []
-    try:
-        while len(inodes) < 2:
-            inode = _inode(checkpoint)
-            if inode is not None and inode not in inodes:
-                inodes.append(inode)
-                continue
-            if proc.poll() is not None:
-                pytest.fail(f"training ended before two checkpoints: {proc.stderr.read().decode()[-2000:]}")
-            if time.monotonic() > deadline:
-                pytest.fail("no second checkpoint within 120 s")
-            time.sleep(0.005)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait()
-        proc.stderr.close()
+    # Kill right after the second write of last.ckpt. Before the fix, with accumulation that second write
+    # came one micro-batch after the first, mid-window.
+    kill_after_second_checkpoint(proc, checkpoint, timeout=120)
     assert proc.returncode == -signal.SIGKILL
     assert not (killed / "summary.json").exists(), "the run finished before the kill"
     saved = torch.load(checkpoint, weights_only=False)
