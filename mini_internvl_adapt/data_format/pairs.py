@@ -48,17 +48,7 @@ _OFFICIAL_KEYS = {
     "width_list",
     "height_list",
 }
-_SHARED_KEYS = {
-    "id",
-    "image",
-    "conversations",
-    "rejected",
-    "meta",
-    "task",
-    "domain",
-    "width_list",
-    "height_list",
-}
+_SHARED_KEYS = (_OFFICIAL_KEYS - {"question", "chosen"}) | {"conversations"}  # the same pair in our format
 
 
 @dataclass
